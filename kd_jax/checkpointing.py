@@ -1,0 +1,125 @@
+"""Checkpoints: Orbax `CheckpointManager`s for one training stage.
+
+A stage directory holds two managers:
+  checkpoints/latest/<step>/  the full train state + loop position (resume);
+                              kept: 1, written every `checkpoint_every_steps`
+                              and at every epoch end.
+  checkpoints/best/<step>/    the inference variables {params, batch_stats} of
+                              the best validation epoch + model facts (meta).
+                              This is what a later run loads as a teacher.
+Each checkpoint is a `Composite` of an array item and a JSON `meta` item.
+Orbax writes into a temporary directory and renames it when complete, so an
+interrupted save never replaces the previous checkpoint.
+The frozen teacher is never part of a student's checkpoint.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from kd_jax.config_lib import UserError
+
+
+def _abstract(tree, sharding):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class StageCheckpoints:
+  """The 'latest' and 'best' managers of one stage directory."""
+
+  def __init__(self, stage_dir: str):
+    root = os.path.abspath(os.path.join(stage_dir, "checkpoints"))
+    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
+    self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts)
+
+  def save_latest(self, step: int, state, meta: dict):
+    self.latest.wait_until_finished()
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True)
+
+  def restore_latest(self, like_state, sharding):
+    """(state, meta) of the latest checkpoint, or None when there is none."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    out = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(like_state, sharding)),
+        meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+  def save_best(self, step: int, variables, meta: dict):
+    self.best.wait_until_finished()
+    self.best.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
+        force=True)
+
+  def restore_best(self, like_variables, sharding):
+    self.wait()
+    return restore_model(self.best, like_variables, sharding)
+
+  def wait(self):
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self):
+    self.latest.close()
+    self.best.close()
+
+
+def restore_model(manager, like_variables, sharding):
+  step = manager.best_step() if hasattr(manager, "best_step") else None
+  step = manager.latest_step() if step is None else step
+  out = manager.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore(_abstract(like_variables, sharding)),
+      meta=ocp.args.JsonRestore()))
+  return out.model, out.meta
+
+
+def resolve_model_dir(path: str) -> str:
+  """Accepts a run workdir, a stage dir, or the 'best' manager dir itself."""
+  for cand in (os.path.join(path, "teacher", "checkpoints", "best"),
+               os.path.join(path, "checkpoints", "best"), path):
+    if os.path.isdir(cand) and any(n.isdigit() for n in os.listdir(cand)):
+      return os.path.abspath(cand)
+  raise UserError(f"no kd_jax model checkpoint in {path!r} (expected a run "
+                  "workdir, a stage dir, or its checkpoints/best directory)")
+
+
+def read_model_meta(path: str) -> tuple[ocp.CheckpointManager, dict]:
+  model_dir = resolve_model_dir(path)
+  manager = ocp.CheckpointManager(model_dir)
+  step = manager.latest_step()
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta
+  except Exception as e:  # orbax raises several types on a foreign layout
+    raise UserError(f"{model_dir} is not a kd_jax model checkpoint "
+                    f"(cannot read its meta item: {type(e).__name__})") from None
+  return manager, meta
+
+
+def load_teacher(path: str, *, expected_model: str, num_classes: int,
+                 image_size: int, like_variables, sharding):
+  """Restores frozen teacher variables, refusing a mismatched checkpoint."""
+  manager, meta = read_model_meta(path)
+  problems = []
+  if meta.get("model") != expected_model:
+    problems.append(f"architecture {meta.get('model')!r} (config.teacher.name "
+                    f"is {expected_model!r})")
+  if meta.get("num_classes") != num_classes:
+    problems.append(f"{meta.get('num_classes')} classes (the data has "
+                    f"{num_classes})")
+  if meta.get("image_size") != image_size:
+    problems.append(f"input {meta.get('image_size')}x{meta.get('image_size')}"
+                    f" (config.dataset.image_size is {image_size})")
+  if problems:
+    raise UserError(f"teacher checkpoint {path} does not match: "
+                    + "; ".join(problems))
+  variables, _ = restore_model(manager, like_variables, sharding)
+  manager.close()
+  return variables, meta

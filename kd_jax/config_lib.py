@@ -1,0 +1,223 @@
+"""What a kd_jax config is: the defaults, the cell arg string, the checks.
+
+Every file in `configs/` is an ml_collections `get_config(arg=None)` that
+starts from `base_config()` and applies `apply_arg(config, arg)`; the arg
+string names one ablation cell, e.g. ``schedule=linear,seed=1,runlocal``.
+Keys are config paths (``kd.temperature=4``) or the short aliases in
+`ALIASES`; a bare word is a flag (``runlocal``/``tiny``: the tiny mode used
+by tests and Colab).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from kd_jax import losses
+
+DATASETS = ("default", "digits", "fashion_mnist_local", "mnist",
+            "fashion_mnist", "cifar10", "cifar100", "folder")
+OPTIMIZERS = ("adam", "sgd")
+NORMALIZATIONS = ("half", "imagenet")
+
+
+class UserError(ValueError):
+  """Bad input from the user: reported as one line, never as a traceback."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_epochs = 20
+  c.batch_size = 256
+  c.eval_batch_size = 512
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.momentum = 0.9  # sgd only
+  c.weight_decay = 0.0
+  c.warmup_epochs = 0.0
+  c.early_stopping_patience = 5  # epochs without val improvement; 0 = off
+  c.checkpoint_every_steps = 500  # plus one at every epoch end
+  c.log_every_steps = 50
+  c.max_steps_per_epoch = 0  # 0 = full epoch (tiny mode caps it)
+  c.scratch_baseline = False  # also train the student without a teacher
+  c.runlocal = False
+
+  c.dataset = d = ml_collections.ConfigDict()
+  d.name = "default"
+  d.data_dir = ""  # TFDS data_dir, or the image-folder root for 'folder'
+  d.image_size = 112
+  d.val_fraction = 0.1  # held out of train when the source has no val split
+  d.train_limit = 0  # use only the first N training examples (0 = all)
+  d.eval_limit = 0
+  d.normalization = "half"
+  d.random_crop = False
+  d.random_flip = False
+  d.crop_padding = 4
+
+  c.teacher = t = ml_collections.ConfigDict()
+  t.name = "vgg16"
+  t.checkpoint = ""  # Orbax checkpoint dir; '' = train the teacher first
+  t.num_epochs = -1  # -1: same as num_epochs
+  t.learning_rate = -1.0  # -1: same as learning_rate
+
+  c.student = s = ml_collections.ConfigDict()
+  s.name = "mobilenet_v3_small"
+
+  c.kd = k = ml_collections.ConfigDict()
+  k.method = "vanilla"
+  k.temperature = 4.0
+  k.alpha = 0.5
+  # CTKD: T = t_start + t_end * sigmoid(raw), raw learned adversarially.
+  k.schedule = "cosine"
+  k.t_start = 1.0
+  k.t_end = 20.0
+  k.init_raw = 0.0
+  k.lambda_min = 0.0
+  k.lambda_max = 1.0
+  k.epoch_cap = 10
+  k.temperature_lr = 0.05
+  k.temperature_momentum = 0.9
+  return c
+
+
+ALIASES = {
+    "T": "kd.temperature", "temperature": "kd.temperature",
+    "alpha": "kd.alpha", "method": "kd.method", "schedule": "kd.schedule",
+    "student": "student.name", "teacher": "teacher.name",
+    "dataset": "dataset.name", "seed": "seed", "epochs": "num_epochs",
+    "image_size": "dataset.image_size",
+}
+FLAGS_IN_ARG = ("runlocal", "tiny")
+
+
+def _coerce(old, text: str):
+  if isinstance(old, bool):
+    if text.lower() in ("1", "true", "yes"):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise UserError(f"config arg value {text!r} is not a boolean")
+  if isinstance(old, int):
+    return int(text)
+  if isinstance(old, float):
+    return float(text)
+  return text
+
+
+def parse_arg(arg: str | None) -> dict:
+  """'schedule=linear,seed=1,runlocal' -> {'kd.schedule': 'linear', ...}."""
+  out = {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    if "=" not in item:
+      if item not in FLAGS_IN_ARG:
+        raise UserError(f"config arg {item!r} is neither key=value nor one "
+                        f"of {', '.join(FLAGS_IN_ARG)}")
+      out["runlocal"] = "true"
+      continue
+    key, value = item.split("=", 1)
+    out[ALIASES.get(key.strip(), key.strip())] = value.strip()
+  return out
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None):
+  """Applies a cell arg string to `config` in place; returns it."""
+  for path, text in parse_arg(arg).items():
+    node = config
+    *parents, leaf = path.split(".")
+    for p in parents:
+      if p not in node:
+        raise UserError(f"config arg key {path!r} does not exist")
+      node = node[p]
+    if leaf not in node:
+      raise UserError(f"config arg key {path!r} does not exist")
+    try:
+      node[leaf] = _coerce(node[leaf], text)
+    except ValueError as e:
+      raise UserError(f"config arg {path}={text!r}: {e}") from None
+  if config.runlocal:
+    make_tiny(config)
+  return config
+
+
+TINY_TEACHERS = ("simple_cnn", "tiny_cnn", "mlp")
+
+
+def make_tiny(c: ml_collections.ConfigDict):
+  """Tiny/runlocal mode: seconds on a CPU; same code path as a real run."""
+  c.runlocal = True
+  c.num_epochs = min(c.num_epochs, 2)
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.max_steps_per_epoch = 4
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.dataset.image_size = min(c.dataset.image_size, 32)
+  c.dataset.train_limit = 128
+  c.dataset.eval_limit = 64
+  # The student is kept; a big teacher (VGG16: 138M params) is swapped for a
+  # small CNN so a tiny run takes seconds on a CPU.
+  if not c.teacher.checkpoint and c.teacher.name not in TINY_TEACHERS:
+    c.teacher.name = "simple_cnn"
+  if c.teacher.num_epochs > 0:
+    c.teacher.num_epochs = min(c.teacher.num_epochs, 2)
+  return c
+
+
+def teacher_epochs(c) -> int:
+  return c.teacher.num_epochs if c.teacher.num_epochs > 0 else c.num_epochs
+
+
+def teacher_lr(c) -> float:
+  return c.teacher.learning_rate if c.teacher.learning_rate > 0 else c.learning_rate
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the bad value and what is allowed."""
+  from kd_jax import models  # late: keeps configs importable without flax
+
+  def one_of(value, allowed, what):
+    if value not in allowed:
+      raise UserError(
+          f"unknown {what} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+  one_of(c.dataset.name, DATASETS, "config.dataset.name")
+  one_of(c.student.name, sorted(models.MODELS), "config.student.name")
+  one_of(c.kd.method, losses.METHODS, "config.kd.method")
+  if c.kd.method != "none" or c.scratch_baseline:
+    one_of(c.teacher.name, sorted(models.MODELS), "config.teacher.name")
+  one_of(c.kd.schedule, losses.SCHEDULES, "config.kd.schedule")
+  one_of(c.optimizer, OPTIMIZERS, "config.optimizer")
+  one_of(c.dataset.normalization, NORMALIZATIONS, "config.dataset.normalization")
+  if not c.kd.temperature > 0:
+    raise UserError(
+        f"config.kd.temperature={c.kd.temperature} must be > 0")
+  if not 0.0 <= c.kd.alpha <= 1.0:
+    raise UserError(f"config.kd.alpha={c.kd.alpha} must be in [0, 1]")
+  for name in ("num_epochs", "batch_size", "eval_batch_size"):
+    if int(c[name]) <= 0:
+      raise UserError(f"config.{name}={c[name]} must be a positive integer")
+  if c.teacher.num_epochs == 0 or c.teacher.num_epochs < -1:
+    raise UserError(f"config.teacher.num_epochs={c.teacher.num_epochs} must "
+                    "be a positive integer (or -1: same as num_epochs)")
+  if not c.learning_rate > 0:
+    raise UserError(f"config.learning_rate={c.learning_rate} must be > 0")
+  if not 28 <= c.dataset.image_size <= 224 and not c.runlocal:
+    raise UserError(
+        f"config.dataset.image_size={c.dataset.image_size} must be in [28, 224]")
+  if c.dataset.image_size < 8:
+    raise UserError(
+        f"config.dataset.image_size={c.dataset.image_size} is too small")
+  if not 0.0 <= c.dataset.val_fraction < 1.0:
+    raise UserError(
+        f"config.dataset.val_fraction={c.dataset.val_fraction} must be in [0, 1)")
+  if c.kd.method == "ctkd":
+    if not (c.kd.t_start > 0 and c.kd.t_end >= 0):
+      raise UserError(f"CTKD temperature range t_start={c.kd.t_start}, "
+                      f"t_end={c.kd.t_end}: need t_start > 0 and t_end >= 0")
+    if c.kd.epoch_cap <= 0:
+      raise UserError(f"config.kd.epoch_cap={c.kd.epoch_cap} must be > 0")
+  if c.dataset.name == "folder" and not c.dataset.data_dir:
+    raise UserError("config.dataset.name='folder' needs "
+                    "config.dataset.data_dir=<root with train/ and test/>")

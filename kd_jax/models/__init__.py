@@ -1,0 +1,107 @@
+"""Model zoo: a plain-dict registry of Flax linen classifiers.
+
+Conventions every model follows (so the trainer can treat them alike):
+  * `module.apply(variables, x_BxHxWx3, train=bool)` returns `logits_BxC`.
+    Input is float32 NHWC; greyscale data is repeated to 3 channels by the
+    data pipeline, never by the model.
+  * Intermediate feature maps are exposed by `self.sow('features', name, x)`
+    inside the forward pass; `apply_with_features` collects them from the
+    same forward pass (no second pass).
+  * BatchNorm layers read `train` (batch statistics in training, running
+    averages in eval) and keep running stats in the `batch_stats` collection.
+    Under data parallelism the batch is one global array sharded over the
+    ('data',) mesh, so `jnp.mean` over the batch axis inside BatchNorm is a
+    mean over the *global* batch: statistics are global-batch, as if training
+    on a single device (this is what makes 1 vs 8 devices agree).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_jax.models import small
+
+# name -> constructor(num_classes, **kw) -> flax.linen.Module
+MODELS: dict[str, Callable[..., Any]] = {
+    "mlp": small.MLP,
+    "tiny_cnn": small.TinyCNN,
+    "simple_cnn": small.SimpleCNN,
+}
+
+
+def _register_optional():
+  """Families that live in their own files; each adds its names here."""
+  import importlib
+  for mod_name in ("vgg", "resnet", "mobilenet", "shufflenet", "ghostnet"):
+    try:
+      mod = importlib.import_module(f"kd_jax.models.{mod_name}")
+    except ModuleNotFoundError as e:  # family not written yet
+      if e.name != f"kd_jax.models.{mod_name}":
+        raise
+      continue
+    MODELS.update(mod.MODELS)
+
+
+_register_optional()
+
+
+class UnknownModelError(ValueError):
+  pass
+
+
+def get_model(name: str, *, num_classes: int, **kw):
+  if name not in MODELS:
+    raise UnknownModelError(
+        f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
+  return MODELS[name](num_classes=num_classes, **kw)
+
+
+VARIABLE_COLLECTIONS = ("params", "batch_stats")
+
+
+def init(model, rng, image_size: int, channels: int = 3) -> dict:
+  """{'params': ..., ['batch_stats': ...]}: the model's persistent variables
+  (sown 'features' are per-call outputs and are dropped)."""
+  x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+  variables = model.init(rng, x, train=False)
+  return {k: variables[k] for k in VARIABLE_COLLECTIONS if k in variables}
+
+
+def init_shapes(name: str, num_classes: int, image_size: int, channels: int = 3):
+  """Variable shapes from `jax.eval_shape` (no real init: cheap for VGG16)."""
+  model = get_model(name, num_classes=num_classes)
+  return jax.eval_shape(
+      lambda: init(model, jax.random.PRNGKey(0), image_size, channels))
+
+
+def count_params(name: str, num_classes: int = 1000, image_size: int = 224) -> int:
+  """Trainable parameters (the `params` collection; BN running stats excluded)."""
+  shapes = init_shapes(name, num_classes, image_size)
+  return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
+
+
+def apply_with_features(model, variables, x, *, train: bool, mutable=()):
+  """One forward pass returning (logits, {feature_name: array}, new_state).
+
+  `mutable` lists extra collections to update (e.g. ('batch_stats',) in
+  training); `new_state` holds them (empty dict if none).
+  """
+  logits, state = model.apply(
+      variables, x, train=train, mutable=["features", *mutable])
+  state = dict(state)
+  sown = state.pop("features", {})
+  feats = {k: v[-1] for k, v in flatten_sown(sown).items()}
+  return logits, feats, state
+
+
+def flatten_sown(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, tuple):
+      out[prefix + k] = v
+    else:
+      out.update(flatten_sown(v, prefix + k + "/"))
+  return out

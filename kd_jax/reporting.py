@@ -1,0 +1,94 @@
+"""Reporting: progress lines, atomic JSON results, and the final table."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+
+
+def log(msg: str):
+  """Prints on the primary process only (stdout, flushed)."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def write_json(path: str, obj):
+  """Writes atomically: a temp file in the same directory, then rename."""
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _hms(seconds):
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+  """Steps/s and ETA over the logging window."""
+
+  def __init__(self, role, model, total_steps, start_step, steps_per_epoch):
+    self.role, self.model = role, model
+    self.total, self.spe = total_steps, steps_per_epoch
+    self.last_step, self.last_time = start_step, time.time()
+    self.last_loss = 0.0
+
+  def update(self, step, loss) -> float:
+    now = time.time()
+    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time, self.rate = step, now, rate
+    self.last_loss = loss
+    return rate
+
+  def print(self, step, mean):
+    eta = (self.total - step) / max(self.rate, 1e-9)
+    epoch = (step - 1) // self.spe + 1
+    parts = [f"loss {mean['loss']:.4f}", f"acc {mean['accuracy']:.3f}"]
+    if "temperature" in mean:
+      parts.append(f"T {mean['temperature']:.3f}")
+    log(f"[{self.role} {self.model}] step {step}/{self.total} "
+        f"(epoch {epoch}) " + " ".join(parts)
+        + f" | {self.rate:.1f} steps/s, ETA {_hms(eta)}")
+
+
+def summarize_run(config, ds, stages) -> dict:
+  rows = []
+  for r in stages:
+    label = r["role"] if r["role"] != "student" else f"student ({r['method']})"
+    rows.append({
+        "stage": label, "model": r["model"], "params": r["params"],
+        "size_mb": r["size_mb"], "test_accuracy": r["test"]["accuracy"],
+        "test_macro_f1": r["test"]["macro_f1"],
+        "teacher_agreement": r["test"].get("agreement"),
+    })
+  return {"dataset": ds.name, "num_classes": ds.num_classes,
+          "class_names": list(ds.class_names),
+          "config": json.loads(config.to_json()), "rows": rows,
+          "stages": {r["role"]: r for r in stages}}
+
+
+def format_table(rows) -> str:
+  head = ("stage", "model", "params", "MB", "test acc", "macro-F1", "agree(T)")
+  lines = [[r["stage"], r["model"], f"{r['params']:,}", f"{r['size_mb']:.3f}",
+            f"{r['test_accuracy']:.4f}", f"{r['test_macro_f1']:.4f}",
+            "-" if r["teacher_agreement"] is None else f"{r['teacher_agreement']:.4f}"]
+           for r in rows]
+  widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+  fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                                for i, (c, w) in enumerate(zip(cells, widths)))
+  return "\n".join([fmt(head), fmt(["-" * w for w in widths])]
+                   + [fmt(l) for l in lines])
