@@ -43,10 +43,43 @@ def main(argv):
     sys.exit(2)
 
 
-if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+def _one_line(e: BaseException) -> str:
+  """The meaningful last line of a (possibly wrapped) flag-parsing error."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  last = lines[-1] if lines else type(e).__name__
+  for prefix in ("kd_jax.config_lib.UserError: ", "UserError: "):
+    last = last.removeprefix(prefix)
+  return last
+
+
+def parse_flags(argv):
+  """absl's parser, but any bad flag or config is one line and exit 2."""
   try:
-    app.run(main)
-  except UserError as e:  # raised while loading the config file (cell arg)
-    print(f"kd_jax: error: {e}", file=sys.stderr)
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    print(f"kd_jax: error: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  except (KeyError, AttributeError) as e:  # unknown --config.<field>
+    print(f"kd_jax: error: unknown config field in overrides: {e}",
+          file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # config file missing or unreadable
+    print(f"kd_jax: error: cannot load config file: {_one_line(e)}",
+          file=sys.stderr)
+    sys.exit(2)
+  if FLAGS["config"].value is None:
+    print("kd_jax: error: --config=<configs/X.py[:arg]> is required",
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    FLAGS.config.to_dict()  # a config file that failed to load raises here
+  except OSError as e:
+    print(f"kd_jax: error: cannot load config file "
+          f"{config_flags.get_config_filename(FLAGS['config'])!r}: "
+          f"{_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  return rest
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
