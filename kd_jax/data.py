@@ -140,10 +140,12 @@ def _load_tfds(name, data_dir):
     builder = tfds.builder(name, data_dir=data_dir)
     arrays = {}
     for split in ("train", "test"):
-      ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=-1,
+      ds = tfds.load(name, split=split, data_dir=data_dir,
                      as_supervised=True, download=False)
-      x, y = tfds.as_numpy(ds)
-      arrays[split] = (np.asarray(x, np.uint8), np.asarray(y, np.int32))
+      chunks = list(tfds.as_numpy(ds.batch(8192)))  # one-time, vectorised
+      x = np.concatenate([c[0] for c in chunks]).astype(np.uint8)
+      y = np.concatenate([c[1] for c in chunks]).astype(np.int32)
+      arrays[split] = (x, y)
     names = tuple(builder.info.features["label"].names)
   except UserError:
     raise

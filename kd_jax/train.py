@@ -413,6 +413,7 @@ def _flatten(d, prefix=""):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of `config` in `workdir`; returns the run summary."""
   config_lib.validate(config)
+  _check_workdir(workdir, config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "batch_size", mesh)
   sharding.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
@@ -427,7 +428,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         num_classes=ds.num_classes, image_size=config.dataset.image_size,
         like_variables=like, sharding=sharding.replicated(mesh))
     teacher = (t_model, t_vars)
-  _check_workdir(workdir, config)
   # --- nothing above this line writes to the workdir ---
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:

@@ -1,0 +1,75 @@
+"""Small students from the seeds' CIFAR report (003): simple CNN, tiny CNN, MLP.
+
+Report 003 describes the students only by structure and size:
+  * student:   "a simple CNN with two convolution-max-pooling blocks, and one
+               dense layer, totalling around 250 thousand trainable parameters"
+               (the tables say ~0.25M, the discussion says 260k);
+  * small student (multi-step KD): "one convolutional, max-pooling and dense
+               layer, totalling 130k parameters";
+  * dense-only students: "many different neural networks with only dense
+               layers", ending in a dense softmax layer like the teacher.
+It gives no widths, so they are chosen here. "One dense layer" is read as the
+classifier itself (the report counts the softmax layer among the teacher's 3
+dense layers). Convs are 3x3, stride 1, padding 1 (same size), so the student
+stages line up spatially with the VGG teacher's stages (16x16 after block1,
+8x8 after block2 at 32x32 input) for hint/guided-layer losses.
+
+  simple_cnn (SimpleCNN): conv3x3(88)-ReLU-maxpool2 -> conv3x3(176)-ReLU-maxpool2
+      -> flatten -> Dense(C). Widths double per block (VGG-style) with the
+      base width a multiple of 8 whose count is closest to 250k. At 32x32x3,
+      C=10: 2,464 + 139,568 + (8*8*176*10 + 10 = 112,650) = 254,682
+      (between the report's 250k and 260k).
+  tiny_cnn (TinyCNN): conv3x3(50)-ReLU-maxpool2 -> flatten -> Dense(C). The
+      width whose count is closest to the report's 130,000. At 32x32x3, C=10:
+      1,400 + (16*16*50*10 + 10 = 128,010) = 129,410.
+  mlp (MLP): flatten -> Dense(128)-ReLU -> Dense(C). At 32x32x3, C=10:
+      393,344 + 1,290 = 394,634.
+
+The dense layers see the flattened map, so parameter counts depend on the
+input size (e.g. simple_cnn at 28x28x3: 7*7*176 inputs to the head).
+Max-pools are 2x2/2 floor mode (28 -> 14 -> 7, 32 -> 16 -> 8).
+
+Features sown into 'features':
+  SimpleCNN/TinyCNN: "block1"[, "block2"] (each block's output after its
+      max-pool, NHWC), "pre_logits" (the flattened / hidden vector fed to `head`).
+  MLP: "hidden1".. (each hidden activation), "pre_logits" (input of `head`).
+No BatchNorm or dropout: these models need no rngs or mutable collections.
+"""
+import flax.linen as nn
+
+
+class SimpleCNN(nn.Module):
+  num_classes: int
+  widths: tuple = (88, 176)
+  dense: int = 0  # 0: the dense layer is the classifier itself
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    for i, w in enumerate(self.widths):
+      x = nn.Conv(w, (3, 3), padding=((1, 1), (1, 1)), name=f"conv{i + 1}")(x)
+      x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      self.sow("features", f"block{i + 1}", x)
+    x = x.reshape((x.shape[0], -1))
+    if self.dense:
+      x = nn.relu(nn.Dense(self.dense, name="fc")(x))
+    self.sow("features", "pre_logits", x)
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class TinyCNN(SimpleCNN):
+  widths: tuple = (50,)
+
+
+class MLP(nn.Module):
+  num_classes: int
+  hidden: tuple = (128,)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    for i, h in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(h, name=f"fc{i + 1}")(x))
+      self.sow("features", f"hidden{i + 1}", x)
+    self.sow("features", "pre_logits", x)
+    return nn.Dense(self.num_classes, name="head")(x)

@@ -1,0 +1,73 @@
+"""Shared test helpers: tiny configs, image folders, subprocess CLI runs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kd_jax import config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(arg="", **overrides):
+  """The quickstart config in tiny mode (what tests and Colab use)."""
+  sys.path.insert(0, REPO)
+  from configs import quickstart
+  c = quickstart.get_config("runlocal" + ("," + arg if arg else ""))
+  for path, value in overrides.items():
+    node = c
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def write_image_folder(root, classes=("A2C", "A4C", "PLAX"), per_split=None,
+                       size=20, seed=0):
+  """Class-coloured noise images, mixed PNG/JPEG and greyscale/RGB."""
+  from PIL import Image
+  per_split = per_split or {"train": 40, "val": 12, "test": 12}
+  rng = np.random.default_rng(seed)
+  for split, n in per_split.items():
+    for ci, cls in enumerate(classes):
+      d = os.path.join(root, split, cls)
+      os.makedirs(d, exist_ok=True)
+      for i in range(n):
+        base = np.zeros((size + i % 3, size, 3), np.float32)
+        base[..., ci % 3] = 200.0  # the class is visible in the colour
+        img = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+        if i % 4 == 0:
+          Image.fromarray(img).convert("L").save(os.path.join(d, f"f{i}.png"))
+        elif i % 4 == 1:
+          Image.fromarray(img).save(os.path.join(d, f"f{i}.jpg"), quality=95)
+        else:
+          Image.fromarray(img).save(os.path.join(d, f"f{i}.png"))
+  return root
+
+
+def run_cli(*args, env=None, timeout=600):
+  """`python -m kd_jax.main ARGS` in a subprocess; returns CompletedProcess."""
+  full_env = dict(os.environ, **(env or {}))
+  full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+  return subprocess.run([sys.executable, "-m", "kd_jax.main", *args],
+                        cwd=REPO, env=full_env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def restore_raw(manager_dir, item):
+  """Restores one item of the newest checkpoint as plain numpy (no target)."""
+  mngr = ocp.CheckpointManager(manager_dir)
+  step = mngr.latest_step()
+  out = mngr.restore(step, args=ocp.args.Composite(
+      **{item: ocp.args.StandardRestore()}))
+  mngr.close()
+  return step, out[item]

@@ -1,0 +1,108 @@
+"""Small students (seed report 003): documented counts by hand, shapes, forward."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd_jax.models import apply_with_features, count_params, get_model
+
+
+def conv3x3(cin, cout):
+  return 3 * 3 * cin * cout + cout
+
+
+def dense(i, o):
+  return i * o + o
+
+
+def fake_variables(model, x, seed=0):
+  """Variables shaped by eval_shape(init), filled on the host with numpy.
+
+  Avoids compiling flax's random initialisers (slow on a small CPU); the
+  forward pass under test is unaffected. The 'features' collection that init
+  returns is dropped.
+  """
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  rng = np.random.RandomState(seed)
+
+  def fill(path, s):
+    if path[-1].key == "kernel":
+      fan_in = int(np.prod(s.shape[:-1]))
+      return (rng.randn(*s.shape) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
+    return np.zeros(s.shape, s.dtype)
+
+  return jax.tree_util.tree_map_with_path(
+      fill, {k: v for k, v in shapes.items() if k != "features"})
+
+
+def _shapes(name, num_classes, size):
+  model = get_model(name, num_classes=num_classes)
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  logits, feats, _ = jax.eval_shape(
+      lambda v, x: apply_with_features(model, v, x, train=False), v, x)
+  return logits.shape, {k: f.shape for k, f in feats.items()}
+
+
+def test_simple_cnn_count():
+  # conv(88)-pool -> conv(176)-pool -> flatten 8x8x176 -> Dense(10)
+  expected = conv3x3(3, 88) + conv3x3(88, 176) + dense(8 * 8 * 176, 10)
+  assert expected == 254_682
+  assert count_params("simple_cnn", 10, 32) == expected
+  assert abs(expected - 250_000) / 250_000 < 0.03  # report: ~0.25M / 260k
+  # 28x28 input: 14 -> 7
+  assert count_params("simple_cnn", 10, 28) == (
+      conv3x3(3, 88) + conv3x3(88, 176) + dense(7 * 7 * 176, 10))
+
+
+def test_tiny_cnn_count():
+  expected = conv3x3(3, 50) + dense(16 * 16 * 50, 10)
+  assert expected == 129_410
+  assert count_params("tiny_cnn", 10, 32) == expected
+  assert abs(expected - 130_000) / 130_000 < 0.01  # report: 130k
+
+
+def test_mlp_count():
+  expected = dense(32 * 32 * 3, 128) + dense(128, 10)
+  assert expected == 394_634
+  assert count_params("mlp", 10, 32) == expected
+
+
+@pytest.mark.parametrize("size", [28, 32, 112])
+def test_shapes(size):
+  h1, h2 = size // 2, size // 4
+  logits, feats = _shapes("simple_cnn", 10, size)
+  assert logits == (1, 10)
+  assert feats == {"block1": (1, h1, h1, 88), "block2": (1, h2, h2, 176),
+                   "pre_logits": (1, h2 * h2 * 176)}
+  logits, feats = _shapes("tiny_cnn", 100, size)
+  assert logits == (1, 100)
+  assert feats == {"block1": (1, h1, h1, 50), "pre_logits": (1, h1 * h1 * 50)}
+  logits, feats = _shapes("mlp", 10, size)
+  assert logits == (1, 10)
+  assert feats == {"hidden1": (1, 128), "pre_logits": (1, 128)}
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "tiny_cnn", "mlp"])
+def test_real_forward(name):
+  model = get_model(name, num_classes=10)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  if name == "mlp":  # one real (jitted) flax init; the CNNs use host-filled values
+    variables = jax.jit(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
+    variables = {k: v for k, v in variables.items() if k != "features"}
+  else:
+    variables = fake_variables(model, x)
+  assert set(variables) == {"params"}  # no BatchNorm / dropout
+
+  @jax.jit
+  def fwd(variables, x):
+    logits, feats, state = apply_with_features(model, variables, x, train=True)
+    return logits, feats, model.apply(variables, x, train=False)
+
+  logits, feats, eval_logits = fwd(variables, x)
+  assert logits.shape == (2, 10)
+  assert np.isfinite(np.asarray(logits)).all()
+  np.testing.assert_allclose(logits, eval_logits, rtol=1e-5, atol=1e-6)
+  assert feats["pre_logits"].shape[0] == 2
