@@ -32,9 +32,20 @@ class StageCheckpoints:
 
   def __init__(self, stage_dir: str):
     root = os.path.abspath(os.path.join(stage_dir, "checkpoints"))
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
-    self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts)
+    stage = os.path.basename(os.path.normpath(stage_dir))
+
+    def manager(kind):
+      # Synchronous saves (small models; a save is complete when it returns)
+      # and a barrier namespace per manager: two managers saving the same
+      # step number must not share multi-process barriers.
+      opts = ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=True, enable_async_checkpointing=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=f"{stage}_{kind}"))
+      return ocp.CheckpointManager(os.path.join(root, kind), options=opts)
+
+    self.latest = manager("latest")
+    self.best = manager("best")
 
   def save_latest(self, step: int, state, meta: dict):
     self.latest.wait_until_finished()

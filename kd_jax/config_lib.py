@@ -141,7 +141,7 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None):
   return config
 
 
-TINY_TEACHERS = ("simple_cnn", "tiny_cnn", "mlp")
+TINY_TEACHERS = ("simple_cnn", "tiny_cnn", "mlp", "mlp_1200x2")
 
 
 def make_tiny(c: ml_collections.ConfigDict):

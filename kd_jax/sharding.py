@@ -25,8 +25,9 @@ def maybe_initialize_distributed():
     KD_JAX_COORDINATOR=host:port, KD_JAX_NUM_PROCESSES, KD_JAX_PROCESS_ID.
   """
   if os.environ.get("KD_JAX_COORDINATOR"):
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices need a collectives backend across processes (no effect on
+    # GPU/TPU); must be set before the backend starts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=os.environ["KD_JAX_COORDINATOR"],
         num_processes=int(os.environ["KD_JAX_NUM_PROCESSES"]),

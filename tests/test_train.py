@@ -41,8 +41,8 @@ def test_run_writes_table_results_and_checkpoints(mnist_run):
     assert os.path.exists(os.path.join(workdir, role, "logs", "metrics.jsonl"))
   # Parameter counts and MB follow from the architectures.
   row = {r["stage"]: r for r in summary["rows"]}
-  assert row["teacher"]["params"] == models.count_params("simple_cnn", 10, c.dataset.image_size)
-  assert row["student (vanilla)"]["params"] == models.count_params("mlp", 10, c.dataset.image_size)
+  assert row["teacher"]["params"] == models.count_params(c.teacher.name, 10, c.dataset.image_size)
+  assert row["student (vanilla)"]["params"] == models.count_params(c.student.name, 10, c.dataset.image_size)
   assert row["student (vanilla)"]["size_mb"] == pytest.approx(
       row["student (vanilla)"]["params"] * 4 / 1e6)
 
@@ -51,7 +51,7 @@ def test_reported_metrics_match_an_independent_evaluation(mnist_run):
   c, workdir, summary, ds = mnist_run
   _, model_vars = helpers.restore_raw(
       os.path.join(workdir, "student", "checkpoints", "best"), "model")
-  model = models.get_model("mlp", num_classes=10)
+  model = models.get_model(c.student.name, num_classes=10)
   # Preprocess by hand in numpy: [0,1] -> grey to RGB -> resize -> (x-.5)/.5.
   x = ds.test.images.astype(np.float32) / 255.0
   x = np.repeat(x, 3, axis=-1)
@@ -65,10 +65,10 @@ def test_reported_metrics_match_an_independent_evaluation(mnist_run):
 
 
 def test_teacher_is_not_saved_with_the_student(mnist_run):
-  _, workdir, _, _ = mnist_run
+  c, workdir, _, _ = mnist_run
   _, state = helpers.restore_raw(
       os.path.join(workdir, "student", "checkpoints", "latest"), "state")
-  student_shapes = models.init_shapes("mlp", 10, 28)["params"]
+  student_shapes = models.init_shapes(c.student.name, 10, 28)["params"]
   assert set(state["params"]) == {"student"}
   assert jax.tree.structure(state["params"]["student"]) == jax.tree.structure(
       student_shapes)

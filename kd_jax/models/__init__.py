@@ -27,6 +27,7 @@ from kd_jax.models import small
 # name -> constructor(num_classes, **kw) -> flax.linen.Module
 MODELS: dict[str, Callable[..., Any]] = {
     "mlp": small.MLP,
+    "mlp_1200x2": small.MLP1200x2,
     "tiny_cnn": small.TinyCNN,
     "simple_cnn": small.SimpleCNN,
 }
@@ -83,14 +84,16 @@ def count_params(name: str, num_classes: int = 1000, image_size: int = 224) -> i
   return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
 
 
-def apply_with_features(model, variables, x, *, train: bool, mutable=()):
+def apply_with_features(model, variables, x, *, train: bool, mutable=(),
+                        rngs=None):
   """One forward pass returning (logits, {feature_name: array}, new_state).
 
   `mutable` lists extra collections to update (e.g. ('batch_stats',) in
-  training); `new_state` holds them (empty dict if none).
+  training); `new_state` holds them (empty dict if none). `rngs` (e.g.
+  {'dropout': key}) is needed in training by models with dropout.
   """
   logits, state = model.apply(
-      variables, x, train=train, mutable=["features", *mutable])
+      variables, x, train=train, mutable=["features", *mutable], rngs=rngs)
   state = dict(state)
   sown = state.pop("features", {})
   feats = {k: v[-1] for k, v in flatten_sown(sown).items()}

@@ -62,8 +62,10 @@ class TinyCNN(SimpleCNN):
 
 
 class MLP(nn.Module):
+  """Dense-only classifier. `dropout` > 0 needs rngs={'dropout': key} in training."""
   num_classes: int
   hidden: tuple = (128,)
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -71,5 +73,13 @@ class MLP(nn.Module):
     for i, h in enumerate(self.hidden):
       x = nn.relu(nn.Dense(h, name=f"fc{i + 1}")(x))
       self.sow("features", f"hidden{i + 1}", x)
+      if self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
     self.sow("features", "pre_logits", x)
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+class MLP1200x2(MLP):
+  """Hinton et al. (2015)'s MNIST teacher: 2 x 1200 ReLU units with dropout."""
+  hidden: tuple = (1200, 1200)
+  dropout: float = 0.2
