@@ -110,7 +110,7 @@ def test_loaded_teacher_and_mismatches(mnist_run, tmp_path):
                               "teacher.checkpoint": teacher_dir,
                               "teacher.name": "tiny_cnn"})
   with tfds.testing.mock_data(num_examples=160):
-    with pytest.raises(UserError, match="architecture 'simple_cnn'"):
+    with pytest.raises(UserError, match=f"architecture '{c.teacher.name}'"):
       train.train_and_evaluate(c4, bad_dir)
   c5 = helpers.tiny_config(**{"dataset.name": "mnist", "dataset.data_dir": workdir,
                               "teacher.checkpoint": teacher_dir,
