@@ -20,9 +20,9 @@ def get_config(arg=None):
   c.log_every_steps = 50
   c.teacher.name = "mlp_1200x2"
   c.teacher.num_epochs = 5
-  c.student.name = "mlp"
+  c.student.name = "mlp_small"
   c.kd.method = "vanilla"
-  c.kd.temperature = 4.0
-  c.kd.alpha = 0.9
+  c.kd.temperature = 2.0
+  c.kd.alpha = 0.5
   c.scratch_baseline = True
   return config_lib.apply_arg(c, arg)

@@ -83,3 +83,8 @@ class MLP1200x2(MLP):
   """Hinton et al. (2015)'s MNIST teacher: 2 x 1200 ReLU units with dropout."""
   hidden: tuple = (1200, 1200)
   dropout: float = 0.2
+
+
+class MLPSmall(MLP):
+  """A very small dense-only student: one hidden layer of 32 ReLU units."""
+  hidden: tuple = (32,)

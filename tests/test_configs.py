@@ -1,0 +1,82 @@
+"""Every config file: loads, validates, names cells by arg string, has a tiny mode."""
+import glob
+import importlib.util
+import os
+
+import pytest
+import tensorflow_datasets as tfds  # noqa: F401  (same import order as train)
+
+from kd_jax import config_lib, train
+from kd_jax.config_lib import UserError
+from tests import helpers
+
+CONFIGS = sorted(glob.glob(os.path.join(helpers.REPO, "configs", "*.py")))
+METHOD_CONFIGS = {"scratch": "none", "vanilla_kd": "vanilla",
+                  "conditional_kd": "conditional", "ctkd": "ctkd"}
+
+
+def load(path, arg=None):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def test_one_config_per_method_exists():
+  names = [os.path.basename(p) for p in CONFIGS]
+  for prefix in METHOD_CONFIGS:
+    assert any(n.startswith(prefix + "_") for n in names), prefix
+  assert "quickstart.py" in names and "ctkd_ghostnet.py" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_validates_full_and_tiny(path):
+  c = load(path)
+  config_lib.validate(c)
+  name = os.path.basename(path)
+  for prefix, method in METHOD_CONFIGS.items():
+    if name.startswith(prefix + "_"):
+      assert c.kd.method == method
+  tiny = load(path, "runlocal")
+  config_lib.validate(tiny)
+  assert tiny.runlocal and tiny.dataset.train_limit <= 128
+  assert tiny.max_steps_per_epoch > 0 and tiny.dataset.image_size <= 32
+  assert tiny.student.name == c.student.name  # tiny keeps the student
+
+
+def test_cell_arg_string_names_one_ablation_cell():
+  c = load(os.path.join(helpers.REPO, "configs", "ctkd_ghostnet.py"),
+           "schedule=linear,seed=1,T=3,alpha=0.7,kd.epoch_cap=5")
+  assert (c.kd.schedule, c.seed, c.kd.temperature, c.kd.alpha, c.kd.epoch_cap) == (
+      "linear", 1, 3.0, 0.7, 5)
+  assert c.student.name == "ghostnet_100" and c.kd.method == "ctkd"
+  assert not c.runlocal
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("T=-1", "config.kd.temperature=-1.0 must be > 0"),
+    ("alpha=2", "config.kd.alpha=2.0 must be in [0, 1]"),
+    ("schedule=exp", "unknown config.kd.schedule 'exp'"),
+    ("method=dkd", "unknown config.kd.method 'dkd'"),
+    ("student=alexnet", "unknown config.student.name 'alexnet'"),
+    ("epochs=0", "config.num_epochs=0 must be a positive integer"),
+    ("batch_size=0", "config.batch_size=0 must be a positive integer"),
+])
+def test_validation_messages(arg, message):
+  c = load(os.path.join(helpers.REPO, "configs", "quickstart.py"), arg)
+  with pytest.raises(UserError) as e:
+    config_lib.validate(c)
+  assert message in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in CONFIGS if not p.endswith("quickstart.py")],
+                         ids=os.path.basename)
+def test_method_config_runs_in_tiny_mode(path, tmp_path):
+  """Each method config end to end in tiny mode (real GhostNet/ShuffleNet/
+  MobileNet compiles: minutes on a CPU, hence slow)."""
+  c = load(path, "runlocal,dataset=digits")
+  summary = train.train_and_evaluate(c, str(tmp_path))
+  assert summary["rows"][-1]["model"] == c.student.name
+  assert 0.0 <= summary["rows"][-1]["test_accuracy"] <= 1.0
