@@ -258,8 +258,11 @@ class Stage:
                                    self.primary)
     has_teacher = self.teacher_model is not None
     total_steps = self.num_epochs * spe
+    # The step on the host: reading state.step would wait for the device
+    # every step and stop the host from preparing the next batches.
+    step = int(state.step)
     progress = reporting.Progress(self.role, self.model_name, total_steps,
-                                  int(state.step), spe)
+                                  step, spe)
     stop = False
 
     def meta():
@@ -281,8 +284,8 @@ class Stage:
         state, step_metrics = step_jit(state, batch, self.teacher_vars)
         pending.append(step_metrics)
         loop["step_in_epoch"] += 1
-        step = int(state.step) if len(pending) >= config.log_every_steps else None
-        if step is not None:
+        step += 1
+        if len(pending) >= config.log_every_steps:
           self._flush(writer, pending, step, progress)
           pending = []
           if not np.isfinite(progress.last_loss):
@@ -291,20 +294,20 @@ class Stage:
                 f"last good checkpoint: step {ckpt.latest.latest_step()} in "
                 f"{self.stage_dir}/checkpoints/latest")
         if (loop["step_in_epoch"] < spe and config.checkpoint_every_steps and
-            int(state.step) % config.checkpoint_every_steps == 0):
+            step % config.checkpoint_every_steps == 0):
           loop["train_seconds"] += time.time() - t_epoch
           t_epoch = time.time()
-          ckpt.save_latest(int(state.step), state, meta())
+          ckpt.save_latest(step, state, meta())
       if pending:
-        self._flush(writer, pending, int(state.step), progress)
+        self._flush(writer, pending, step, progress)
       loop["train_seconds"] += time.time() - t_epoch
 
       val = evaluate(eval_jit, self._inference_vars(state), self.teacher_vars,
                      ds.val, config, mesh, has_teacher)
-      writer.write_scalars(int(state.step), {
+      writer.write_scalars(step, {
           f"val_{k}": v for k, v in val.items() if k != "confusion"} | {
               "epoch": epoch + 1})
-      loop["history"].append({"epoch": epoch + 1, "step": int(state.step),
+      loop["history"].append({"epoch": epoch + 1, "step": step,
                               **{k: v for k, v in val.items() if k != "confusion"}})
       improved = val["accuracy"] > loop["best_val"]
       if improved:
@@ -323,8 +326,8 @@ class Stage:
         stop = True
         loop["epoch"] = self.num_epochs  # the resumed run must stop too
       if improved:
-        ckpt.save_best(int(state.step), self._inference_vars(state), meta())
-      ckpt.save_latest(int(state.step), state, meta())
+        ckpt.save_best(step, self._inference_vars(state), meta())
+      ckpt.save_latest(step, state, meta())
 
     ckpt.wait()
     writer.flush()
@@ -339,12 +342,12 @@ class Stage:
         "size_mb": size_mb(best_vars),
         "test": test,
         "best_val_accuracy": loop["best_val"], "best_epoch": loop["best_epoch"],
-        "epochs_run": len(loop["history"]), "steps": int(state.step),
+        "epochs_run": len(loop["history"]), "steps": step,
         "history": loop["history"],
         "train_seconds": loop["train_seconds"],
         "wall_seconds_this_process": time.time() - t0,
         "train_images_per_second": (
-            int(state.step) * config.batch_size / max(loop["train_seconds"], 1e-9)),
+            step * config.batch_size / max(loop["train_seconds"], 1e-9)),
         "checkpoint": os.path.abspath(os.path.join(self.stage_dir, "checkpoints", "best")),
     }
     if self.method == "ctkd":
