@@ -64,10 +64,17 @@ def read_json(path):
 
 
 def restore_raw(manager_dir, item):
-  """Restores one item of the newest checkpoint as plain numpy (no target)."""
-  mngr = ocp.CheckpointManager(manager_dir)
+  """Restores one array item of the newest checkpoint onto this process's
+  first device (whatever device topology saved it)."""
+  import jax
+  mngr = ocp.CheckpointManager(
+      manager_dir, item_handlers={item: ocp.StandardCheckpointHandler()})
   step = mngr.latest_step()
+  meta = mngr.item_metadata(step)[item]
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
   out = mngr.restore(step, args=ocp.args.Composite(
-      **{item: ocp.args.StandardRestore()}))
+      **{item: ocp.args.StandardRestore(target)}))
   mngr.close()
   return step, out[item]
