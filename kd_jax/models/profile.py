@@ -5,7 +5,8 @@
   size_mb_f32/bf16  bytes of the saved inference variables (params + BatchNorm
                     statistics) in float32 / bfloat16, in MB (10^6 bytes)
   gflops            FLOPs per image of the compiled inference forward pass,
-                    from XLA's cost analysis at batch 1 (a multiply-add = 2)
+                    from XLA:CPU's cost analysis at batch 1 (a multiply-add =
+                    2; taps that fall in the zero padding are not counted)
   latency_ms        median wall time of a batch-1 forward on this machine's
                     default device, after warm-up
   images_per_s      throughput of batch-`throughput_batch` forwards
@@ -64,7 +65,11 @@ def profile(name, *, num_classes=10, image_size=112, latency_runs=20,
   variables = jax.device_put(random_variables(name, num_classes, image_size))
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
   x1 = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  cost = fwd.lower(variables, x1).compile().cost_analysis()
+  # FLOPs from the CPU compile on every machine: GPU cost analysis does not
+  # see inside cuDNN convolution calls and undercounts them.
+  cpu = jax.devices("cpu")[0]
+  cost = fwd.lower(jax.device_put(variables, cpu),
+                   jax.device_put(x1, cpu)).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
     cost = cost[0]
   n_vars = _count(variables)
