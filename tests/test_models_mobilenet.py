@@ -17,6 +17,7 @@ from flax.traverse_util import flatten_dict
 from kd_jax.models import (MODELS, apply_with_features, count_params,
                            flatten_sown, get_model)
 from kd_jax.models import mobilenet
+from tests import model_helpers
 
 NAMES = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 
@@ -109,27 +110,6 @@ def test_feature_shapes(name):
   assert {k: v.shape for k, v in feats.items()} == expected
 
 
-def host_variables(name, x, seed=0):
-  """Variables shaped by eval_shape(init), filled on the host with numpy.
-
-  Conv/Dense kernels ~ N(0, 2 / fan_in), biases 0, BN scale 1 / bias 0,
-  running mean 0 / var 1 (BN's own init); `name` is a 10-class model.
-  """
-  _, shapes, _ = _shapes(name, 10, x.shape[1], x.shape[0])
-  rng = np.random.RandomState(seed)
-
-  def fill(path, s):
-    key = path[-1].key
-    if key == "kernel":
-      fan_in = int(np.prod(s.shape[:-1]))
-      return (rng.randn(*s.shape) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
-    if key in ("scale", "var"):
-      return np.ones(s.shape, s.dtype)
-    return np.zeros(s.shape, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def _check_forward(model_name, model, variables, x):
   @jax.jit
   def run(variables, x, key):
@@ -163,7 +143,7 @@ def _check_forward(model_name, model, variables, x):
 def test_real_forward_eval_and_train():
   model = get_model("mobilenet_v3_small", num_classes=10)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3), jnp.float32)
-  variables = host_variables("mobilenet_v3_small", x)
+  variables = model_helpers.fake_variables(model, x)
   _check_forward("mobilenet_v3_small", model, variables, x)
 
 

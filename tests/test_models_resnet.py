@@ -2,8 +2,6 @@
 
 resnet50 and the 224 cases are only `jax.eval_shape`d.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,41 +9,7 @@ import pytest
 
 from kd_jax.models import apply_with_features, count_params, get_model
 from kd_jax.models import resnet
-
-
-@functools.lru_cache(maxsize=None)
-def _shapes(name, num_classes, size):
-  """(logits shape, {feature: shape}) via jax.eval_shape only."""
-  model = get_model(name, num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  logits, feats, _ = jax.eval_shape(
-      lambda v, x: apply_with_features(model, v, x, train=False), v, x)
-  return logits.shape, {k: f.shape for k, f in feats.items()}
-
-
-def fake_variables(model, x, seed=0):
-  """Variables shaped by eval_shape(init), filled on the host with numpy.
-
-  Avoids compiling flax's random initialisers (slow on a small CPU); the
-  forward pass under test is unaffected. Kernels ~ He-normal, biases/means 0,
-  BN scales/vars 1. The 'features' collection that init returns is dropped.
-  """
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  rng = np.random.RandomState(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = int(np.prod(s.shape[:-1]))
-      return (rng.randn(*s.shape) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
-    if name in ("scale", "var"):
-      return np.ones(s.shape, s.dtype)
-    return np.zeros(s.shape, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(
-      fill, {k: v for k, v in shapes.items() if k != "features"})
+from tests import model_helpers
 
 
 def test_torchvision_counts():
@@ -89,19 +53,19 @@ def _expected_features(size, expansion):
 @pytest.mark.parametrize("name,expansion", [("resnet18", 1), ("resnet50", 4)])
 @pytest.mark.parametrize("size", [28, 32, 112])
 def test_logits_and_feature_shapes(name, expansion, size):
-  logits, feats = _shapes(name, 7, size)
+  logits, feats = model_helpers.shapes(name, 7, size)
   assert logits == (1, 7)
   assert feats == _expected_features(size, expansion)
 
 
 def test_feature_shapes_224():
-  _, feats = _shapes("resnet18", 1000, 224)
+  _, feats = model_helpers.shapes("resnet18", 1000, 224)
   assert feats == {"stem": (1, 112, 112, 64), "layer1": (1, 56, 56, 64),
                    "layer2": (1, 28, 28, 128), "layer3": (1, 14, 14, 256),
                    "layer4": (1, 7, 7, 512), "pre_logits": (1, 512)}
   assert feats == _expected_features(224, 1)
   # torch values at 28: conv1 14, max-pool 7, layers 7, 4, 2, 1
-  feats28 = _shapes("resnet18", 1000, 28)[1]
+  feats28 = model_helpers.shapes("resnet18", 1000, 28)[1]
   assert [feats28[k][1] for k in ("stem", "layer1", "layer2", "layer3", "layer4")
           ] == [14, 7, 4, 2, 1]
 
@@ -125,7 +89,7 @@ def test_bottleneck_stride_on_3x3():
 def test_resnet18_real_forward():
   model = get_model("resnet18", num_classes=10)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-  variables = fake_variables(model, x)
+  variables = model_helpers.fake_variables(model, x)
   assert set(variables) == {"params", "batch_stats"}
 
   @jax.jit

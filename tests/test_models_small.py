@@ -1,10 +1,10 @@
 """Small students (seed report 003): documented counts by hand, shapes, forward."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kd_jax.models import apply_with_features, count_params, get_model
+from tests import model_helpers
 
 
 def conv3x3(cin, cout):
@@ -13,36 +13,6 @@ def conv3x3(cin, cout):
 
 def dense(i, o):
   return i * o + o
-
-
-def fake_variables(model, x, seed=0):
-  """Variables shaped by eval_shape(init), filled on the host with numpy.
-
-  Avoids compiling flax's random initialisers (slow on a small CPU); the
-  forward pass under test is unaffected. The 'features' collection that init
-  returns is dropped.
-  """
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  rng = np.random.RandomState(seed)
-
-  def fill(path, s):
-    if path[-1].key == "kernel":
-      fan_in = int(np.prod(s.shape[:-1]))
-      return (rng.randn(*s.shape) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
-    return np.zeros(s.shape, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(
-      fill, {k: v for k, v in shapes.items() if k != "features"})
-
-
-def _shapes(name, num_classes, size):
-  model = get_model(name, num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  logits, feats, _ = jax.eval_shape(
-      lambda v, x: apply_with_features(model, v, x, train=False), v, x)
-  return logits.shape, {k: f.shape for k, f in feats.items()}
 
 
 def test_simple_cnn_count():
@@ -72,14 +42,14 @@ def test_mlp_count():
 @pytest.mark.parametrize("size", [28, 32, 112])
 def test_shapes(size):
   h1, h2 = size // 2, size // 4
-  logits, feats = _shapes("simple_cnn", 10, size)
+  logits, feats = model_helpers.shapes("simple_cnn", 10, size)
   assert logits == (1, 10)
   assert feats == {"block1": (1, h1, h1, 88), "block2": (1, h2, h2, 176),
                    "pre_logits": (1, h2 * h2 * 176)}
-  logits, feats = _shapes("tiny_cnn", 100, size)
+  logits, feats = model_helpers.shapes("tiny_cnn", 100, size)
   assert logits == (1, 100)
   assert feats == {"block1": (1, h1, h1, 50), "pre_logits": (1, h1 * h1 * 50)}
-  logits, feats = _shapes("mlp", 10, size)
+  logits, feats = model_helpers.shapes("mlp", 10, size)
   assert logits == (1, 10)
   assert feats == {"hidden1": (1, 128), "pre_logits": (1, 128)}
 
@@ -93,7 +63,7 @@ def test_real_forward(name):
         lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
     variables = {k: v for k, v in variables.items() if k != "features"}
   else:
-    variables = fake_variables(model, x)
+    variables = model_helpers.fake_variables(model, x)
   assert set(variables) == {"params"}  # no BatchNorm / dropout
 
   @jax.jit

@@ -2,50 +2,14 @@
 
 vgg16 / vgg16_bn are only ever `jax.eval_shape`d (no real 138M-param init).
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax.models import apply_with_features, count_params, get_model
+from kd_jax.models import count_params, get_model
 from kd_jax.models import vgg
-
-
-@functools.lru_cache(maxsize=None)
-def _shapes(name, num_classes, size):
-  """(logits shape, {feature: shape}) via jax.eval_shape only."""
-  model = get_model(name, num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  logits, feats, _ = jax.eval_shape(
-      lambda v, x: apply_with_features(model, v, x, train=False), v, x)
-  return logits.shape, {k: f.shape for k, f in feats.items()}
-
-
-def fake_variables(model, x, seed=0):
-  """Variables shaped by eval_shape(init), filled on the host with numpy.
-
-  Avoids compiling flax's random initialisers (slow on a small CPU); the
-  forward pass under test is unaffected. Kernels ~ He-normal, biases/means 0,
-  BN scales/vars 1. The 'features' collection that init returns is dropped.
-  """
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  rng = np.random.RandomState(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = int(np.prod(s.shape[:-1]))
-      return (rng.randn(*s.shape) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
-    if name in ("scale", "var"):
-      return np.ones(s.shape, s.dtype)
-    return np.zeros(s.shape, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(
-      fill, {k: v for k, v in shapes.items() if k != "features"})
+from tests import model_helpers
 
 
 def conv(cin, cout, k=3, bias=True):
@@ -88,7 +52,7 @@ def test_vgg_cifar_count():
 @pytest.mark.parametrize("name", ["vgg16", "vgg16_bn", "vgg_cifar"])
 @pytest.mark.parametrize("size", [28, 32, 112])
 def test_logits_shape(name, size):
-  logits, feats = _shapes(name, 7, size)
+  logits, feats = model_helpers.shapes(name, 7, size)
   assert logits == (1, 7)
   assert "pre_logits" in feats
 
@@ -101,7 +65,7 @@ def _pooled(n, pools):
 
 @pytest.mark.parametrize("size", [28, 32, 112, 224])
 def test_vgg16_feature_shapes(size):
-  _, feats = _shapes("vgg16", 1000, size)
+  _, feats = model_helpers.shapes("vgg16", 1000, size)
   chans = [64, 128, 256, 512, 512]
   expected = {f"block{i + 1}": (1, _pooled(size, i + 1), _pooled(size, i + 1), c)
               for i, c in enumerate(chans)}
@@ -114,7 +78,7 @@ def test_vgg16_feature_shapes(size):
 
 
 def test_vgg_cifar_feature_shapes():
-  _, feats = _shapes("vgg_cifar", 10, 32)
+  _, feats = model_helpers.shapes("vgg_cifar", 10, 32)
   assert feats == {"block1": (1, 16, 16, 64), "block2": (1, 8, 8, 128),
                    "block3": (1, 4, 4, 256), "block4": (1, 2, 2, 512),
                    "pre_logits": (1, 512)}
@@ -156,7 +120,7 @@ def test_max_pool_skips_size_one_axis():
 def test_vgg_cifar_real_forward():
   model = get_model("vgg_cifar", num_classes=10)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-  variables = fake_variables(model, x)
+  variables = model_helpers.fake_variables(model, x)
   assert set(variables) == {"params"}  # no BatchNorm in the report's teacher
 
   @jax.jit
@@ -178,7 +142,7 @@ def test_bn_variant_real_forward_small_cfg():
   model = vgg.VGG(num_classes=5, cfg=(8, vgg.M, 16, vgg.M), batch_norm=True,
                   pool_size=(7, 7), hidden=(32, 32))
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-  variables = fake_variables(model, x)
+  variables = model_helpers.fake_variables(model, x)
   assert set(variables) == {"params", "batch_stats"}
   fwd = jax.jit(lambda v, x, k: model.apply(
       v, x, train=True, mutable=["batch_stats"], rngs={"dropout": k}))

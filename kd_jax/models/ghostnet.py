@@ -65,16 +65,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def make_divisible(v: float, divisor: int = 4, min_value: int | None = None,
-                   round_limit: float = 0.9) -> int:
-  """Round `v` to the nearest multiple of `divisor` (never below 90% of v)."""
-  min_value = min_value or divisor
-  new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-  if new_v < round_limit * v:
-    new_v += divisor
-  return new_v
-
+from kd_jax.models.layers import (batch_norm, make_divisible, torch_bias_init,
+                                  torch_conv, torch_kernel_init)
 
 # One entry per timm stage; each block: (kernel, expansion chs, out chs,
 # SE ratio, stride).
@@ -101,34 +93,6 @@ _CFGS = (
 _STAGE_FEATURES = {0: "stage1", 2: "stage2", 4: "stage3", 6: "stage4"}
 
 
-# PyTorch's default Conv2d / Linear init: kaiming_uniform(a=sqrt(5)) is
-# U(+-1/sqrt(fan_in)), i.e. variance 1/(3 fan_in); flax's fan_in for a conv
-# kernel (kh, kw, in/groups, out) is kh*kw*in/groups, the same as torch's.
-_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _torch_bias_init(fan_in: int):
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-def _bn(train: bool, name: str):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, name=name)
-
-
-def _conv(features: int, k: int, stride: int = 1, groups: int = 1, *,
-          bias: bool = False, name: str):
-  """Conv with PyTorch's symmetric padding (k - 1) // 2."""
-  p = (k - 1) // 2
-  return nn.Conv(features, (k, k), strides=(stride, stride),
-                 padding=((p, p), (p, p)), feature_group_count=groups,
-                 use_bias=bias, kernel_init=_torch_kernel_init, name=name)
-
-
 class GhostModule(nn.Module):
   out_chs: int
   relu: bool = True
@@ -139,12 +103,12 @@ class GhostModule(nn.Module):
   def __call__(self, x, *, train: bool):
     init_chs = math.ceil(self.out_chs / self.ratio)
     new_chs = init_chs * (self.ratio - 1)
-    x1 = _conv(init_chs, 1, name="primary_conv")(x)
-    x1 = _bn(train, "primary_bn")(x1)
+    x1 = torch_conv(init_chs, 1, name="primary_conv")(x)
+    x1 = batch_norm(train, "primary_bn")(x1)
     if self.relu:
       x1 = nn.relu(x1)
-    x2 = _conv(new_chs, self.dw_size, groups=init_chs, name="cheap_conv")(x1)
-    x2 = _bn(train, "cheap_bn")(x2)
+    x2 = torch_conv(new_chs, self.dw_size, groups=init_chs, name="cheap_conv")(x1)
+    x2 = batch_norm(train, "cheap_bn")(x2)
     if self.relu:
       x2 = nn.relu(x2)
     return jnp.concatenate([x1, x2], axis=-1)[..., :self.out_chs]
@@ -158,11 +122,11 @@ class SqueezeExcite(nn.Module):
     chs = x.shape[-1]
     rd = make_divisible(chs * self.rd_ratio, 4)
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.Conv(rd, (1, 1), kernel_init=_torch_kernel_init,
-                bias_init=_torch_bias_init(chs), name="conv_reduce")(s)
+    s = nn.Conv(rd, (1, 1), kernel_init=torch_kernel_init,
+                bias_init=torch_bias_init(chs), name="conv_reduce")(s)
     s = nn.relu(s)
-    s = nn.Conv(chs, (1, 1), kernel_init=_torch_kernel_init,
-                bias_init=_torch_bias_init(rd), name="conv_expand")(s)
+    s = nn.Conv(chs, (1, 1), kernel_init=torch_kernel_init,
+                bias_init=torch_bias_init(rd), name="conv_expand")(s)
     return x * jax.nn.hard_sigmoid(s)
 
 
@@ -179,19 +143,19 @@ class GhostBottleneck(nn.Module):
     shortcut = x
     x = GhostModule(self.mid_chs, relu=True, name="ghost1")(x, train=train)
     if self.stride > 1:
-      x = _conv(self.mid_chs, self.kernel, self.stride, groups=self.mid_chs,
-                name="conv_dw")(x)
-      x = _bn(train, "bn_dw")(x)
+      x = torch_conv(self.mid_chs, self.kernel, self.stride,
+                     groups=self.mid_chs, name="conv_dw")(x)
+      x = batch_norm(train, "bn_dw")(x)
     if self.se_ratio > 0:
       x = SqueezeExcite(self.se_ratio, name="se")(x)
     x = GhostModule(self.out_chs, relu=False, name="ghost2")(x, train=train)
     if in_chs == self.out_chs and self.stride == 1:
       return x + shortcut
-    s = _conv(in_chs, self.kernel, self.stride, groups=in_chs,
-              name="shortcut_dw")(shortcut)
-    s = _bn(train, "shortcut_dw_bn")(s)
-    s = _conv(self.out_chs, 1, name="shortcut_pw")(s)
-    s = _bn(train, "shortcut_pw_bn")(s)
+    s = torch_conv(in_chs, self.kernel, self.stride, groups=in_chs,
+                   name="shortcut_dw")(shortcut)
+    s = batch_norm(train, "shortcut_dw_bn")(s)
+    s = torch_conv(self.out_chs, 1, name="shortcut_pw")(s)
+    s = batch_norm(train, "shortcut_pw_bn")(s)
     return x + s
 
 
@@ -205,8 +169,8 @@ class GhostNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     stem = make_divisible(16 * self.width, 4)
-    x = _conv(stem, 3, 2, name="conv_stem")(x)
-    x = nn.relu(_bn(train, "bn1")(x))
+    x = torch_conv(stem, 3, 2, name="conv_stem")(x)
+    x = nn.relu(batch_norm(train, "bn1")(x))
     exp = stem
     for si, stage in enumerate(self.cfgs):
       for bi, (k, exp, c, se, s) in enumerate(stage):
@@ -218,18 +182,18 @@ class GhostNet(nn.Module):
       if si in _STAGE_FEATURES:
         self.sow("features", _STAGE_FEATURES[si], x)
     # timm: ConvBnAct with out = make_divisible(last expansion * width, 4).
-    x = _conv(make_divisible(exp * self.width, 4), 1, name="last_conv")(x)
-    x = nn.relu(_bn(train, "last_bn")(x))
+    x = torch_conv(make_divisible(exp * self.width, 4), 1, name="last_conv")(x)
+    x = nn.relu(batch_norm(train, "last_bn")(x))
     self.sow("features", "stage5", x)
     x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool
     self.sow("features", "pre_logits", x.reshape((x.shape[0], -1)))
-    x = nn.Conv(1280, (1, 1), use_bias=True, kernel_init=_torch_kernel_init,
-                bias_init=_torch_bias_init(x.shape[-1]), name="conv_head")(x)
+    x = nn.Conv(1280, (1, 1), use_bias=True, kernel_init=torch_kernel_init,
+                bias_init=torch_bias_init(x.shape[-1]), name="conv_head")(x)
     x = nn.relu(x).reshape((x.shape[0], -1))
     self.sow("features", "hidden", x)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, kernel_init=_torch_kernel_init,
-                    bias_init=_torch_bias_init(x.shape[-1]), name="classifier")(x)
+    return nn.Dense(self.num_classes, kernel_init=torch_kernel_init,
+                    bias_init=torch_bias_init(x.shape[-1]), name="classifier")(x)
 
 
 def ghostnet_100(num_classes: int, **kw) -> GhostNet:

@@ -49,20 +49,12 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kd_jax.models.layers import make_divisible, torch_conv
+
 # torchvision init: kaiming_normal_(mode='fan_out') (untruncated), normal(0, .01)
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # untruncated, like torch
 _dense_init = nn.initializers.normal(stddev=0.01)
 _zeros = nn.initializers.zeros
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-  """Round `v` to a multiple of `divisor`, never dropping more than 10%."""
-  if min_value is None:
-    min_value = divisor
-  out = max(min_value, int(v + divisor / 2) // divisor * divisor)
-  if out < 0.9 * v:
-    out += divisor
-  return out
 
 
 def _identity(x):
@@ -89,11 +81,8 @@ class ConvBNAct(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    p = (self.kernel - 1) // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel),
-                strides=(self.stride, self.stride), padding=((p, p), (p, p)),
-                feature_group_count=self.groups, use_bias=False,
-                kernel_init=_conv_init, name="conv")(x)
+    x = torch_conv(self.features, self.kernel, self.stride, self.groups,
+                   kernel_init=_conv_init, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=self.bn_eps, name="bn")(x)
     return _ACTS[self.act](x)

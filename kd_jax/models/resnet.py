@@ -36,19 +36,13 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kd_jax.models.layers import batch_norm, torch_conv
+
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(features, kernel, stride=1, name=None):
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=conv_init, name=name)
-
-
-def _bn(train, name=None):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, name=name)
+  return torch_conv(features, kernel, stride, kernel_init=conv_init, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -60,12 +54,12 @@ class BasicBlock(nn.Module):
   def __call__(self, x, *, train: bool):
     out_ch = self.planes * self.expansion
     y = _conv(self.planes, 3, self.stride, name="conv1")(x)
-    y = nn.relu(_bn(train, "bn1")(y))
+    y = nn.relu(batch_norm(train, "bn1")(y))
     y = _conv(self.planes, 3, name="conv2")(y)
-    y = _bn(train, "bn2")(y)
+    y = batch_norm(train, "bn2")(y)
     if self.stride != 1 or x.shape[-1] != out_ch:
       x = _conv(out_ch, 1, self.stride, name="downsample_conv")(x)
-      x = _bn(train, "downsample_bn")(x)
+      x = batch_norm(train, "downsample_bn")(x)
     return nn.relu(y + x)
 
 
@@ -78,14 +72,14 @@ class Bottleneck(nn.Module):
   def __call__(self, x, *, train: bool):
     out_ch = self.planes * self.expansion
     y = _conv(self.planes, 1, name="conv1")(x)
-    y = nn.relu(_bn(train, "bn1")(y))
+    y = nn.relu(batch_norm(train, "bn1")(y))
     y = _conv(self.planes, 3, self.stride, name="conv2")(y)  # v1.5 stride
-    y = nn.relu(_bn(train, "bn2")(y))
+    y = nn.relu(batch_norm(train, "bn2")(y))
     y = _conv(out_ch, 1, name="conv3")(y)
-    y = _bn(train, "bn3")(y)
+    y = batch_norm(train, "bn3")(y)
     if self.stride != 1 or x.shape[-1] != out_ch:
       x = _conv(out_ch, 1, self.stride, name="downsample_conv")(x)
-      x = _bn(train, "downsample_bn")(x)
+      x = batch_norm(train, "downsample_bn")(x)
     return nn.relu(y + x)
 
 
@@ -98,7 +92,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     x = _conv(64, 7, 2, name="conv1")(x)
-    x = nn.relu(_bn(train, "bn1")(x))
+    x = nn.relu(batch_norm(train, "bn1")(x))
     self.sow("features", "stem", x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, (n, p) in enumerate(zip(self.layers, self.planes)):

@@ -50,37 +50,11 @@ There is no dropout, so `train=True` needs only `mutable=['batch_stats']`.
 """
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-# PyTorch's default Conv2d / Linear init: kaiming_uniform(a=sqrt(5)) is
-# U(+-1/sqrt(fan_in)), i.e. variance 1/(3 fan_in); flax's fan_in for a conv
-# kernel (kh, kw, in/groups, out) is kh*kw*in/groups, the same as torch's.
-_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _torch_bias_init(fan_in: int):
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-def _bn(train: bool, name: str):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, name=name)
-
-
-def _conv(features: int, k: int, stride: int = 1, groups: int = 1, *, name: str):
-  """Bias-free conv with PyTorch's symmetric padding (k - 1) // 2."""
-  p = (k - 1) // 2
-  return nn.Conv(features, (k, k), strides=(stride, stride),
-                 padding=((p, p), (p, p)), feature_group_count=groups,
-                 use_bias=False, kernel_init=_torch_kernel_init, name=name)
+from kd_jax.models.layers import (batch_norm, torch_bias_init, torch_conv,
+                                  torch_kernel_init)
 
 
 def channel_shuffle(x, groups: int):
@@ -104,17 +78,17 @@ class InvertedResidual(nn.Module):
         raise ValueError(f"stride 1 needs in == out, got {in_chs} -> {self.out_chs}")
       x1, x2 = jnp.split(x, 2, axis=-1)
     else:
-      x1 = _conv(in_chs, 3, self.stride, groups=in_chs, name="branch1_dw")(x)
-      x1 = _bn(train, "branch1_dw_bn")(x1)
-      x1 = _conv(b, 1, name="branch1_pw")(x1)
-      x1 = nn.relu(_bn(train, "branch1_pw_bn")(x1))
+      x1 = torch_conv(in_chs, 3, self.stride, groups=in_chs, name="branch1_dw")(x)
+      x1 = batch_norm(train, "branch1_dw_bn")(x1)
+      x1 = torch_conv(b, 1, name="branch1_pw")(x1)
+      x1 = nn.relu(batch_norm(train, "branch1_pw_bn")(x1))
       x2 = x
-    y = _conv(b, 1, name="branch2_pw1")(x2)
-    y = nn.relu(_bn(train, "branch2_pw1_bn")(y))
-    y = _conv(b, 3, self.stride, groups=b, name="branch2_dw")(y)
-    y = _bn(train, "branch2_dw_bn")(y)
-    y = _conv(b, 1, name="branch2_pw2")(y)
-    y = nn.relu(_bn(train, "branch2_pw2_bn")(y))
+    y = torch_conv(b, 1, name="branch2_pw1")(x2)
+    y = nn.relu(batch_norm(train, "branch2_pw1_bn")(y))
+    y = torch_conv(b, 3, self.stride, groups=b, name="branch2_dw")(y)
+    y = batch_norm(train, "branch2_dw_bn")(y)
+    y = torch_conv(b, 1, name="branch2_pw2")(y)
+    y = nn.relu(batch_norm(train, "branch2_pw2_bn")(y))
     return channel_shuffle(jnp.concatenate([x1, y], axis=-1), 2)
 
 
@@ -127,8 +101,8 @@ class ShuffleNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     chs = self.stages_out_channels
-    x = _conv(chs[0], 3, 2, name="conv1")(x)
-    x = nn.relu(_bn(train, "conv1_bn")(x))
+    x = torch_conv(chs[0], 3, 2, name="conv1")(x)
+    x = nn.relu(batch_norm(train, "conv1_bn")(x))
     self.sow("features", "stage1", x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     self.sow("features", "stage2", x)
@@ -140,13 +114,13 @@ class ShuffleNetV2(nn.Module):
                              name=f"{stage}_{bi}")(x, train=train)
       if stage != "stage5":  # stage5 ends after conv5 (same resolution)
         self.sow("features", stage, x)
-    x = _conv(chs[4], 1, name="conv5")(x)
-    x = nn.relu(_bn(train, "conv5_bn")(x))
+    x = torch_conv(chs[4], 1, name="conv5")(x)
+    x = nn.relu(batch_norm(train, "conv5_bn")(x))
     self.sow("features", "stage5", x)
     x = jnp.mean(x, axis=(1, 2))  # global average pool
     self.sow("features", "pre_logits", x)
-    return nn.Dense(self.num_classes, kernel_init=_torch_kernel_init,
-                    bias_init=_torch_bias_init(x.shape[-1]), name="fc")(x)
+    return nn.Dense(self.num_classes, kernel_init=torch_kernel_init,
+                    bias_init=torch_bias_init(x.shape[-1]), name="fc")(x)
 
 
 def shufflenet_v2_x0_5(num_classes: int, **kw) -> ShuffleNetV2:

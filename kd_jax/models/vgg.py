@@ -65,6 +65,8 @@ from typing import Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kd_jax.models import layers
+
 # torchvision kaiming_normal_(mode="fan_out", nonlinearity="relu")
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.normal(stddev=0.01)
@@ -129,8 +131,7 @@ class VGG(nn.Module):
       x = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
                   name=f"conv{stage}_{idx}")(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-5, name=f"bn{stage}_{idx}")(x)
+        x = layers.batch_norm(train, f"bn{stage}_{idx}")(x)
       x = nn.relu(x)
       idx += 1
     x = adaptive_avg_pool(x, self.pool_size)
