@@ -124,7 +124,7 @@ def test_loaded_teacher_and_mismatches(mnist_run, tmp_path):
 def test_workdir_with_a_different_config_is_refused(mnist_run):
   c, workdir, _, _ = mnist_run
   c2 = helpers.tiny_config(**{"dataset.name": "mnist", "dataset.data_dir": workdir,
-                              "kd.temperature": 2.0})
+                              "kd.temperature": c.kd.temperature + 1.0})
   before = sorted(os.listdir(workdir))
   with tfds.testing.mock_data(num_examples=160):
     with pytest.raises(UserError, match="differs in kd.temperature"):
