@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kd_jax import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,4 @@
 """`python -m kd_jax.main` with bad input: exit 2, one line, nothing written."""
-import os
 
 import pytest
 

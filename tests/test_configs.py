@@ -4,7 +4,6 @@ import importlib.util
 import os
 
 import pytest
-import tensorflow_datasets as tfds  # noqa: F401  (same import order as train)
 
 from kd_jax import config_lib, train
 from kd_jax.config_lib import UserError

@@ -1,7 +1,6 @@
 """CTKD: the temperature ascends the KD loss by mu * lambda * |dL/draw|."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest

@@ -1,5 +1,4 @@
 """Kill -9 and resume; 8 fake CPU devices give the params of 1 device."""
-import json
 import os
 import re
 import signal

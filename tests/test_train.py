@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn.metrics import f1_score
 
-from kd_jax import config_lib, data, models, train
+from kd_jax import data, models, train
 from kd_jax.config_lib import UserError
 from tests import helpers
 
