@@ -229,6 +229,8 @@ class Stage:
     tx = make_optimizer(config, learning_rate=self.learning_rate,
                         num_epochs=self.num_epochs, steps_per_epoch=spe,
                         ctkd=ctkd)
+    # Scratch and KD students start from the same initial weights (a paired
+    # comparison: only the teacher's signal differs).
     rng = jax.random.PRNGKey(config.seed)
     rng = jax.random.fold_in(rng, {"teacher": 1, "student": 2, "scratch": 2}[self.role])
     params, batch_stats = init_variables(self.model, config, mesh, rng)
