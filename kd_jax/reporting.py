@@ -86,8 +86,13 @@ def format_table(rows) -> str:
             f"{r['test_accuracy']:.4f}", f"{r['test_macro_f1']:.4f}",
             "-" if r["teacher_agreement"] is None else f"{r['teacher_agreement']:.4f}"]
            for r in rows]
+  return text_table(head, lines, left=2)
+
+
+def text_table(head, lines, left=1) -> str:
+  """A fixed-width table: the first `left` columns left-aligned, the rest right."""
   widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-  fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+  fmt = lambda cells: "  ".join(c.ljust(w) if i < left else c.rjust(w)
                                 for i, (c, w) in enumerate(zip(cells, widths)))
   return "\n".join([fmt(head), fmt(["-" * w for w in widths])]
                    + [fmt(l) for l in lines])

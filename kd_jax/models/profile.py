@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import models
+from kd_jax import models, reporting
 
 
 def random_variables(name, num_classes, image_size, seed=0):
@@ -98,8 +98,4 @@ def format_table(rows) -> str:
             f"{r['latency_ms']:.2f}" if "latency_ms" in r else "-",
             f"{r['images_per_s']:.0f}" if "images_per_s" in r else "-"]
            for r in rows]
-  widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-  fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                for i, (c, w) in enumerate(zip(cells, widths)))
-  return "\n".join([fmt(head), fmt(["-" * w for w in widths])]
-                   + [fmt(l) for l in lines])
+  return reporting.text_table(head, lines, left=1)
