@@ -333,7 +333,7 @@ class Stage:
 
     ckpt.wait()
     writer.flush()
-    best_vars, best_meta = ckpt.restore_best(self._inference_vars(state), repl)
+    best_vars, _ = ckpt.restore_best(self._inference_vars(state), repl)
     test = evaluate(eval_jit, best_vars, self.teacher_vars, ds.test, config,
                     mesh, has_teacher)
     res = {
@@ -384,10 +384,16 @@ class Stage:
 # -------------------------------------------------------------- top level
 
 
-def _teacher_like(config, ds, mesh):
+def _load_teacher(config, ds, mesh, path):
+  """(frozen teacher module, its variables) from a kd_jax model checkpoint."""
   model = models.get_model(config.teacher.name, num_classes=ds.num_classes)
-  return model, models.init_shapes(config.teacher.name, ds.num_classes,
-                                   config.dataset.image_size)
+  like = models.init_shapes(config.teacher.name, ds.num_classes,
+                            config.dataset.image_size)
+  variables, _ = checkpointing.load_teacher(
+      path, expected_model=config.teacher.name, num_classes=ds.num_classes,
+      image_size=config.dataset.image_size, like_variables=like,
+      sharding=sharding.replicated(mesh))
+  return model, variables
 
 
 def _check_workdir(workdir, config):
@@ -399,8 +405,8 @@ def _check_workdir(workdir, config):
     old = json.load(f)
   new = json.loads(config.to_json())
   if old != new:
-    diff = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
-                  if _flatten(old).get(k) != _flatten(new).get(k))
+    old, new = _flatten(old), _flatten(new)
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise UserError(f"workdir {workdir} holds a run of a different config "
                     f"(differs in {', '.join(diff[:5])}); use another --workdir")
 
@@ -427,12 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   teacher = None
   teacher_result = None
   if needs_teacher and config.teacher.checkpoint:
-    t_model, like = _teacher_like(config, ds, mesh)
-    t_vars, t_meta = checkpointing.load_teacher(
-        config.teacher.checkpoint, expected_model=config.teacher.name,
-        num_classes=ds.num_classes, image_size=config.dataset.image_size,
-        like_variables=like, sharding=sharding.replicated(mesh))
-    teacher = (t_model, t_vars)
+    teacher = _load_teacher(config, ds, mesh, config.teacher.checkpoint)
   # --- nothing above this line writes to the workdir ---
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -447,12 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         stage_dir=os.path.join(workdir, "teacher"),
         num_epochs=config_lib.teacher_epochs(config),
         learning_rate=config_lib.teacher_lr(config), **common).run()
-    t_model, like = _teacher_like(config, ds, mesh)
-    t_vars, _ = checkpointing.load_teacher(
-        os.path.join(workdir, "teacher"), expected_model=config.teacher.name,
-        num_classes=ds.num_classes, image_size=config.dataset.image_size,
-        like_variables=like, sharding=sharding.replicated(mesh))
-    teacher = (t_model, t_vars)
+    teacher = _load_teacher(config, ds, mesh, os.path.join(workdir, "teacher"))
   elif needs_teacher:
     teacher_result = _evaluate_loaded_teacher(config, ds, mesh, teacher)
 
