@@ -83,8 +83,7 @@ class StageCheckpoints:
 
 
 def restore_model(manager, like_variables, sharding):
-  step = manager.best_step() if hasattr(manager, "best_step") else None
-  step = manager.latest_step() if step is None else step
+  step = manager.latest_step()  # 'best' keeps one checkpoint: the best one
   out = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore(_abstract(like_variables, sharding)),
       meta=ocp.args.JsonRestore()))
