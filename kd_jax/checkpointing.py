@@ -114,7 +114,7 @@ def read_model_meta(path: str) -> tuple[ocp.CheckpointManager, dict]:
 
 
 def load_teacher(path: str, *, expected_model: str, num_classes: int,
-                 image_size: int, like_variables, sharding):
+                 image_size: int, like_variables, sharding, subclasses=1):
   """Restores frozen teacher variables, refusing a mismatched checkpoint."""
   manager, meta = read_model_meta(path)
   problems = []
@@ -124,6 +124,9 @@ def load_teacher(path: str, *, expected_model: str, num_classes: int,
   if meta.get("num_classes") != num_classes:
     problems.append(f"{meta.get('num_classes')} classes (the data has "
                     f"{num_classes})")
+  if meta.get("subclasses", 1) != subclasses:
+    problems.append(f"{meta.get('subclasses', 1)} logits per class (this "
+                    f"config needs {subclasses})")
   if meta.get("image_size") != image_size:
     problems.append(f"input {meta.get('image_size')}x{meta.get('image_size')}"
                     f" (config.dataset.image_size is {image_size})")

@@ -76,6 +76,38 @@ def base_config() -> ml_collections.ConfigDict:
   k.epoch_cap = 10
   k.temperature_lr = 0.05
   k.temperature_momentum = 0.9
+  k.temperature_hidden = 64  # ctkd_instance: hidden units of the T module
+  # Logit standardisation (Sun et al. 2024): z-score both logits before the
+  # temperature softmax (vanilla, conditional, ctkd, ctkd_instance, fitnets,
+  # dkd).
+  k.logit_standardization = False
+  # FitNets hints: feature names (see `python -m kd_jax.models --list`).
+  # Set for method 'fitnets' (or to add a hint term to another KD method).
+  k.hint_student_layer = ""
+  k.hint_teacher_layer = ""
+  k.hint_weight = 100.0  # single-stage: loss = KD + hint_weight * MSE
+  k.hint_stages = 1  # 2: first train up to the guided layer on hints only
+  k.hint_epochs = -1  # stage-1 epochs of two-stage hints (-1: num_epochs)
+  # Teacher assistants: comma list of models between teacher and student,
+  # e.g. 'resnet18' -> teacher -> resnet18 -> student, each link distilled
+  # with this config's method.
+  k.assistants = ""
+  # DKD (Zhao et al. 2022): CE + alpha' TCKD + beta' NCKD, KD part warmed up
+  # linearly over dkd_warmup_epochs.
+  k.dkd_alpha = 1.0
+  k.dkd_beta = 8.0
+  k.dkd_warmup_epochs = 0
+  # DIST (Huang et al. 2022): CE + T^2 (beta inter + gamma intra).
+  k.dist_beta = 1.0
+  k.dist_gamma = 1.0
+  # Subclass distillation (Mueller et al. 2020): teacher and student have
+  # num_classes * subclasses logits.
+  k.subclasses = 2
+  k.subclass_aux_weight = 1.0
+  k.subclass_aux_temperature = 1.0
+  # Deep mutual learning: the cohort is the student plus these peers
+  # (comma list of models; '' = one peer with the student's architecture).
+  k.peers = ""
   return c
 
 
@@ -84,7 +116,9 @@ ALIASES = {
     "alpha": "kd.alpha", "method": "kd.method", "schedule": "kd.schedule",
     "student": "student.name", "teacher": "teacher.name",
     "dataset": "dataset.name", "seed": "seed", "epochs": "num_epochs",
-    "image_size": "dataset.image_size",
+    "image_size": "dataset.image_size", "assistants": "kd.assistants",
+    "peers": "kd.peers", "hint_stages": "kd.hint_stages",
+    "subclasses": "kd.subclasses", "ls": "kd.logit_standardization",
 }
 FLAGS_IN_ARG = ("runlocal", "tiny")
 
@@ -162,11 +196,17 @@ def make_tiny(c: ml_collections.ConfigDict):
     c.teacher.name = "simple_cnn"
   if c.teacher.num_epochs > 0:
     c.teacher.num_epochs = min(c.teacher.num_epochs, 2)
+  if c.kd.hint_epochs > 0:
+    c.kd.hint_epochs = min(c.kd.hint_epochs, 2)
   return c
 
 
 def teacher_epochs(c) -> int:
   return c.teacher.num_epochs if c.teacher.num_epochs > 0 else c.num_epochs
+
+
+def hint_epochs(c) -> int:
+  return c.kd.hint_epochs if c.kd.hint_epochs > 0 else c.num_epochs
 
 
 def teacher_lr(c) -> float:
@@ -185,7 +225,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   one_of(c.dataset.name, DATASETS, "config.dataset.name")
   one_of(c.student.name, sorted(models.MODELS), "config.student.name")
   one_of(c.kd.method, losses.METHODS, "config.kd.method")
-  if c.kd.method != "none" or c.scratch_baseline:
+  if c.kd.method in losses.TEACHER_METHODS or c.scratch_baseline:
     one_of(c.teacher.name, sorted(models.MODELS), "config.teacher.name")
   one_of(c.kd.schedule, losses.SCHEDULES, "config.kd.schedule")
   one_of(c.optimizer, OPTIMIZERS, "config.optimizer")
@@ -212,12 +252,81 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not 0.0 <= c.dataset.val_fraction < 1.0:
     raise UserError(
         f"config.dataset.val_fraction={c.dataset.val_fraction} must be in [0, 1)")
-  if c.kd.method == "ctkd":
+  if c.kd.method in ("ctkd", "ctkd_instance"):
     if not (c.kd.t_start > 0 and c.kd.t_end >= 0):
       raise UserError(f"CTKD temperature range t_start={c.kd.t_start}, "
                       f"t_end={c.kd.t_end}: need t_start > 0 and t_end >= 0")
     if c.kd.epoch_cap <= 0:
       raise UserError(f"config.kd.epoch_cap={c.kd.epoch_cap} must be > 0")
+  _validate_methods(c, one_of, models)
   if c.dataset.name == "folder" and not c.dataset.data_dir:
     raise UserError("config.dataset.name='folder' needs "
                     "config.dataset.data_dir=<root with train/ and test/>")
+
+
+def model_list(text: str) -> list[str]:
+  return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def hints_enabled(c) -> bool:
+  return bool(c.kd.hint_student_layer) and c.kd.method in losses.TEACHER_METHODS
+
+
+def subclasses(c) -> int:
+  """Logits per class of teacher and student (1 unless method 'subclass')."""
+  return c.kd.subclasses if c.kd.method == "subclass" else 1
+
+
+def peers(c) -> list[str]:
+  if c.kd.method != "dml":
+    return []
+  return model_list(c.kd.peers) or [c.student.name]
+
+
+def _validate_methods(c, one_of, models) -> None:
+  k = c.kd
+  if k.method == "fitnets" and not (k.hint_student_layer and k.hint_teacher_layer):
+    raise UserError("method 'fitnets' needs config.kd.hint_student_layer and "
+                    "config.kd.hint_teacher_layer (feature names; list them "
+                    "with `python -m kd_jax.models --list`)")
+  if bool(k.hint_student_layer) != bool(k.hint_teacher_layer):
+    raise UserError("set both config.kd.hint_student_layer and "
+                    "config.kd.hint_teacher_layer, or neither")
+  if k.hint_student_layer and k.method not in losses.TEACHER_METHODS:
+    raise UserError(f"hint layers need a teacher; method {k.method!r} has none")
+  if k.hint_student_layer and k.method == "subclass":
+    raise UserError("hint layers are not supported with method 'subclass'")
+  if k.hint_stages not in (1, 2):
+    raise UserError(f"config.kd.hint_stages={k.hint_stages} must be 1 "
+                    "(hint term added to KD) or 2 (hints first, then KD)")
+  if k.hint_weight < 0:
+    raise UserError(f"config.kd.hint_weight={k.hint_weight} must be >= 0")
+  if k.hint_epochs == 0 or k.hint_epochs < -1:
+    raise UserError(f"config.kd.hint_epochs={k.hint_epochs} must be a "
+                    "positive integer (or -1: same as num_epochs)")
+  for name in model_list(k.assistants):
+    one_of(name, sorted(models.MODELS), "teacher assistant (config.kd.assistants)")
+  if k.assistants and k.method not in losses.TEACHER_METHODS:
+    raise UserError(f"teacher assistants need a teacher; method {k.method!r} "
+                    "has none")
+  if k.assistants and k.hint_student_layer:
+    raise UserError("hint layers with teacher assistants are not supported: "
+                    "the layer names differ per link (run the links as "
+                    "separate configs with config.teacher.checkpoint)")
+  if k.method == "subclass" and k.subclasses < 2:
+    raise UserError(f"config.kd.subclasses={k.subclasses} must be >= 2")
+  if k.method == "dml":
+    for name in model_list(k.peers):
+      one_of(name, sorted(models.MODELS), "peer model (config.kd.peers)")
+  for name in ("dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma",
+               "subclass_aux_weight"):
+    if k[name] < 0:
+      raise UserError(f"config.kd.{name}={k[name]} must be >= 0")
+  if k.dkd_warmup_epochs < 0:
+    raise UserError(f"config.kd.dkd_warmup_epochs={k.dkd_warmup_epochs} must be >= 0")
+  if k.subclass_aux_temperature <= 0:
+    raise UserError(f"config.kd.subclass_aux_temperature="
+                    f"{k.subclass_aux_temperature} must be > 0")
+  if k.temperature_hidden <= 0:
+    raise UserError(f"config.kd.temperature_hidden={k.temperature_hidden} "
+                    "must be > 0")

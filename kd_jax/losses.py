@@ -8,7 +8,14 @@ References (equation numbers are the seeds' report 002):
   * Hinton et al. 2015, "Distilling the knowledge in a neural network" (eq. 4).
   * Meng et al. 2019, "Conditional teacher-student learning".
   * Li et al. 2023, "Curriculum temperature for knowledge distillation"
-    (CTKD; eqs. 5-7).
+    (CTKD; eqs. 5-7), global and instance-wise temperature.
+  * Romero et al. 2015, "FitNets: hints for thin deep nets", with the 1x1
+    adaptation layer of Chen et al. 2017 (seeds' report 003, sec. 2.4).
+  * Zhao et al. 2022, "Decoupled knowledge distillation" (DKD).
+  * Huang et al. 2022, "Knowledge distillation from a stronger teacher" (DIST).
+  * Sun et al. 2024, "Logit standardization in knowledge distillation".
+  * Mueller, Kornblith, Hinton 2020, "Subclass distillation".
+  * Zhang et al. 2018, "Deep mutual learning" (DML).
 """
 from __future__ import annotations
 
@@ -39,15 +46,23 @@ def kl_per_example(student_logits_BxC, teacher_logits_BxC, temperature):
   return jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=-1)
 
 
-def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha):
-  """Hinton KD: mean_i[alpha T^2 KL_i + (1 - alpha) CE_i]."""
+def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha,
+            standardize_logits=False):
+  """Hinton KD: mean_i[alpha T^2 KL_i + (1 - alpha) CE_i].
+
+  `temperature`: scalar, or `[B]` per example (instance-wise CTKD).
+  `standardize_logits`: z-score both logits inside the KL term only (Sun et
+  al. 2024); the cross-entropy always sees the raw student logits.
+  """
   t = jnp.asarray(temperature, jnp.float32)
-  kl_B = kl_per_example(student_logits, teacher_logits, t)
+  kl_B = kl_per_example(*_maybe_standardize(
+      student_logits, teacher_logits, standardize_logits), t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
   return jnp.mean(alpha * t**2 * kl_B + (1.0 - alpha) * ce_B)
 
 
-def conditional_kd_loss(student_logits, teacher_logits, labels, *, temperature):
+def conditional_kd_loss(student_logits, teacher_logits, labels, *, temperature,
+                        standardize_logits=False):
   """Conditional teacher-student learning (Meng et al.).
 
   mean_i[c_i T^2 KL_i + (1 - c_i) CE_i] with c_i = 1 where the teacher's
@@ -56,7 +71,8 @@ def conditional_kd_loss(student_logits, teacher_logits, labels, *, temperature):
   """
   t = jnp.asarray(temperature, jnp.float32)
   c_B = (jnp.argmax(teacher_logits, axis=-1) == labels).astype(jnp.float32)
-  kl_B = kl_per_example(student_logits, teacher_logits, t)
+  kl_B = kl_per_example(*_maybe_standardize(
+      student_logits, teacher_logits, standardize_logits), t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
   return jnp.mean(c_B * t**2 * kl_B + (1.0 - c_B) * ce_B)
 
@@ -84,5 +100,150 @@ def curriculum_lambda(epoch, *, schedule, lambda_min=0.0, lambda_max=1.0,
   return lambda_min + (lambda_max - lambda_min) * frac
 
 
-# Name -> loss used by the trainer; CTKD is `kd_loss` with a learned T.
-METHODS = ("none", "vanilla", "conditional", "ctkd")
+def standardize(logits_BxC, eps=1e-7):
+  """Sun et al. 2024: per-sample z-score of the logits, (z - mean) / std.
+
+  std is the unbiased (ddof=1) standard deviation over classes, as in the
+  authors' code; the temperature softmax is then applied to the result.
+  """
+  mean = jnp.mean(logits_BxC, axis=-1, keepdims=True)
+  std = jnp.std(logits_BxC, axis=-1, keepdims=True, ddof=1)
+  return (logits_BxC - mean) / (eps + std)
+
+
+def _maybe_standardize(student_logits, teacher_logits, on):
+  if on:
+    return standardize(student_logits), standardize(teacher_logits)
+  return student_logits, teacher_logits
+
+
+def dkd_loss(student_logits, teacher_logits, labels, *, temperature,
+             alpha=1.0, beta=8.0, standardize_logits=False):
+  """Decoupled KD (Zhao et al. 2022): alpha * TCKD + beta * NCKD, each * T^2.
+
+  TCKD = KL(b_t || b_s) over the binary (target, not-target) probabilities
+  at temperature T; NCKD = KL(p~_t || p~_s) over the non-target classes
+  renormalised among themselves. The cross-entropy term is added by the
+  trainer (weight 1, as in the paper). Batch mean.
+  """
+  t = jnp.asarray(temperature, jnp.float32)
+  student_logits, teacher_logits = _maybe_standardize(
+      student_logits, teacher_logits, standardize_logits)
+  num_classes = student_logits.shape[-1]
+  gt_BxC = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  zs, zt = student_logits / t, teacher_logits / t
+  ps, pt = jax.nn.softmax(zs, -1), jax.nn.softmax(zt, -1)
+  eps = 1e-12
+  bs = jnp.stack([jnp.sum(ps * gt_BxC, -1), jnp.sum(ps * (1 - gt_BxC), -1)], -1)
+  bt = jnp.stack([jnp.sum(pt * gt_BxC, -1), jnp.sum(pt * (1 - gt_BxC), -1)], -1)
+  tckd_B = jnp.sum(bt * (jnp.log(bt + eps) - jnp.log(bs + eps)), -1)
+  # Non-target distributions: mask the target logit out of the softmax.
+  big = 1000.0
+  logq_s = jax.nn.log_softmax(zs - big * gt_BxC, -1)
+  logq_t = jax.nn.log_softmax(zt - big * gt_BxC, -1)
+  nckd_B = jnp.sum(jnp.exp(logq_t) * (logq_t - logq_s) * (1 - gt_BxC), -1)
+  return t**2 * jnp.mean(alpha * tckd_B + beta * nckd_B)
+
+
+def _pearson_rows(a_BxC, b_BxC, eps=1e-8):
+  """Pearson correlation of each row of `a` with the same row of `b` -> [B]
+  (cosine similarity of the mean-centred rows, eps as in torch's)."""
+  a = a_BxC - a_BxC.mean(-1, keepdims=True)
+  b = b_BxC - b_BxC.mean(-1, keepdims=True)
+  na = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
+  nb = jnp.maximum(jnp.linalg.norm(b, axis=-1), eps)
+  return jnp.sum(a * b, -1) / (na * nb)
+
+
+def dist_loss(student_logits, teacher_logits, *, temperature, beta=1.0,
+              gamma=1.0):
+  """DIST (Huang et al. 2022): T^2 (beta * inter + gamma * intra).
+
+  With p = softmax(z / T): inter = 1 - mean_i pearson(p_s[i, :], p_t[i, :])
+  (relations between classes, per sample); intra = 1 - mean_c
+  pearson(p_s[:, c], p_t[:, c]) (relations between samples, per class).
+  The cross-entropy term is added by the trainer.
+  """
+  t = jnp.asarray(temperature, jnp.float32)
+  ps = jax.nn.softmax(student_logits / t, -1)
+  pt = jax.nn.softmax(teacher_logits / t, -1)
+  inter = 1.0 - jnp.mean(_pearson_rows(ps, pt))
+  intra = 1.0 - jnp.mean(_pearson_rows(ps.T, pt.T))
+  return t**2 * (beta * inter + gamma * intra)
+
+
+def hint_loss(adapted_student_feature, teacher_feature):
+  """FitNets hint loss: mean squared error between the adapted guided-layer
+  output r(v_g(x)) and the teacher's hint-layer output u_h(x), averaged over
+  every element (batch, positions, channels)."""
+  return jnp.mean(jnp.square(adapted_student_feature - teacher_feature))
+
+
+def subclass_to_class_logits(logits_BxCS, subclasses: int):
+  """Class logits from subclass logits: log-sum-exp over each class's group
+  of `subclasses` consecutive logits (class c owns c*S .. c*S + S - 1)."""
+  b, cs = logits_BxCS.shape
+  return jax.nn.logsumexp(
+      logits_BxCS.reshape(b, cs // subclasses, subclasses), axis=-1)
+
+
+def subclass_aux_loss(logits_BxCS, *, temperature=1.0, eps=1e-8):
+  """Subclass distillation's auxiliary loss (Mueller et al. 2020).
+
+  The subclass logits are normalised over the batch (zero mean, unit
+  variance per logit, no learned scale); with v_i the normalised vector of
+  example i, L = -mean_i log(exp(v_i.v_i / T) / sum_j exp(v_i.v_j / T)).
+  It is low when examples are told apart by their subclass logits, which
+  makes the teacher spread a class over its subclasses.
+  """
+  mean = jnp.mean(logits_BxCS, axis=0, keepdims=True)
+  std = jnp.std(logits_BxCS, axis=0, keepdims=True)
+  v = (logits_BxCS - mean) / (std + eps)
+  sim_BxB = (v @ v.T) / temperature
+  return jnp.mean(jax.nn.logsumexp(sim_BxB, axis=-1) - jnp.diagonal(sim_BxB))
+
+
+def subclass_teacher_loss(logits_BxCS, labels, *, subclasses, aux_weight=1.0,
+                          aux_temperature=1.0):
+  """Teacher objective: CE on the grouped class logits + weight * aux."""
+  return cross_entropy(subclass_to_class_logits(logits_BxCS, subclasses),
+                       labels) + aux_weight * subclass_aux_loss(
+                           logits_BxCS, temperature=aux_temperature)
+
+
+def subclass_kd_loss(student_logits_BxCS, teacher_logits_BxCS, labels, *,
+                     subclasses, temperature, alpha):
+  """Student objective: alpha T^2 KL over the C*S subclass distribution at
+  temperature T + (1 - alpha) CE on the student's grouped class logits."""
+  t = jnp.asarray(temperature, jnp.float32)
+  kl_B = kl_per_example(student_logits_BxCS, teacher_logits_BxCS, t)
+  ce_B = optax.softmax_cross_entropy_with_integer_labels(
+      subclass_to_class_logits(student_logits_BxCS, subclasses), labels)
+  return jnp.mean(alpha * t**2 * kl_B + (1.0 - alpha) * ce_B)
+
+
+def mutual_learning_losses(logits_KxBxC, labels, *, temperature=1.0):
+  """Deep mutual learning: one loss per cohort member k,
+  L_k = CE(z_k, y) + T^2 / (K - 1) * sum_{l != k} KL(p_l^T || p_k^T),
+  the peers' distributions p_l held fixed (stop-gradient). -> `[K]`.
+
+  The sum over k has, for every member, the gradient of its own L_k: the
+  cohort is updated simultaneously in one step.
+  """
+  k = logits_KxBxC.shape[0]
+  t = jnp.asarray(temperature, jnp.float32)
+  fixed = jax.lax.stop_gradient(logits_KxBxC)
+  out = []
+  for i in range(k):
+    ce = cross_entropy(logits_KxBxC[i], labels)
+    kl = sum(jnp.mean(kl_per_example(logits_KxBxC[i], fixed[j], t))
+             for j in range(k) if j != i)
+    out.append(ce + t**2 * kl / (k - 1))
+  return jnp.stack(out)
+
+
+# Name -> loss used by the trainer (see train.py's `method_loss`).
+METHODS = ("none", "vanilla", "conditional", "ctkd", "ctkd_instance",
+           "fitnets", "dkd", "dist", "subclass", "dml")
+# Methods that need a teacher (DML's cohort teaches itself; 'none' is CE).
+TEACHER_METHODS = tuple(m for m in METHODS if m not in ("none", "dml"))

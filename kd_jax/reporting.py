@@ -74,6 +74,13 @@ def summarize_run(config, ds, stages) -> dict:
         "test_macro_f1": r["test"]["macro_f1"],
         "teacher_agreement": r["test"].get("agreement"),
     })
+    for i, peer in enumerate(r.get("cohort", [])[1:]):  # DML peers
+      rows.append({
+          "stage": f"peer{i + 1} ({r['method']})", "model": peer["model"],
+          "params": peer["params"], "size_mb": peer["size_mb"],
+          "test_accuracy": peer["test"]["accuracy"],
+          "test_macro_f1": peer["test"]["macro_f1"], "teacher_agreement": None,
+      })
   return {"dataset": ds.name, "num_classes": ds.num_classes,
           "class_names": list(ds.class_names),
           "config": json.loads(config.to_json()), "rows": rows,

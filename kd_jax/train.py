@@ -1,10 +1,17 @@
 """Training: teacher (cross-entropy), KD student, and scratch student.
 
 `train_and_evaluate(config, workdir)` runs the stages a config asks for:
-  teacher/  trained here with plain cross-entropy unless
+  teacher/  trained here with plain cross-entropy (subclass distillation:
+            CE on grouped logits + the auxiliary loss) unless
             `config.teacher.checkpoint` names a trained one;
-  student/  the student trained with `config.kd.method`;
-  scratch/  the same student without a teacher (`config.scratch_baseline`).
+  assistant<i>_<model>/  teacher-assistant links (`config.kd.assistants`),
+            each distilled from the previous link, whose checkpoint it loads;
+  hint/     FitNets stage 1 (`config.kd.hint_stages=2`): the student trained
+            up to its guided layer on the hint loss; stage 2 (student/)
+            starts from this checkpoint;
+  scratch/  the student without a teacher (`config.scratch_baseline`);
+  student/  the student trained with `config.kd.method` (for deep mutual
+            learning, the whole cohort is trained here together).
 Each stage resumes from its latest checkpoint and is skipped when its
 `results.json` exists. The run's summary lands in `workdir/results.json`.
 
@@ -18,7 +25,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -27,7 +34,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from kd_jax import checkpointing, config_lib, data, losses, metrics, models
+from kd_jax import checkpointing, config_lib, data, kd_modules, losses
+from kd_jax import metrics, models
 from kd_jax import reporting, sharding
 from kd_jax.config_lib import UserError
 
@@ -35,8 +43,10 @@ from kd_jax.config_lib import UserError
 @flax.struct.dataclass
 class TrainState:
   step: jnp.ndarray
-  params: Any  # {'student': ...} (+ {'temperature': raw} for CTKD)
-  batch_stats: Any
+  # {'student': ...} plus, by method: 'temperature' (CTKD raw scalar or the
+  # instance-wise MLP), 'adapter' (FitNets), 'peer<i>' (DML cohort).
+  params: Any
+  batch_stats: Any  # {'student': ..., 'peer<i>': ...}
   opt_state: Any
 
 
@@ -45,8 +55,9 @@ class TrainState:
 
 def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
                    ctkd: bool):
-  """Student optimizer; with CTKD, a multi_transform whose 'temperature' part
-  ascends the loss: update = +mu * lambda(epoch) * dL/draw (seeds' eq. 6)."""
+  """Student optimizer (also for adapters and DML peers); with CTKD (global
+  or instance-wise) a multi_transform whose 'temperature' part ascends the
+  loss: update = +mu * lambda(epoch) * dL/dtheta_T (seeds' eq. 6)."""
   total = max(1, num_epochs * steps_per_epoch)
   warmup = int(config.warmup_epochs * steps_per_epoch)
   lr = optax.warmup_cosine_decay_schedule(
@@ -67,8 +78,8 @@ def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
         optax.scale(-1.0),  # gradient reversal: the temperature maximises L
         optax.scale_by_schedule(lambda count: lam(count // steps_per_epoch)),
         optax.sgd(kd.temperature_lr, momentum=kd.temperature_momentum or None))
-  return optax.multi_transform(
-      transforms, lambda params: {k: k for k in params})
+  return optax.multi_transform(transforms, lambda params: {
+      k: "temperature" if k == "temperature" else "student" for k in params})
 
 
 # ------------------------------------------------------------------ steps
@@ -87,70 +98,159 @@ def _variables(params, batch_stats):
       "params": params}
 
 
-def make_train_step(config, student, teacher, method: str, tx):
+class Frozen(NamedTuple):
+  """A frozen model a stage learns from (teacher or assistant)."""
+  model: Any
+  variables: Any
+  subclasses: int = 1  # logits per class (subclass distillation)
+  path: str = ""  # the checkpoint it was loaded from
+
+
+def class_logits(logits_BxK, subclasses: int):
+  return (losses.subclass_to_class_logits(logits_BxK, subclasses)
+          if subclasses > 1 else logits_BxK)
+
+
+def method_loss(config, method, s_logits, t_logits, labels_B, *, epoch,
+                temperature):
+  """The logit-level loss of `method` (the trainer adds hints and DML)."""
+  kd = config.kd
+  ls = kd.logit_standardization
+  if method == "none":
+    return losses.cross_entropy(s_logits, labels_B)
+  if method == "subclass_teacher":
+    return losses.subclass_teacher_loss(
+        s_logits, labels_B, subclasses=kd.subclasses,
+        aux_weight=kd.subclass_aux_weight,
+        aux_temperature=kd.subclass_aux_temperature)
+  if method == "conditional":
+    return losses.conditional_kd_loss(s_logits, t_logits, labels_B,
+                                      temperature=temperature,
+                                      standardize_logits=ls)
+  if method in ("vanilla", "ctkd", "ctkd_instance", "fitnets"):
+    return losses.kd_loss(s_logits, t_logits, labels_B, temperature=temperature,
+                          alpha=kd.alpha, standardize_logits=ls)
+  if method == "dkd":
+    warm = (jnp.minimum(1.0, (epoch + 1.0) / kd.dkd_warmup_epochs)
+            if kd.dkd_warmup_epochs else 1.0)
+    return losses.cross_entropy(s_logits, labels_B) + warm * losses.dkd_loss(
+        s_logits, t_logits, labels_B, temperature=temperature,
+        alpha=kd.dkd_alpha, beta=kd.dkd_beta, standardize_logits=ls)
+  if method == "dist":
+    return losses.cross_entropy(s_logits, labels_B) + losses.dist_loss(
+        s_logits, t_logits, temperature=temperature, beta=kd.dist_beta,
+        gamma=kd.dist_gamma)
+  if method == "subclass":
+    return losses.subclass_kd_loss(s_logits, t_logits, labels_B,
+                                   subclasses=kd.subclasses,
+                                   temperature=temperature, alpha=kd.alpha)
+  if method == "hint":  # FitNets stage 1: the hint loss alone
+    return jnp.float32(0.0)
+  raise ValueError(f"no loss for method {method!r}")
+
+
+def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
+                    teacher: Frozen | None = None, subclasses=1, peers=(),
+                    hint=None, adapter=None, temperature_module=None):
   """Returns the pure `train_step(state, batch, teacher_vars)`.
 
-  `student`/`teacher` are linen modules and `tx` the optimizer: static
-  structure closed over; every array is an argument.
+  Modules (student, teacher, DML `peers` [(key, module)], the FitNets
+  `adapter`, the instance-wise CTKD `temperature_module`) and `tx` are static
+  structure closed over; every array is an argument. `hint` is
+  (student_layer, teacher_layer) or None.
   """
   kd = config.kd
   base_rng = jax.random.PRNGKey(config.seed)
+  t_model = teacher.model if teacher is not None else None
+  t_groups = teacher.subclasses if teacher is not None else 1
 
   def train_step(state: TrainState, batch, teacher_vars):
     images, labels_B = batch
     rng = jax.random.fold_in(base_rng, state.step)
     aug_rng, dropout_rng = jax.random.split(rng)
     x = _preprocess(config, images, aug_rng)
-    teacher_logits_BxC = None
-    if teacher is not None:
-      teacher_logits_BxC = jax.lax.stop_gradient(
-          teacher.apply(teacher_vars, x, train=False))
+    epoch = state.step // steps_per_epoch
+    t_logits = t_feature = None
+    if t_model is not None:
+      if hint:
+        t_logits, t_feats, _ = models.apply_with_features(
+            t_model, teacher_vars, x, train=False)
+        t_feature = jax.lax.stop_gradient(t_feats[hint[1]])
+      else:
+        t_logits = t_model.apply(teacher_vars, x, train=False)
+      t_logits = jax.lax.stop_gradient(t_logits)
+
+    def forward(module, key, params, index=0):
+      variables = _variables(params[key], state.batch_stats[key])
+      rngs = {"dropout": (jax.random.fold_in(dropout_rng, index) if index
+                          else dropout_rng)}
+      logits, feats, new = models.apply_with_features(
+          module, variables, x, train=True, mutable=("batch_stats",), rngs=rngs)
+      return logits, feats, new.get("batch_stats", {})
 
     def loss_fn(params):
-      logits_BxC, new_vars = student.apply(
-          _variables(params["student"], state.batch_stats), x, train=True,
-          mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-      if method == "none":
-        temperature = jnp.float32(1.0)
-        loss = losses.cross_entropy(logits_BxC, labels_B)
-      elif method == "conditional":
-        temperature = jnp.float32(kd.temperature)
-        loss = losses.conditional_kd_loss(
-            logits_BxC, teacher_logits_BxC, labels_B, temperature=temperature)
-      else:
-        temperature = (losses.ctkd_temperature(
+      s_logits, s_feats, bs = forward(student, "student", params)
+      batch_stats = {"student": bs}
+      aux = {}
+      if method == "ctkd":
+        temperature = losses.ctkd_temperature(
             params["temperature"], t_start=kd.t_start, t_end=kd.t_end)
-                       if method == "ctkd" else jnp.float32(kd.temperature))
-        loss = losses.kd_loss(logits_BxC, teacher_logits_BxC, labels_B,
-                              temperature=temperature, alpha=kd.alpha)
-      return loss, (logits_BxC, new_vars.get("batch_stats", {}), temperature)
+      elif method == "ctkd_instance":
+        temp_B = temperature_module.apply(params["temperature"], t_logits,
+                                          s_logits)
+        temperature = temp_B
+      elif method == "none":
+        temperature = jnp.float32(1.0)
+      else:
+        temperature = jnp.float32(kd.temperature)
+      if method == "dml":
+        cohort = [s_logits]
+        for i, (key, module) in enumerate(peers):
+          p_logits, _, p_bs = forward(module, key, params, i + 1)
+          cohort.append(p_logits)
+          batch_stats[key] = p_bs
+        member_losses = losses.mutual_learning_losses(
+            jnp.stack(cohort), labels_B, temperature=temperature)
+        loss = jnp.sum(member_losses)
+        aux["peer_accuracy"] = jnp.mean(jnp.stack(
+            [jnp.mean(jnp.argmax(z, -1) == labels_B) for z in cohort[1:]]))
+      else:
+        loss = method_loss(config, method, s_logits, t_logits, labels_B,
+                           epoch=epoch, temperature=temperature)
+      if hint:
+        h = losses.hint_loss(
+            adapter.apply(params["adapter"], s_feats[hint[0]]), t_feature)
+        aux["hint_loss"] = h
+        loss = loss + (h if method == "hint" else kd.hint_weight * h)
+      return loss, (s_logits, batch_stats, jnp.mean(temperature), aux)
 
-    (loss, (logits_BxC, batch_stats, temperature)), grads = (
+    (loss, (logits, batch_stats, temperature, aux)), grads = (
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
-    updates, opt_state = tx.update(
-        grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    pred_B = jnp.argmax(logits_BxC, -1)
+    pred_B = jnp.argmax(class_logits(logits, subclasses), -1)
     step_metrics = {
         "loss": loss,
         "accuracy": jnp.mean(pred_B == labels_B),
         "temperature": temperature,
+        **aux,
     }
-    if teacher_logits_BxC is not None:
+    if t_logits is not None:
       step_metrics["agreement"] = jnp.mean(
-          pred_B == jnp.argmax(teacher_logits_BxC, -1))
+          pred_B == jnp.argmax(class_logits(t_logits, t_groups), -1))
     new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
     return new_state, step_metrics
 
   return train_step
 
 
-def make_eval_step(config, model, teacher):
+def make_eval_step(config, model, teacher: Frozen | None, subclasses=1):
   def eval_step(variables, teacher_vars, images, labels_B, mask_B):
     x = _preprocess(config, images)
-    logits_BxC = model.apply(variables, x, train=False)
+    logits_BxC = class_logits(model.apply(variables, x, train=False), subclasses)
     if teacher is not None:
-      t_logits = teacher.apply(teacher_vars, x, train=False)
+      t_logits = class_logits(teacher.model.apply(teacher_vars, x, train=False),
+                              teacher.subclasses)
       agree_B = (jnp.argmax(logits_BxC, -1) == jnp.argmax(t_logits, -1))
     else:
       agree_B = jnp.zeros_like(mask_B)
@@ -194,17 +294,89 @@ def init_variables(model, config, mesh, rng):
 
 
 class Stage:
-  """One training run of one model (teacher, KD student, or scratch)."""
+  """One training run of one model (teacher, assistant, hint stage, KD
+  student, scratch student, or a DML cohort led by the student)."""
 
   def __init__(self, config, *, role, model_name, method, stage_dir,
-               num_epochs, learning_rate, ds, mesh, teacher=None):
+               num_epochs, learning_rate, ds, mesh, teacher: Frozen | None = None,
+               subclasses=1, init_from="", select_best=True, peers=(),
+               hint=None):
     self.config, self.role, self.method = config, role, method
     self.model_name, self.stage_dir = model_name, stage_dir
     self.num_epochs, self.learning_rate = num_epochs, learning_rate
     self.ds, self.mesh = ds, mesh
-    self.teacher_model, self.teacher_vars = teacher or (None, None)
-    self.model = models.get_model(model_name, num_classes=ds.num_classes)
+    self.teacher = teacher
+    self.teacher_vars = teacher.variables if teacher is not None else None
+    self.subclasses = subclasses
+    self.init_from = init_from  # a model checkpoint the student starts from
+    self.select_best = select_best  # False: keep the last epoch, no early stop
+    self.hint = hint
+    self.model = models.get_model(model_name,
+                                  num_classes=ds.num_classes * subclasses)
+    # DML cohort: [(params key, model name, module)]
+    self.peers = [(f"peer{i + 1}", name,
+                   models.get_model(name, num_classes=ds.num_classes))
+                  for i, name in enumerate(peers)]
     self.primary = jax.process_index() == 0
+    self.last_train_metrics = {}
+    self.spe = data.steps_per_epoch(len(ds.train), config.batch_size,
+                                    config.max_steps_per_epoch)
+    self.adapter = self.temperature_module = None
+    if hint:
+      self.adapter = kd_modules.HintAdapter(
+          hint_shapes(config, ds.num_classes)[1][-1])
+    if method == "ctkd_instance":
+      k = config.kd
+      self.temperature_module = kd_modules.InstanceTemperature(
+          hidden=k.temperature_hidden, t_start=k.t_start, t_end=k.t_end)
+
+  def init_state(self):
+    """(optimizer, initial TrainState): fresh weights, or the weights of
+    `init_from` (FitNets stage 2 starts from stage 1's student)."""
+    config, mesh = self.config, self.mesh
+    tx = make_optimizer(config, learning_rate=self.learning_rate,
+                        num_epochs=self.num_epochs, steps_per_epoch=self.spe,
+                        ctkd=self.method in ("ctkd", "ctkd_instance"))
+    # Scratch and KD students start from the same initial weights (a paired
+    # comparison: only the teacher's signal differs).
+    rng = jax.random.PRNGKey(config.seed)
+    role_key = {"teacher": 1, "student": 2, "scratch": 2, "hint": 2}.get(
+        self.role, 3)
+    rng = jax.random.fold_in(rng, role_key)
+    if self.init_from:
+      like = models.init_shapes(self.model_name, self.ds.num_classes,
+                                config.dataset.image_size)
+      init_vars, _ = checkpointing.load_teacher(
+          self.init_from, expected_model=self.model_name,
+          num_classes=self.ds.num_classes, image_size=config.dataset.image_size,
+          like_variables=like, sharding=sharding.replicated(mesh))
+      student_params = init_vars["params"]
+      student_stats = init_vars.get("batch_stats", {})
+    else:
+      student_params, student_stats = init_variables(self.model, config, mesh,
+                                                     rng)
+    params = {"student": student_params}
+    batch_stats = {"student": student_stats}
+    for i, (key, _, module) in enumerate(self.peers):
+      params[key], batch_stats[key] = init_variables(
+          module, config, mesh, jax.random.fold_in(rng, 100 + i))
+    c = self.ds.num_classes * self.subclasses
+    if self.method == "ctkd":
+      params["temperature"] = jnp.float32(config.kd.init_raw)
+    elif self.method == "ctkd_instance":
+      z = jnp.zeros((1, c), jnp.float32)
+      params["temperature"] = jax.jit(
+          lambda r: self.temperature_module.init(r, z, z)["params"],
+          out_shardings=sharding.replicated(mesh))(jax.random.fold_in(rng, 7))
+    if self.adapter is not None:
+      s_shape = hint_shapes(config, self.ds.num_classes)[0]
+      f = jnp.zeros((1,) + s_shape[1:], jnp.float32)
+      params["adapter"] = jax.jit(
+          lambda r: self.adapter.init(r, f)["params"],
+          out_shardings=sharding.replicated(mesh))(jax.random.fold_in(rng, 8))
+    state = jax.jit(lambda p, b: TrainState(jnp.int32(0), p, b, tx.init(p)),
+                    out_shardings=sharding.replicated(mesh))(params, batch_stats)
+    return tx, state
 
   @property
   def results_path(self):
@@ -223,23 +395,9 @@ class Stage:
     config, mesh, ds = self.config, self.mesh, self.ds
     t0 = time.time()
     os.makedirs(self.stage_dir, exist_ok=True)
-    spe = data.steps_per_epoch(len(ds.train), config.batch_size,
-                               config.max_steps_per_epoch)
-    ctkd = self.method == "ctkd"
-    tx = make_optimizer(config, learning_rate=self.learning_rate,
-                        num_epochs=self.num_epochs, steps_per_epoch=spe,
-                        ctkd=ctkd)
-    # Scratch and KD students start from the same initial weights (a paired
-    # comparison: only the teacher's signal differs).
-    rng = jax.random.PRNGKey(config.seed)
-    rng = jax.random.fold_in(rng, {"teacher": 1, "student": 2, "scratch": 2}[self.role])
-    params, batch_stats = init_variables(self.model, config, mesh, rng)
-    params = {"student": params}
-    if ctkd:
-      params["temperature"] = jnp.float32(config.kd.init_raw)
+    spe = self.spe
+    tx, state = self.init_state()
     repl = sharding.replicated(mesh)
-    state = jax.jit(lambda p, b: TrainState(jnp.int32(0), p, b, tx.init(p)),
-                    out_shardings=repl)(params, batch_stats)
 
     ckpt = checkpointing.StageCheckpoints(self.stage_dir)
     loop = {"epoch": 0, "step_in_epoch": 0, "best_val": -1.0, "best_epoch": -1,
@@ -250,15 +408,19 @@ class Stage:
       reporting.log(f"[{self.role}] resumed from step {int(state.step)} "
                     f"(epoch {loop['epoch'] + 1}, batch {loop['step_in_epoch']})")
 
-    train_step = make_train_step(config, self.model, self.teacher_model,
-                                 self.method, tx)
+    train_step = make_train_step(
+        config, self.model, self.method, tx, steps_per_epoch=spe,
+        teacher=self.teacher, subclasses=self.subclasses,
+        peers=[(k, m) for k, _, m in self.peers], hint=self.hint,
+        adapter=self.adapter, temperature_module=self.temperature_module)
     bsh = sharding.batch_sharding(mesh)
     step_jit = jax.jit(train_step, in_shardings=(repl, bsh, repl),
                        out_shardings=(repl, repl), donate_argnums=0)
-    eval_jit = jax.jit(make_eval_step(config, self.model, self.teacher_model))
+    eval_jit = jax.jit(make_eval_step(config, self.model, self.teacher,
+                                      self.subclasses))
     writer = metrics.create_writer(os.path.join(self.stage_dir, "logs"),
                                    self.primary)
-    has_teacher = self.teacher_model is not None
+    has_teacher = self.teacher is not None
     total_steps = self.num_epochs * spe
     # The step on the host: reading state.step would wait for the device
     # every step and stop the host from preparing the next batches.
@@ -269,7 +431,8 @@ class Stage:
 
     def meta():
       return {**loop, "model": self.model_name, "role": self.role,
-              "num_classes": ds.num_classes, "image_size": config.dataset.image_size,
+              "num_classes": ds.num_classes, "subclasses": self.subclasses,
+              "image_size": config.dataset.image_size,
               "dataset": ds.name, "class_names": list(ds.class_names)}
 
     while loop["epoch"] < self.num_epochs and not stop:
@@ -311,7 +474,10 @@ class Stage:
               "epoch": epoch + 1})
       loop["history"].append({"epoch": epoch + 1, "step": step,
                               **{k: v for k, v in val.items() if k != "confusion"}})
-      improved = val["accuracy"] > loop["best_val"]
+      # A hint stage (FitNets stage 1) has no trained head: keep its last
+      # epoch instead of selecting on validation accuracy.
+      improved = (val["accuracy"] > loop["best_val"]
+                  if self.select_best else True)
       if improved:
         loop.update(best_val=val["accuracy"], best_epoch=epoch + 1, bad_epochs=0)
       else:
@@ -321,7 +487,7 @@ class Stage:
                     f"{self.num_epochs}: val acc {val['accuracy']:.4f} "
                     f"macro-F1 {val['macro_f1']:.4f}"
                     + (" (best)" if improved else ""))
-      patience = config.early_stopping_patience
+      patience = config.early_stopping_patience if self.select_best else 0
       if patience and loop["bad_epochs"] >= patience:
         reporting.log(f"[{self.role}] early stop: no val improvement for "
                       f"{patience} epochs")
@@ -352,10 +518,26 @@ class Stage:
             step * config.batch_size / max(loop["train_seconds"], 1e-9)),
         "checkpoint": os.path.abspath(os.path.join(self.stage_dir, "checkpoints", "best")),
     }
+    if self.teacher is not None:
+      res["teacher_checkpoint"] = self.teacher.path
+    if self.init_from:
+      res["init_from"] = os.path.abspath(self.init_from)
     if self.method == "ctkd":
       res["final_temperature"] = float(losses.ctkd_temperature(
           state.params["temperature"], t_start=config.kd.t_start,
           t_end=config.kd.t_end))
+    if self.last_train_metrics:
+      res["final_train_metrics"] = self.last_train_metrics
+    if self.peers:  # DML: every cohort member, from the final state
+      res["cohort"] = [{"model": self.model_name, "test": test}]
+      for key, name, module in self.peers:
+        peer_vars = _variables(state.params[key], state.batch_stats[key])
+        peer_test = evaluate(jax.jit(make_eval_step(config, module, None)),
+                             peer_vars, None, ds.test, config, mesh, False)
+        res["cohort"].append({
+            "model": name, "test": peer_test, "source": "final state",
+            "params": param_count(peer_vars["params"]),
+            "size_mb": size_mb(peer_vars)})
     if self.primary:
       reporting.write_json(self.results_path, res)
     ckpt.close()
@@ -364,17 +546,19 @@ class Stage:
 
   @staticmethod
   def _inference_vars(state):
-    return _variables(state.params["student"], state.batch_stats)
+    return _variables(state.params["student"], state.batch_stats["student"])
 
   def _flush(self, writer, pending, step, progress):
     rows = jax.device_get(pending)
     first = step - len(rows) + 1
-    if self.method == "ctkd":  # the learned temperature, every step
+    learned_t = self.method in ("ctkd", "ctkd_instance")
+    if learned_t:  # the learned temperature (batch mean), every step
       for i, r in enumerate(rows):
         writer.write_scalars(first + i, {"temperature": r["temperature"]})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    if self.method != "ctkd":
+    if not learned_t:
       mean.pop("temperature")
+    self.last_train_metrics = mean
     rate = progress.update(step, mean["loss"])
     writer.write_scalars(step, {f"train_{k}": v for k, v in mean.items()} | {
         "steps_per_second": rate})
@@ -384,16 +568,50 @@ class Stage:
 # -------------------------------------------------------------- top level
 
 
-def _load_teacher(config, ds, mesh, path):
-  """(frozen teacher module, its variables) from a kd_jax model checkpoint."""
-  model = models.get_model(config.teacher.name, num_classes=ds.num_classes)
-  like = models.init_shapes(config.teacher.name, ds.num_classes,
-                            config.dataset.image_size)
+def hint_shapes(config, num_classes):
+  """Shapes of the student's guided and the teacher's hint feature, checked:
+  both names must exist and the spatial sizes must agree (the 1x1 adapter
+  only maps channels)."""
+  k, size = config.kd, config.dataset.image_size
+
+  def feature_shape(name, layer, what):
+    model = models.get_model(name, num_classes=num_classes)
+    like = models.init_shapes(name, num_classes, size)
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    feats = jax.eval_shape(
+        lambda v, x: models.apply_with_features(model, v, x, train=False)[1],
+        like, x)
+    if layer not in feats:
+      raise UserError(f"config.kd.{what}={layer!r} is not a feature of "
+                      f"{name}; allowed: {', '.join(sorted(feats))}")
+    return tuple(feats[layer].shape)
+
+  s_shape = feature_shape(config.student.name, k.hint_student_layer,
+                          "hint_student_layer")
+  t_shape = feature_shape(config.teacher.name, k.hint_teacher_layer,
+                          "hint_teacher_layer")
+  if len(s_shape) != len(t_shape) or s_shape[1:-1] != t_shape[1:-1]:
+    raise UserError(
+        f"hint layers do not match in spatial size at {size}px: student "
+        f"{config.student.name}.{k.hint_student_layer} is "
+        f"{'x'.join(map(str, s_shape[1:]))}, teacher {config.teacher.name}."
+        f"{k.hint_teacher_layer} is {'x'.join(map(str, t_shape[1:]))} "
+        "(pick layers with equal height and width)")
+  return s_shape, t_shape
+
+
+def _load_teacher(config, ds, mesh, path, name=None, subclasses=1) -> Frozen:
+  """A frozen model (teacher or assistant) from a kd_jax model checkpoint."""
+  name = name or config.teacher.name
+  outputs = ds.num_classes * subclasses
+  model = models.get_model(name, num_classes=outputs)
+  like = models.init_shapes(name, outputs, config.dataset.image_size)
   variables, _ = checkpointing.load_teacher(
-      path, expected_model=config.teacher.name, num_classes=ds.num_classes,
+      path, expected_model=name, num_classes=ds.num_classes,
       image_size=config.dataset.image_size, like_variables=like,
-      sharding=sharding.replicated(mesh))
-  return model, variables
+      sharding=sharding.replicated(mesh), subclasses=subclasses)
+  return Frozen(model, variables, subclasses,
+                checkpointing.resolve_model_dir(path))
 
 
 def _check_workdir(workdir, config):
@@ -429,11 +647,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.check_batch_size(config.batch_size, "batch_size", mesh)
   sharding.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   ds = data.load(config)
-  needs_teacher = config.kd.method != "none"
+  kd = config.kd
+  needs_teacher = kd.method in losses.TEACHER_METHODS
+  groups = config_lib.subclasses(config)
+  hints = config_lib.hints_enabled(config)
+  if hints:
+    hint_shapes(config, ds.num_classes)  # a bad layer pair fails here
   teacher = None
   teacher_result = None
   if needs_teacher and config.teacher.checkpoint:
-    teacher = _load_teacher(config, ds, mesh, config.teacher.checkpoint)
+    teacher = _load_teacher(config, ds, mesh, config.teacher.checkpoint,
+                            subclasses=groups)
   # --- nothing above this line writes to the workdir ---
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -442,31 +666,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reporting.log(f"data: {ds.describe()}; devices: {mesh.size} "
                 f"({jax.default_backend()}, {jax.process_count()} process(es))")
   common = dict(ds=ds, mesh=mesh)
+  student_run = dict(num_epochs=config.num_epochs,
+                     learning_rate=config.learning_rate, **common)
   if needs_teacher and teacher is None:
     teacher_result = Stage(
-        config, role="teacher", model_name=config.teacher.name, method="none",
-        stage_dir=os.path.join(workdir, "teacher"),
+        config, role="teacher", model_name=config.teacher.name,
+        method="subclass_teacher" if groups > 1 else "none",
+        stage_dir=os.path.join(workdir, "teacher"), subclasses=groups,
         num_epochs=config_lib.teacher_epochs(config),
         learning_rate=config_lib.teacher_lr(config), **common).run()
-    teacher = _load_teacher(config, ds, mesh, os.path.join(workdir, "teacher"))
+    teacher = _load_teacher(config, ds, mesh, os.path.join(workdir, "teacher"),
+                            subclasses=groups)
   elif needs_teacher:
     teacher_result = _evaluate_loaded_teacher(config, ds, mesh, teacher)
 
   rows = []
   if teacher_result is not None:
     rows.append(teacher_result)
-  if config.scratch_baseline and needs_teacher:
+  # Teacher assistants: each link is a distillation run whose best
+  # checkpoint is the next link's teacher.
+  for i, name in enumerate(config_lib.model_list(kd.assistants)):
+    link_dir = os.path.join(workdir, f"assistant{i + 1}_{name}")
+    rows.append(Stage(config, role=f"assistant{i + 1}", model_name=name,
+                      method=kd.method, stage_dir=link_dir, teacher=teacher,
+                      subclasses=groups, **student_run).run())
+    teacher = _load_teacher(config, ds, mesh, link_dir, name=name,
+                            subclasses=groups)
+  hint = (kd.hint_student_layer, kd.hint_teacher_layer) if hints else None
+  init_from = ""
+  if hints and kd.hint_stages == 2:
+    hint_dir = os.path.join(workdir, "hint")
+    rows.append(Stage(config, role="hint", model_name=config.student.name,
+                      method="hint", stage_dir=hint_dir, teacher=teacher,
+                      hint=hint, select_best=False,
+                      num_epochs=config_lib.hint_epochs(config),
+                      learning_rate=config.learning_rate, **common).run())
+    init_from, hint = hint_dir, None  # stage 2: KD from the hint weights
+  if config.scratch_baseline and (needs_teacher or kd.method == "dml"):
     rows.append(Stage(config, role="scratch", model_name=config.student.name,
                       method="none", stage_dir=os.path.join(workdir, "scratch"),
-                      num_epochs=config.num_epochs,
-                      learning_rate=config.learning_rate, teacher=teacher,
-                      **common).run())
+                      teacher=teacher, **student_run).run())
   rows.append(Stage(config, role="student", model_name=config.student.name,
-                    method=config.kd.method,
-                    stage_dir=os.path.join(workdir, "student"),
-                    num_epochs=config.num_epochs,
-                    learning_rate=config.learning_rate, teacher=teacher,
-                    **common).run())
+                    method=kd.method, stage_dir=os.path.join(workdir, "student"),
+                    teacher=teacher, subclasses=groups, init_from=init_from,
+                    hint=hint, peers=config_lib.peers(config),
+                    **student_run).run())
   summary = reporting.summarize_run(config, ds, rows)
   if jax.process_index() == 0:
     reporting.write_json(os.path.join(workdir, "results.json"), summary)
@@ -475,8 +719,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _evaluate_loaded_teacher(config, ds, mesh, teacher):
-  t_model, t_vars = teacher
-  eval_jit = jax.jit(make_eval_step(config, t_model, None))
+  t_model, t_vars = teacher.model, teacher.variables
+  eval_jit = jax.jit(make_eval_step(config, t_model, None, teacher.subclasses))
   test = evaluate(eval_jit, t_vars, None, ds.test, config, mesh, False)
   return {"role": "teacher", "model": config.teacher.name, "method": "loaded",
           "params": param_count(t_vars["params"]), "size_mb": size_mb(t_vars),

@@ -103,12 +103,12 @@ ds = data.load(c)
 model = models.get_model("resnet18", num_classes=10)
 tx = train.make_optimizer(c, learning_rate=0.05, num_epochs=1, steps_per_epoch=4,
                           ctkd=False)
-step = train.make_train_step(c, model, None, "none", tx)
+step = train.make_train_step(c, model, "none", tx, steps_per_epoch=4)
 images, labels = next(data.train_batches(ds.train, global_batch=16, seed=0, epoch=0,
                                          num_steps=1, image_size=28))
 mesh = sharding.make_mesh()
 p, bs = train.init_variables(model, c, mesh, jax.random.PRNGKey(0))
-p = {{"student": p}}
+p, bs = {{"student": p}}, {{"student": bs}}
 st = train.TrainState(jnp.int32(0), p, bs, tx.init(p))
 repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
 new, _ = jax.jit(step, in_shardings=(repl, bsh, repl))(
