@@ -175,7 +175,10 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None):
   return config
 
 
-TINY_TEACHERS = ("simple_cnn", "tiny_cnn", "mlp", "mlp_1200x2")
+TINY_TEACHERS = ("simple_cnn", "tiny_cnn", "mlp", "mlp_1200x2", "mlp_small")
+# Same feature names and downsampling per block as the big model.
+TINY_HINT_TEACHERS = {"vgg16": "vgg_cifar", "vgg16_bn": "vgg_cifar",
+                      "resnet50": "resnet18"}
 
 
 def make_tiny(c: ml_collections.ConfigDict):
@@ -191,9 +194,13 @@ def make_tiny(c: ml_collections.ConfigDict):
   c.dataset.train_limit = 128
   c.dataset.eval_limit = 64
   # The student is kept; a big teacher (VGG16: 138M params) is swapped for a
-  # small CNN so a tiny run takes seconds on a CPU.
+  # small CNN so a tiny run takes seconds on a CPU. With hint layers the
+  # swap keeps the family, so the teacher's feature names still exist.
   if not c.teacher.checkpoint and c.teacher.name not in TINY_TEACHERS:
-    c.teacher.name = "simple_cnn"
+    c.teacher.name = (TINY_HINT_TEACHERS.get(c.teacher.name, "simple_cnn")
+                      if c.kd.hint_teacher_layer else "simple_cnn")
+  c.kd.assistants = ",".join(
+      m if m in TINY_TEACHERS else "tiny_cnn" for m in model_list(c.kd.assistants))
   if c.teacher.num_epochs > 0:
     c.teacher.num_epochs = min(c.teacher.num_epochs, 2)
   if c.kd.hint_epochs > 0:

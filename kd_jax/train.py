@@ -196,9 +196,8 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
         temperature = losses.ctkd_temperature(
             params["temperature"], t_start=kd.t_start, t_end=kd.t_end)
       elif method == "ctkd_instance":
-        temp_B = temperature_module.apply(params["temperature"], t_logits,
-                                          s_logits)
-        temperature = temp_B
+        temperature = temperature_module.apply(
+            {"params": params["temperature"]}, t_logits, s_logits)
       elif method == "none":
         temperature = jnp.float32(1.0)
       else:
@@ -219,7 +218,7 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
                            epoch=epoch, temperature=temperature)
       if hint:
         h = losses.hint_loss(
-            adapter.apply(params["adapter"], s_feats[hint[0]]), t_feature)
+            adapter.apply({"params": params["adapter"]}, s_feats[hint[0]]), t_feature)
         aux["hint_loss"] = h
         loss = loss + (h if method == "hint" else kd.hint_weight * h)
       return loss, (s_logits, batch_stats, jnp.mean(temperature), aux)

@@ -11,7 +11,11 @@ from tests import helpers
 
 CONFIGS = sorted(glob.glob(os.path.join(helpers.REPO, "configs", "*.py")))
 METHOD_CONFIGS = {"scratch": "none", "vanilla_kd": "vanilla",
-                  "conditional_kd": "conditional", "ctkd": "ctkd"}
+                  "conditional_kd": "conditional", "ctkd": "ctkd",
+                  "ctkd_instance": "ctkd_instance", "fitnets": "fitnets",
+                  "teacher_assistant": "vanilla", "subclass": "subclass",
+                  "dkd": "dkd", "dist": "dist",
+                  "logit_standardization": "vanilla", "dml": "dml"}
 
 
 def load(path, arg=None):
@@ -33,9 +37,9 @@ def test_config_validates_full_and_tiny(path):
   c = load(path)
   config_lib.validate(c)
   name = os.path.basename(path)
-  for prefix, method in METHOD_CONFIGS.items():
-    if name.startswith(prefix + "_"):
-      assert c.kd.method == method
+  prefixes = [p for p in METHOD_CONFIGS if name.startswith(p + "_")]
+  if prefixes:  # the longest matching prefix names the method
+    assert c.kd.method == METHOD_CONFIGS[max(prefixes, key=len)], name
   tiny = load(path, "runlocal")
   config_lib.validate(tiny)
   assert tiny.runlocal and tiny.dataset.train_limit <= 128
@@ -56,7 +60,12 @@ def test_cell_arg_string_names_one_ablation_cell():
     ("T=-1", "config.kd.temperature=-1.0 must be > 0"),
     ("alpha=2", "config.kd.alpha=2.0 must be in [0, 1]"),
     ("schedule=exp", "unknown config.kd.schedule 'exp'"),
-    ("method=dkd", "unknown config.kd.method 'dkd'"),
+    ("method=hinton", "unknown config.kd.method 'hinton'"),
+    ("method=fitnets", "method 'fitnets' needs config.kd.hint_student_layer"),
+    ("hint_stages=3,kd.hint_student_layer=a,kd.hint_teacher_layer=b",
+     "config.kd.hint_stages=3 must be 1"),
+    ("method=dml,peers=alexnet", "unknown peer model (config.kd.peers) 'alexnet'"),
+    ("method=none,assistants=mlp", "teacher assistants need a teacher"),
     ("student=alexnet", "unknown config.student.name 'alexnet'"),
     ("epochs=0", "config.num_epochs=0 must be a positive integer"),
     ("batch_size=0", "config.batch_size=0 must be a positive integer"),
