@@ -574,16 +574,11 @@ def hint_shapes(config, num_classes):
   k, size = config.kd, config.dataset.image_size
 
   def feature_shape(name, layer, what):
-    model = models.get_model(name, num_classes=num_classes)
-    like = models.init_shapes(name, num_classes, size)
-    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-    feats = jax.eval_shape(
-        lambda v, x: models.apply_with_features(model, v, x, train=False)[1],
-        like, x)
+    feats = models.feature_shapes(name, num_classes, size)
     if layer not in feats:
       raise UserError(f"config.kd.{what}={layer!r} is not a feature of "
-                      f"{name}; allowed: {', '.join(sorted(feats))}")
-    return tuple(feats[layer].shape)
+                      f"{name}; allowed: {', '.join(feats)}")
+    return feats[layer]
 
   s_shape = feature_shape(config.student.name, k.hint_student_layer,
                           "hint_student_layer")

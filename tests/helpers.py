@@ -25,6 +25,16 @@ def tiny_config(arg="", **overrides):
   return c
 
 
+def load_config(filename, arg=None):
+  """configs/<filename>'s get_config(arg)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "cfg_" + filename[:-3], os.path.join(REPO, "configs", filename))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
 def write_image_folder(root, classes=("A2C", "A4C", "PLAX"), per_split=None,
                        size=20, seed=0):
   """Class-coloured noise images, mixed PNG/JPEG and greyscale/RGB."""

@@ -85,6 +85,16 @@ def count_params(name: str, num_classes: int = 1000, image_size: int = 224) -> i
   return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
 
 
+def feature_shapes(name: str, num_classes: int, image_size: int) -> dict:
+  """{feature name: shape} of one forward pass at batch 1 (no real init)."""
+  model = get_model(name, num_classes=num_classes)
+  like = init_shapes(name, num_classes, image_size)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  feats = jax.eval_shape(
+      lambda v, x: apply_with_features(model, v, x, train=False)[1], like, x)
+  return {k: tuple(v.shape) for k, v in sorted(feats.items())}
+
+
 def apply_with_features(model, variables, x, *, train: bool, mutable=(),
                         rngs=None):
   """One forward pass returning (logits, {feature_name: array}, new_state).

@@ -1,5 +1,7 @@
 """`python -m kd_jax.models --list [--image_size=112 --num_classes=4]`:
-params, MB, GFLOPs and CPU latency of every registered model."""
+params, MB, GFLOPs and CPU latency of every registered model.
+`python -m kd_jax.models --features --models=vgg16,mobilenet_v3_small`:
+the named feature maps (hint/guided layers) and their shapes."""
 import argparse
 import sys
 
@@ -14,6 +16,8 @@ def main(argv=None):
   p.add_argument("--models", default="", help="comma-separated names (default: all)")
   p.add_argument("--image_size", type=int, default=112)
   p.add_argument("--num_classes", type=int, default=4)
+  p.add_argument("--features", action="store_true",
+                 help="print each model's feature names and shapes")
   p.add_argument("--no_timing", action="store_true", help="skip latency/throughput")
   p.add_argument("--runs", type=int, default=20, help="batch-1 timing runs")
   args = p.parse_args(argv)
@@ -23,6 +27,12 @@ def main(argv=None):
     print(f"kd_jax.models: error: unknown model {unknown[0]!r}; allowed: "
           f"{', '.join(sorted(models.MODELS))}", file=sys.stderr)
     return 2
+  if args.features:
+    for n in names:
+      shapes = models.feature_shapes(n, args.num_classes, args.image_size)
+      print(f"{n} @ {args.image_size}px: " + ", ".join(
+          f"{k} {'x'.join(map(str, v[1:]))}" for k, v in shapes.items()))
+    return 0
   if not args.list:
     print("\n".join(names))
     return 0
