@@ -1,0 +1,332 @@
+"""Ablation studies: a study file declares its cells; this runs them.
+
+A study is a config file (e.g. `configs/echo_study.py`) with
+  get_config(arg)  -> the ml_collections config of one cell
+  cells(arg=None)  -> the arg string of every cell; `arg` holds study-wide
+                      items (`runlocal`, `seeds=3`, `dataset.data_dir=...`)
+Layout of a study directory:
+  <study_dir>/teacher/          the shared teacher, trained once: a
+                                method='none' run of the cells' teacher model
+  <study_dir>/<cell>/           one run per cell (`cell_dirname(arg)`), each
+                                KD cell distilling from teacher/student
+  <study_dir>/logs/<cell>.log   the cell's console output
+A cell whose `results.json` exists is finished and skipped; an unfinished
+one resumes from its checkpoints, so rerunning a study after an interruption
+continues it.
+
+  python -m kd_jax.study list    configs/echo_study.py [--arg=...] [--study_dir=...]
+  python -m kd_jax.study run     configs/echo_study.py [--parallel=N] [--dry_run]
+  python -m kd_jax.study command configs/echo_study.py --index=I|teacher
+  python -m kd_jax.study commands configs/echo_study.py   # all, tab-separated
+  python -m kd_jax.study count   configs/echo_study.py
+The SLURM array script `launch/slurm_study.sh` uses `count` and `command`.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+
+from kd_jax import config_lib, losses
+from kd_jax.config_lib import UserError
+
+TEACHER_DIR = "teacher"
+
+
+# ------------------------------------------------------------ cell strings
+
+
+def parse_study_arg(arg: str | None, *, seeds: int = 1):
+  """'runlocal,seeds=3,dataset.data_dir=/d' -> (3, 'runlocal,dataset.data_dir=/d').
+
+  `seeds=N` is the study's own option (cells for seeds 0..N-1); every other
+  item is passed on to every cell.
+  """
+  rest = []
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    if item.startswith("seeds="):
+      try:
+        seeds = int(item.split("=", 1)[1])
+      except ValueError:
+        raise UserError(f"study arg {item!r}: seeds must be an integer") from None
+      if seeds < 1:
+        raise UserError(f"study arg {item!r}: seeds must be >= 1")
+    else:
+      rest.append(item)
+  return seeds, ",".join(rest)
+
+
+def join(*args: str) -> str:
+  return ",".join(a for a in args if a)
+
+
+def cell_dirname(arg: str) -> str:
+  """'student=ghostnet_100,method=vanilla,T=2,seed=0,runlocal' ->
+  'student-ghostnet_100__method-vanilla__T-2__seed-0' (flags dropped: the
+  study directory already says which mode it ran in)."""
+  items = [i.strip() for i in arg.split(",") if i.strip()]
+  items = [i for i in items if i not in config_lib.FLAGS_IN_ARG]
+  name = "__".join(i.replace("=", "-") for i in items) or "default"
+  return name.replace("/", "_")
+
+
+# ------------------------------------------------------------- the study
+
+
+def load_module(path: str):
+  if not os.path.isfile(path):
+    raise UserError(f"study file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      "kd_jax_study_" + os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  for fn in ("get_config", "cells"):
+    if not hasattr(mod, fn):
+      raise UserError(f"{path} is not a study file: it has no {fn}()")
+  return mod
+
+
+@dataclasses.dataclass
+class Cell:
+  index: int | str  # position in cells(), or 'teacher'
+  arg: str
+  name: str
+  workdir: str
+  argv: list  # the kd_jax.main command line
+  needs_teacher: bool
+  overrides: dict = dataclasses.field(default_factory=dict)  # config path -> value
+
+  @property
+  def done(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, "results.json"))
+
+
+class Study:
+  def __init__(self, path: str, arg: str | None = None,
+               study_dir: str | None = None):
+    self.path, self.arg = path, arg or ""
+    self.module = load_module(path)
+    name = os.path.basename(path)[:-3]
+    self.study_dir = os.path.abspath(study_dir or os.path.join(
+        "studies", name + ("_" + cell_dirname(self.arg) if self.arg else "")))
+    self.cell_args = list(self.module.cells(arg))
+    if not self.cell_args:
+      raise UserError(f"{path}: cells({arg!r}) is empty")
+    names = [cell_dirname(a) for a in self.cell_args]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+      raise UserError(f"{path}: two cells share the name {sorted(dup)[0]!r}")
+    if TEACHER_DIR in names:
+      raise UserError(f"{path}: a cell may not be named {TEACHER_DIR!r}")
+    self.configs = [self.module.get_config(a) for a in self.cell_args]
+    for a, c in zip(self.cell_args, self.configs):
+      try:
+        config_lib.validate(c)
+      except UserError as e:
+        raise UserError(f"cell {a!r}: {e}") from None
+    kd_configs = [c for c in self.configs
+                  if c.kd.method in losses.TEACHER_METHODS]
+    teachers = sorted({c.teacher.name for c in kd_configs})
+    if len(teachers) > 1:
+      raise UserError(f"{path}: cells use different teachers {teachers}; a "
+                      "study shares one teacher")
+    self.teacher_config = kd_configs[0] if kd_configs else None
+
+  # --- commands
+
+  def _main_argv(self, arg, workdir, overrides):
+    return [sys.executable, "-m", "kd_jax.main",
+            f"--config={self.path}" + (f":{arg}" if arg else ""),
+            f"--workdir={workdir}",
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+  def config(self, cell: Cell):
+    """The cell's config as `kd_jax.main` would build it (for in-process runs)."""
+    c = self.module.get_config(cell.arg or None)
+    for path, value in cell.overrides.items():
+      node = c
+      *parents, leaf = path.split(".")
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+    return c
+
+  @property
+  def teacher_workdir(self):
+    return os.path.join(self.study_dir, TEACHER_DIR)
+
+  def teacher_cell(self) -> Cell | None:
+    """The shared teacher: the study's config with the teacher model as the
+    'student', trained with cross-entropy for the teacher's epochs."""
+    c = self.teacher_config
+    if c is None:
+      return None
+    _, common = parse_study_arg(self.arg)
+    overrides = {"student.name": c.teacher.name, "kd.method": "none",
+                 "scratch_baseline": False,
+                 "num_epochs": config_lib.teacher_epochs(c),
+                 "learning_rate": config_lib.teacher_lr(c), "seed": c.seed}
+    return Cell(TEACHER_DIR, common, TEACHER_DIR, self.teacher_workdir,
+                self._main_argv(common, self.teacher_workdir, overrides), False,
+                overrides)
+
+  def cells(self) -> list[Cell]:
+    out = []
+    for i, (arg, c) in enumerate(zip(self.cell_args, self.configs)):
+      needs = c.kd.method in losses.TEACHER_METHODS
+      overrides = ({"teacher.checkpoint":
+                    os.path.join(self.teacher_workdir, "student")}
+                   if needs and not c.teacher.checkpoint else {})
+      workdir = os.path.join(self.study_dir, cell_dirname(arg))
+      out.append(Cell(i, arg, cell_dirname(arg), workdir,
+                      self._main_argv(arg, workdir, overrides), needs,
+                      overrides))
+    return out
+
+  def cell(self, index: str) -> Cell:
+    if index == TEACHER_DIR:
+      cell = self.teacher_cell()
+      if cell is None:
+        raise UserError("this study has no teacher (no cell distils)")
+      return cell
+    cells = self.cells()
+    try:
+      i = int(index)
+    except ValueError:
+      raise UserError(f"cell index {index!r} is neither an integer nor "
+                      f"{TEACHER_DIR!r}") from None
+    if not 0 <= i < len(cells):
+      raise UserError(f"cell index {i} out of range: the study has "
+                      f"{len(cells)} cells (0..{len(cells) - 1})")
+    return cells[i]
+
+
+# ------------------------------------------------------------------ runner
+
+
+def _run_cell(cell: Cell, log_dir: str, lock: threading.Lock, counter: dict,
+              study: Study | None = None):
+  """Runs one cell as a `kd_jax.main` process (or, given `study`, in this
+  process: no start-up cost, for notebooks and tests). Returns 0 on success."""
+  os.makedirs(log_dir, exist_ok=True)
+  log_path = os.path.join(log_dir, cell.name + ".log")
+  t0 = time.time()
+  if study is not None:
+    from kd_jax import train  # late: listing a study needs no JAX
+    try:
+      train.train_and_evaluate(study.config(cell), cell.workdir)
+      rc = 0
+    except UserError as e:
+      print(f"kd_jax: error: {e}", file=sys.stderr)
+      rc = 2
+  else:
+    with open(log_path, "a") as log:
+      log.write(f"\n$ {shlex.join(cell.argv)}\n")
+      log.flush()
+      rc = subprocess.call(cell.argv, stdout=log, stderr=subprocess.STDOUT)
+  with lock:
+    counter["done"] += 1
+    status = "done" if rc == 0 else f"FAILED (exit {rc}; see {log_path})"
+    acc = ""
+    if rc == 0:
+      with open(os.path.join(cell.workdir, "results.json")) as f:
+        acc = f" test acc {json.load(f)['rows'][-1]['test_accuracy']:.4f}"
+    print(f"[{counter['done']}/{counter['total']}] {cell.name}: {status}"
+          f"{acc} ({time.time() - t0:.0f} s)", flush=True)
+  return rc
+
+
+def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
+        in_process: bool = False) -> int:
+  """Runs the teacher, then every unfinished cell, `parallel` processes at a
+  time (or one after the other in this process). Returns the number of
+  failed cells."""
+  teacher = study.teacher_cell()
+  cells = study.cells()
+  todo = [c for c in cells if not c.done]
+  print(f"study {study.path}: {len(cells)} cells in {study.study_dir} "
+        f"({len(cells) - len(todo)} finished, {len(todo)} to run)", flush=True)
+  log_dir = os.path.join(study.study_dir, "logs")
+  if dry_run:
+    for c in ([teacher] if teacher else []) + cells:
+      state = "done" if c.done else "todo"
+      print(f"# {c.index} {c.name} [{state}]\n{shlex.join(c.argv)}")
+    return 0
+  lock = threading.Lock()
+  if teacher is not None and not teacher.done and any(
+      c.needs_teacher for c in todo):
+    print(f"teacher: training {study.teacher_config.teacher.name} once for "
+          "the whole study", flush=True)
+    here = study if in_process else None
+    if _run_cell(teacher, log_dir, lock, {"done": 0, "total": 1}, here):
+      return len(todo)  # nothing can distil without the teacher
+  counter = {"done": 0, "total": len(todo)}
+  if in_process:
+    codes = [_run_cell(c, log_dir, lock, counter, study) for c in todo]
+  else:
+    with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+      codes = list(pool.map(lambda c: _run_cell(c, log_dir, lock, counter),
+                            todo))
+  failed = sum(1 for rc in codes if rc)
+  print(f"study finished: {len(todo) - failed} cells ran, {failed} failed; "
+        f"report: python -m kd_jax.report {study.study_dir}", flush=True)
+  return failed
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m kd_jax.study",
+                              description="Run or inspect an ablation study.")
+  p.add_argument("action", choices=("list", "run", "command", "commands",
+                                    "count"))
+  p.add_argument("study", help="study file, e.g. configs/echo_study.py")
+  p.add_argument("--arg", default="", help="study-wide arg, e.g. runlocal,seeds=3")
+  p.add_argument("--study_dir", default=None)
+  p.add_argument("--parallel", type=int, default=1,
+                 help="cells run at the same time (each is one process)")
+  p.add_argument("--dry_run", action="store_true", help="print, run nothing")
+  p.add_argument("--in_process", action="store_true",
+                 help="run the cells one after the other in this process")
+  p.add_argument("--index", default=None, help="cell index or 'teacher'")
+  args = p.parse_args(argv)
+  try:
+    study = Study(args.study, args.arg, args.study_dir)
+    if args.action == "count":
+      print(len(study.cell_args))
+    elif args.action == "command":
+      if args.index is None:
+        raise UserError("command needs --index=I or --index=teacher")
+      print(shlex.join(study.cell(args.index).argv))
+    elif args.action == "commands":  # every cell: 'index<TAB>command'
+      teacher = study.teacher_cell()
+      for c in ([teacher] if teacher else []) + study.cells():
+        print(f"{c.index}\t{shlex.join(c.argv)}")
+    elif args.action == "list":
+      teacher = study.teacher_cell()
+      for c in ([teacher] if teacher else []) + study.cells():
+        print(f"{c.index}\t{'done' if c.done else 'todo'}\t{c.name}\t{c.arg}")
+    else:
+      failed = run(study, parallel=args.parallel, dry_run=args.dry_run,
+                   in_process=args.in_process)
+      return 1 if failed else 0
+  except UserError as e:
+    print(f"kd_jax: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
