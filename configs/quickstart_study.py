@@ -5,27 +5,29 @@ version the tests run; `--arg=seeds=5` for more seeds):
   python -m kd_jax.study run configs/quickstart_study.py --study_dir=/tmp/qs_study
   python -m kd_jax.report /tmp/qs_study
 """
-from kd_jax import config_lib, study
+import importlib.util
+import os
+
+from kd_jax import study
 
 STUDENTS = ("mlp_small", "tiny_cnn")
 
 
+def _quickstart():
+  spec = importlib.util.spec_from_file_location(
+      "kd_jax_quickstart_config",
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
 def get_config(arg=None):
-  c = config_lib.base_config()
-  c.dataset.name = "default"
-  c.dataset.image_size = 28
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.num_epochs = 3
-  c.learning_rate = 2e-3
-  c.early_stopping_patience = 0
-  c.teacher.name = "mlp_1200x2"
-  c.teacher.num_epochs = 5
-  c.student.name = "mlp_small"
-  c.kd.method = "vanilla"
-  c.kd.temperature = 2.0
-  c.kd.alpha = 0.5
-  return config_lib.apply_arg(c, arg)
+  """The quickstart recipe (configs/quickstart.py), one cell at a time: the
+  scratch students are cells of their own, so no per-cell scratch run."""
+  c = _quickstart().get_config(arg)
+  c.scratch_baseline = False
+  return c
 
 
 def cells(arg=None):
