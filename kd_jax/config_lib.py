@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.max_steps_per_epoch = 0  # 0 = full epoch (tiny mode caps it)
   c.scratch_baseline = False  # also train the student without a teacher
+  c.mixed_precision = False  # bf16 compute in training (f32 params, loss)
   c.runlocal = False
 
   c.dataset = d = ml_collections.ConfigDict()
@@ -58,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.checkpoint = ""  # Orbax checkpoint dir; '' = train the teacher first
   t.num_epochs = -1  # -1: same as num_epochs
   t.learning_rate = -1.0  # -1: same as learning_rate
+  # Teacher-output cache (teacher_cache.py): '' = off; a directory = compute
+  # the teacher's logits once per split and reuse them (no augmentation).
+  t.cache_dir = ""
 
   c.student = s = ml_collections.ConfigDict()
   s.name = "mobilenet_v3_small"

@@ -55,14 +55,17 @@ class Split:
   labels: np.ndarray  # int32 [N]
   images: np.ndarray | None = None  # uint8 [N, H, W, C] (in-memory sources)
   paths: np.ndarray | None = None  # str [N] (image folders)
+  # float32 [N, K]: cached teacher logits (teacher_cache.py); batches then
+  # carry them as a third element.
+  teacher_logits: np.ndarray | None = None
 
   def __len__(self):
     return len(self.labels)
 
   def take(self, idx):
-    return Split(self.labels[idx],
-                 None if self.images is None else self.images[idx],
-                 None if self.paths is None else self.paths[idx])
+    pick = lambda a: None if a is None else a[idx]
+    return Split(self.labels[idx], pick(self.images), pick(self.paths),
+                 pick(self.teacher_logits))
 
 
 @dataclasses.dataclass
@@ -284,7 +287,14 @@ def _decode_folder(paths, image_size):
 
 
 def _gather_batches(split: Split, index_batches, image_size):
-  """Yields uint8 images for each array of indices, in order."""
+  """Yields (uint8 images, labels[, cached teacher logits]) for each array of
+  indices, in order."""
+  if split.teacher_logits is not None:
+    plain = dataclasses.replace(split, teacher_logits=None)
+    for idx, (images, labels) in zip(
+        index_batches, _gather_batches(plain, index_batches, image_size)):
+      yield images, labels, split.teacher_logits[idx]
+    return
   if split.images is not None:
     for idx in index_batches:
       yield split.images[idx], split.labels[idx]
@@ -323,9 +333,9 @@ def eval_batches(split: Split, *, global_batch, image_size, process_index=0,
     rows = np.arange(start, start + global_batch)[lo:lo + local]
     masks.append(rows < n)
     index_batches.append(np.minimum(rows, n - 1))
-  for (images, labels), mask in zip(
+  for (images, labels, *cached), mask in zip(
       _gather_batches(split, index_batches, image_size), masks):
-    yield images, labels, mask
+    yield (images, labels, mask, *cached)
 
 
 # ------------------------------------------------------ on-device preprocess

@@ -9,6 +9,8 @@ Layout of a study directory:
                                 method='none' run of the cells' teacher model
   <study_dir>/<cell>/           one run per cell (`cell_dirname(arg)`), each
                                 KD cell distilling from teacher/student
+  <study_dir>/teacher_cache/    the teacher's logits, computed once for all
+                                cells (teacher_cache.py; off with augmentation)
   <study_dir>/logs/<cell>.log   the cell's console output
 A cell whose `results.json` exists is finished and skipped; an unfinished
 one resumes from its checkpoints, so rerunning a study after an interruption
@@ -185,9 +187,13 @@ class Study:
     out = []
     for i, (arg, c) in enumerate(zip(self.cell_args, self.configs)):
       needs = c.kd.method in losses.TEACHER_METHODS
-      overrides = ({"teacher.checkpoint":
-                    os.path.join(self.teacher_workdir, "student")}
-                   if needs and not c.teacher.checkpoint else {})
+      overrides = {}
+      if needs and not c.teacher.checkpoint:
+        overrides["teacher.checkpoint"] = os.path.join(self.teacher_workdir,
+                                                       "student")
+      if needs and not c.teacher.cache_dir:  # used when augmentation is off
+        overrides["teacher.cache_dir"] = os.path.join(self.study_dir,
+                                                      "teacher_cache")
       workdir = os.path.join(self.study_dir, cell_dirname(arg))
       out.append(Cell(i, arg, cell_dirname(arg), workdir,
                       self._main_argv(arg, workdir, overrides), needs,

@@ -21,6 +21,7 @@ step, run in inference mode, and never saved with the student.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -36,7 +37,7 @@ import optax
 
 from kd_jax import checkpointing, config_lib, data, kd_modules, losses
 from kd_jax import metrics, models
-from kd_jax import reporting, sharding
+from kd_jax import reporting, sharding, teacher_cache
 from kd_jax.config_lib import UserError
 
 
@@ -165,17 +166,22 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
   t_groups = teacher.subclasses if teacher is not None else 1
 
   def train_step(state: TrainState, batch, teacher_vars):
-    images, labels_B = batch
+    images, labels_B, *cached = batch  # cached: [teacher logits] (cache on)
     rng = jax.random.fold_in(base_rng, state.step)
     aug_rng, dropout_rng = jax.random.split(rng)
     x = _preprocess(config, images, aug_rng)
     epoch = state.step // steps_per_epoch
     t_logits = t_feature = None
-    if t_model is not None:
+    if cached:
+      t_logits = jax.lax.stop_gradient(cached[0])
+    elif t_model is not None:
       if hint:
         t_logits, t_feats, _ = models.apply_with_features(
             t_model, teacher_vars, x, train=False)
         t_feature = jax.lax.stop_gradient(t_feats[hint[1]])
+      elif config.mixed_precision:
+        t_logits = _to_f32(t_model.apply(*_to_bf16((teacher_vars, x)),
+                                         train=False))
       else:
         t_logits = t_model.apply(teacher_vars, x, train=False)
       t_logits = jax.lax.stop_gradient(t_logits)
@@ -184,9 +190,16 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
       variables = _variables(params[key], state.batch_stats[key])
       rngs = {"dropout": (jax.random.fold_in(dropout_rng, index) if index
                           else dropout_rng)}
+      inputs = x
+      if config.mixed_precision:  # bf16 compute; f32 params, stats and loss
+        variables, inputs = _to_bf16((variables, x))
       logits, feats, new = models.apply_with_features(
-          module, variables, x, train=True, mutable=("batch_stats",), rngs=rngs)
-      return logits, feats, new.get("batch_stats", {})
+          module, variables, inputs, train=True, mutable=("batch_stats",),
+          rngs=rngs)
+      stats = new.get("batch_stats", {})
+      if config.mixed_precision:
+        logits, feats, stats = _to_f32((logits, feats, stats))
+      return logits, feats, stats
 
     def loss_fn(params):
       s_logits, s_feats, bs = forward(student, "student", params)
@@ -243,13 +256,25 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
   return train_step
 
 
+def _to_bf16(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.bfloat16)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _to_f32(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.float32)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def make_eval_step(config, model, teacher: Frozen | None, subclasses=1):
-  def eval_step(variables, teacher_vars, images, labels_B, mask_B):
+  """Evaluation in float32; `cached` is the teacher's cached logits."""
+  def eval_step(variables, teacher_vars, images, labels_B, mask_B, *cached):
     x = _preprocess(config, images)
     logits_BxC = class_logits(model.apply(variables, x, train=False), subclasses)
     if teacher is not None:
-      t_logits = class_logits(teacher.model.apply(teacher_vars, x, train=False),
-                              teacher.subclasses)
+      t_raw = (cached[0] if cached else
+               teacher.model.apply(teacher_vars, x, train=False))
+      t_logits = class_logits(t_raw, teacher.subclasses)
       agree_B = (jnp.argmax(logits_BxC, -1) == jnp.argmax(t_logits, -1))
     else:
       agree_B = jnp.zeros_like(mask_B)
@@ -263,11 +288,11 @@ def make_eval_step(config, model, teacher: Frozen | None, subclasses=1):
 def evaluate(eval_step_jit, variables, teacher_vars, split, config, mesh,
              has_teacher):
   acc = None
-  for images, labels, mask in data.eval_batches(
+  for batch in data.eval_batches(
       split, global_batch=config.eval_batch_size,
       image_size=config.dataset.image_size,
       process_index=jax.process_index(), process_count=jax.process_count()):
-    batch = sharding.global_batch((images, labels, mask), mesh)
+    batch = sharding.global_batch(batch, mesh)
     m = eval_step_jit(variables, teacher_vars, *batch)
     acc = m if acc is None else acc.merge(m)
   return metrics.summarize(jax.device_get(acc), has_teacher)
@@ -318,6 +343,7 @@ class Stage:
                   for i, name in enumerate(peers)]
     self.primary = jax.process_index() == 0
     self.last_train_metrics = {}
+    self.cache_used = False
     self.spe = data.steps_per_epoch(len(ds.train), config.batch_size,
                                     config.max_steps_per_epoch)
     self.adapter = self.temperature_module = None
@@ -390,10 +416,27 @@ class Stage:
       return res
     return self._train()
 
+  def _with_teacher_cache(self):
+    """The dataset, with the teacher's cached logits attached when usable."""
+    ok, why = teacher_cache.usable(self.config, self.hint)
+    if self.teacher is None or not ok:
+      if self.teacher is not None and self.config.teacher.cache_dir:
+        reporting.log(f"[{self.role}] teacher cache not used: {why}")
+      return self.ds
+    logits = teacher_cache.load_or_compute(
+        self.config, self.ds, type(self.teacher.model).__name__, self.teacher,
+        self.mesh)
+    self.cache_used = True
+    return dataclasses.replace(self.ds, **{
+        name: dataclasses.replace(getattr(self.ds, name),
+                                  teacher_logits=logits[name])
+        for name in teacher_cache.SPLITS})
+
   def _train(self) -> dict:
-    config, mesh, ds = self.config, self.mesh, self.ds
+    config, mesh = self.config, self.mesh
     t0 = time.time()
     os.makedirs(self.stage_dir, exist_ok=True)
+    ds = self._with_teacher_cache()
     spe = self.spe
     tx, state = self.init_state()
     repl = sharding.replicated(mesh)
@@ -443,8 +486,8 @@ class Stage:
           image_size=config.dataset.image_size,
           process_index=jax.process_index(), process_count=jax.process_count())
       t_epoch = time.time()
-      for images, labels in batches:
-        batch = sharding.global_batch((images, labels), mesh)
+      for host_batch in batches:  # (images, labels[, cached teacher logits])
+        batch = sharding.global_batch(host_batch, mesh)
         state, step_metrics = step_jit(state, batch, self.teacher_vars)
         pending.append(step_metrics)
         loop["step_in_epoch"] += 1
@@ -521,6 +564,7 @@ class Stage:
       res["teacher_checkpoint"] = self.teacher.path
     if self.init_from:
       res["init_from"] = os.path.abspath(self.init_from)
+    res["teacher_cache"] = self.cache_used
     if self.method == "ctkd":
       res["final_temperature"] = float(losses.ctkd_temperature(
           state.params["temperature"], t_start=config.kd.t_start,

@@ -47,7 +47,8 @@ def test_study_files_declare_their_cells():
   # Every KD cell distils from the one shared teacher; scratch cells do not.
   teacher_ckpt = os.path.join(grid.study_dir, "teacher", "student")
   for cell, cfg in zip(grid.cells(), grid.configs):
-    expected = {"teacher.checkpoint": teacher_ckpt} if cfg.kd.method != "none" else {}
+    expected = {"teacher.checkpoint": teacher_ckpt, "teacher.cache_dir": os.path.join(
+        grid.study_dir, "teacher_cache")} if cfg.kd.method != "none" else {}
     assert cell.overrides == expected
 
 
@@ -86,6 +87,7 @@ def test_tiny_study_runs_every_cell_with_one_teacher(tiny_study):
           s.study_dir, "teacher", "student", "checkpoints", "best")
       assert stages["teacher"]["test"]["accuracy"] == pytest.approx(
           teacher["rows"][-1]["test_accuracy"])
+      assert stages["student"]["teacher_cache"] is True  # no augmentation
     else:
       assert set(stages) == {"student"}
 

@@ -1,0 +1,117 @@
+"""Teacher-output cache: the frozen teacher's logits, computed once per split.
+
+When the teacher sees the same input for an example in every epoch (no random
+crop/flip; hint features are not cached), its logits are a fixed function of
+the example: compute them once and reuse them across epochs, students and
+study cells. Files: `<cache_dir>/<key>/{train,val,test}.npy` (float32
+`[N, K]`, row i = example i of the split) + `meta.json`, written atomically.
+The key hashes everything the logits depend on: the teacher's variables
+(content, not path), its architecture and logits per class, the split's
+examples (pixels for in-memory data; paths, sizes and mtimes for image
+folders) and the preprocessing (image size, normalisation). Any change gives
+a new key, so a stale cache is never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from kd_jax import data, reporting, sharding
+
+SPLITS = ("train", "val", "test")
+
+
+def usable(config, hint) -> tuple[bool, str]:
+  """(can the teacher's logits be cached for this run, why not)."""
+  if not config.teacher.cache_dir:
+    return False, "off"
+  if config.dataset.random_crop or config.dataset.random_flip:
+    return False, "augmentation changes the teacher's input every epoch"
+  if hint:
+    return False, "hint features are computed live"
+  return True, ""
+
+
+def _hash_tree(h, tree):
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
+
+
+def _hash_split(h, split: data.Split):
+  h.update(np.ascontiguousarray(split.labels).tobytes())
+  if split.images is not None:
+    h.update(str(split.images.shape).encode())
+    h.update(np.ascontiguousarray(split.images).tobytes())
+  else:
+    for p in split.paths:
+      st = os.stat(p)
+      h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+
+
+def cache_key(config, ds, teacher_name, teacher) -> str:
+  h = hashlib.blake2b(digest_size=16)
+  h.update(json.dumps({
+      "teacher": teacher_name, "subclasses": teacher.subclasses,
+      "image_size": config.dataset.image_size,
+      "normalization": config.dataset.normalization,
+  }, sort_keys=True).encode())
+  _hash_tree(h, teacher.variables)
+  for name in SPLITS:
+    h.update(name.encode())
+    _hash_split(h, getattr(ds, name))
+  return h.hexdigest()
+
+
+def compute_logits(config, teacher, split, mesh) -> np.ndarray:
+  """The teacher's logits for every example of `split`, in order."""
+  def fwd(variables, images):
+    x = data.preprocess(images, image_size=config.dataset.image_size,
+                        normalization=config.dataset.normalization)
+    return teacher.model.apply(variables, x, train=False)
+  fwd_jit = jax.jit(fwd)
+  out = []
+  for images, _, _ in data.eval_batches(
+      split, global_batch=config.eval_batch_size,
+      image_size=config.dataset.image_size,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    batch = sharding.global_batch((images,), mesh)[0]
+    logits = fwd_jit(teacher.variables, batch)
+    out.append(np.asarray(multihost_utils.process_allgather(logits, tiled=True)))
+  return np.concatenate(out)[:len(split)].astype(np.float32)
+
+
+def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:
+  """{split name: logits [N, K]} from the cache, computing what is missing."""
+  key = cache_key(config, ds, teacher_name, teacher)
+  root = os.path.join(config.teacher.cache_dir, key)
+  out, computed = {}, []
+  for name in SPLITS:
+    path = os.path.join(root, name + ".npy")
+    split = getattr(ds, name)
+    if os.path.exists(path):
+      arr = np.load(path)
+      if arr.shape[0] == len(split):
+        out[name] = arr
+        continue
+    out[name] = compute_logits(config, teacher, split, mesh)
+    computed.append(name)
+    if jax.process_index() == 0:
+      os.makedirs(root, exist_ok=True)
+      tmp = path + f".tmp{os.getpid()}.npy"
+      np.save(tmp, out[name])
+      os.replace(tmp, path)
+  if computed and jax.process_index() == 0:
+    reporting.write_json(os.path.join(root, "meta.json"), {
+        "teacher": teacher_name, "teacher_checkpoint": teacher.path,
+        "dataset": ds.name, "image_size": config.dataset.image_size,
+        "normalization": config.dataset.normalization,
+        "splits": {n: list(out[n].shape) for n in SPLITS}})
+  reporting.log(f"teacher cache {root}: "
+                + (f"computed {', '.join(computed)}" if computed else "hit"))
+  return out
