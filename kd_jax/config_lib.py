@@ -26,6 +26,9 @@ class UserError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Data order and augmentation follow data_seed (-1: seed); initial weights
+  # and dropout follow seed. A vmapped sweep shares one data_seed.
+  c.data_seed = -1
   c.num_epochs = 20
   c.batch_size = 256
   c.eval_batch_size = 512

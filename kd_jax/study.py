@@ -18,6 +18,7 @@ continues it.
 
   python -m kd_jax.study list    configs/echo_study.py [--arg=...] [--study_dir=...]
   python -m kd_jax.study run     configs/echo_study.py [--parallel=N] [--dry_run]
+  python -m kd_jax.study run     configs/cifar_grid.py --vmap   # groups vmapped
   python -m kd_jax.study command configs/echo_study.py --index=I|teacher
   python -m kd_jax.study commands configs/echo_study.py   # all, tab-separated
   python -m kd_jax.study count   configs/echo_study.py
@@ -253,10 +254,26 @@ def _run_cell(cell: Cell, log_dir: str, lock: threading.Lock, counter: dict,
   return rc
 
 
+def vmap_groups(study: Study, cells) -> list[list[Cell]]:
+  """`cells` grouped so that each group can be one vmapped program
+  (sweep.py): same student, data and method, differing only in T, alpha,
+  schedule or seed. Cells that cannot be vmapped form groups of one."""
+  from kd_jax import sweep  # late: listing a study needs no JAX
+  groups: dict = {}
+  for cell in cells:
+    c = study.config(cell)
+    key = (sweep.group_key(c) if c.kd.method in sweep.VMAP_METHODS
+           and not c.kd.hint_student_layer and not c.kd.assistants
+           and not c.scratch_baseline else f"single:{cell.name}")
+    groups.setdefault(key, []).append(cell)
+  return list(groups.values())
+
+
 def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
-        in_process: bool = False) -> int:
+        in_process: bool = False, vmap: bool = False) -> int:
   """Runs the teacher, then every unfinished cell, `parallel` processes at a
-  time (or one after the other in this process). Returns the number of
+  time (or one after the other in this process; with `vmap`, groups of cells
+  as one vmapped program each, in this process). Returns the number of
   failed cells."""
   teacher = study.teacher_cell()
   cells = study.cells()
@@ -274,10 +291,12 @@ def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
       c.needs_teacher for c in todo):
     print(f"teacher: training {study.teacher_config.teacher.name} once for "
           "the whole study", flush=True)
-    here = study if in_process else None
+    here = study if in_process or vmap else None
     if _run_cell(teacher, log_dir, lock, {"done": 0, "total": 1}, here):
       return len(todo)  # nothing can distil without the teacher
   counter = {"done": 0, "total": len(todo)}
+  if vmap:
+    return _run_vmapped(study, todo, counter)
   if in_process:
     codes = [_run_cell(c, log_dir, lock, counter, study) for c in todo]
   else:
@@ -287,6 +306,31 @@ def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
   failed = sum(1 for rc in codes if rc)
   print(f"study finished: {len(todo) - failed} cells ran, {failed} failed; "
         f"report: python -m kd_jax.report {study.study_dir}", flush=True)
+  return failed
+
+
+def _run_vmapped(study: Study, todo, counter) -> int:
+  from kd_jax import sweep
+  failed = 0
+  for group in vmap_groups(study, todo):
+    t0 = time.time()
+    if len(group) == 1:
+      failed += bool(_run_cell(group[0], os.path.join(study.study_dir, "logs"),
+                               threading.Lock(), counter, study))
+      continue
+    try:
+      sweep.train_group([study.config(c) for c in group],
+                        [c.workdir for c in group])
+      status = "done"
+    except UserError as e:
+      print(f"kd_jax: error: {e}", file=sys.stderr)
+      status, failed = "FAILED", failed + len(group)
+    counter["done"] += len(group)
+    print(f"[{counter['done']}/{counter['total']}] vmapped group of "
+          f"{len(group)} ({group[0].name} ...): {status} "
+          f"({time.time() - t0:.0f} s)", flush=True)
+  print(f"study finished: {counter['total'] - failed} cells ran, {failed} "
+        f"failed; report: python -m kd_jax.report {study.study_dir}", flush=True)
   return failed
 
 
@@ -306,6 +350,9 @@ def main(argv=None) -> int:
   p.add_argument("--dry_run", action="store_true", help="print, run nothing")
   p.add_argument("--in_process", action="store_true",
                  help="run the cells one after the other in this process")
+  p.add_argument("--vmap", action="store_true",
+                 help="train cells that differ only in T/alpha/schedule/seed "
+                 "as one vmapped program (in this process)")
   p.add_argument("--index", default=None, help="cell index or 'teacher'")
   args = p.parse_args(argv)
   try:
@@ -326,7 +373,7 @@ def main(argv=None) -> int:
         print(f"{c.index}\t{'done' if c.done else 'todo'}\t{c.name}\t{c.arg}")
     else:
       failed = run(study, parallel=args.parallel, dry_run=args.dry_run,
-                   in_process=args.in_process)
+                   in_process=args.in_process, vmap=args.vmap)
       return 1 if failed else 0
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)

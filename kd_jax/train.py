@@ -55,10 +55,12 @@ class TrainState:
 
 
 def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
-                   ctkd: bool):
+                   ctkd: bool, lambda_in_tx: bool = True):
   """Student optimizer (also for adapters and DML peers); with CTKD (global
   or instance-wise) a multi_transform whose 'temperature' part ascends the
-  loss: update = +mu * lambda(epoch) * dL/dtheta_T (seeds' eq. 6)."""
+  loss: update = +mu * lambda(epoch) * dL/dtheta_T (seeds' eq. 6).
+  `lambda_in_tx=False` leaves lambda out (vmapped sweeps scale the
+  temperature's gradient by a per-cell lambda before the update)."""
   total = max(1, num_epochs * steps_per_epoch)
   warmup = int(config.warmup_epochs * steps_per_epoch)
   lr = optax.warmup_cosine_decay_schedule(
@@ -75,9 +77,11 @@ def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
         losses.curriculum_lambda, schedule=kd.schedule,
         lambda_min=kd.lambda_min, lambda_max=kd.lambda_max,
         epoch_cap=kd.epoch_cap)
+    schedule = ([optax.scale_by_schedule(
+        lambda count: lam(count // steps_per_epoch))] if lambda_in_tx else [])
     transforms["temperature"] = optax.chain(
         optax.scale(-1.0),  # gradient reversal: the temperature maximises L
-        optax.scale_by_schedule(lambda count: lam(count // steps_per_epoch)),
+        *schedule,
         optax.sgd(kd.temperature_lr, momentum=kd.temperature_momentum or None))
   return optax.multi_transform(transforms, lambda params: {
       k: "temperature" if k == "temperature" else "student" for k in params})
@@ -113,10 +117,12 @@ def class_logits(logits_BxK, subclasses: int):
 
 
 def method_loss(config, method, s_logits, t_logits, labels_B, *, epoch,
-                temperature):
-  """The logit-level loss of `method` (the trainer adds hints and DML)."""
+                temperature, alpha=None):
+  """The logit-level loss of `method` (the trainer adds hints and DML).
+  `alpha` overrides config.kd.alpha (a traced value in vmapped sweeps)."""
   kd = config.kd
   ls = kd.logit_standardization
+  alpha = kd.alpha if alpha is None else alpha
   if method == "none":
     return losses.cross_entropy(s_logits, labels_B)
   if method == "subclass_teacher":
@@ -130,7 +136,7 @@ def method_loss(config, method, s_logits, t_logits, labels_B, *, epoch,
                                       standardize_logits=ls)
   if method in ("vanilla", "ctkd", "ctkd_instance", "fitnets"):
     return losses.kd_loss(s_logits, t_logits, labels_B, temperature=temperature,
-                          alpha=kd.alpha, standardize_logits=ls)
+                          alpha=alpha, standardize_logits=ls)
   if method == "dkd":
     warm = (jnp.minimum(1.0, (epoch + 1.0) / kd.dkd_warmup_epochs)
             if kd.dkd_warmup_epochs else 1.0)
@@ -144,10 +150,20 @@ def method_loss(config, method, s_logits, t_logits, labels_B, *, epoch,
   if method == "subclass":
     return losses.subclass_kd_loss(s_logits, t_logits, labels_B,
                                    subclasses=kd.subclasses,
-                                   temperature=temperature, alpha=kd.alpha)
+                                   temperature=temperature, alpha=alpha)
   if method == "hint":  # FitNets stage 1: the hint loss alone
     return jnp.float32(0.0)
   raise ValueError(f"no loss for method {method!r}")
+
+
+def data_seed(config) -> int:
+  """Seed of the data order and augmentation (config.data_seed, or seed)."""
+  return config.data_seed if config.data_seed >= 0 else config.seed
+
+
+def step_rngs(seed, step):
+  """(augmentation key, dropout key) of one step; `seed` may be traced."""
+  return jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), step))
 
 
 def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
@@ -161,14 +177,13 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
   (student_layer, teacher_layer) or None.
   """
   kd = config.kd
-  base_rng = jax.random.PRNGKey(config.seed)
   t_model = teacher.model if teacher is not None else None
   t_groups = teacher.subclasses if teacher is not None else 1
 
   def train_step(state: TrainState, batch, teacher_vars):
     images, labels_B, *cached = batch  # cached: [teacher logits] (cache on)
-    rng = jax.random.fold_in(base_rng, state.step)
-    aug_rng, dropout_rng = jax.random.split(rng)
+    aug_rng = step_rngs(data_seed(config), state.step)[0]
+    dropout_rng = step_rngs(config.seed, state.step)[1]
     x = _preprocess(config, images, aug_rng)
     epoch = state.step // steps_per_epoch
     t_logits = t_feature = None
@@ -481,7 +496,7 @@ class Stage:
       epoch = loop["epoch"]
       pending = []
       batches = data.train_batches(
-          ds.train, global_batch=config.batch_size, seed=config.seed,
+          ds.train, global_batch=config.batch_size, seed=data_seed(config),
           epoch=epoch, num_steps=spe, start_step=loop["step_in_epoch"],
           image_size=config.dataset.image_size,
           process_index=jax.process_index(), process_count=jax.process_count())

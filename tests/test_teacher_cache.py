@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
 
 def test_cached_teacher_gives_the_same_student(runs):
   _, out = runs
-  (_, live_dir, live), (c, cached_dir, cached) = out["live"], out["cached"]
+  (_, live_dir, live), (_, cached_dir, cached) = out["live"], out["cached"]
   assert cached["rows"] == live["rows"]
   a = helpers.restore_raw(os.path.join(live_dir, "student", "checkpoints", "best"), "model")[1]
   b = helpers.restore_raw(os.path.join(cached_dir, "student", "checkpoints", "best"), "model")[1]

@@ -1,0 +1,93 @@
+"""Vectorised sweeps: a vmapped group of cells equals the same cells run one
+by one, writes the same files, resumes, and a study can ask for it."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax import study, sweep, train
+from kd_jax.config_lib import UserError
+from tests import helpers
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep_teacher")
+  c = helpers.tiny_config("dataset=digits,method=none,student=simple_cnn",
+                          scratch_baseline=False)
+  train.train_and_evaluate(c, str(root))
+  return os.path.join(str(root), "student")
+
+
+def _cells(teacher_dir, method, cells, **extra):
+  return [helpers.tiny_config(
+      f"dataset=digits,method={method},{a}", scratch_baseline=False,
+      **{"teacher.checkpoint": teacher_dir, "teacher.name": "simple_cnn",
+         "data_seed": 0, **extra}) for a in cells]
+
+
+def _params(workdir):
+  return helpers.restore_raw(
+      os.path.join(workdir, "student", "checkpoints", "best"), "model")[1]
+
+
+@pytest.mark.parametrize("method,cells", [
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"]),
+    ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"]),
+])
+def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, cells):
+  configs = _cells(teacher_dir, method, cells, **{"kd.lambda_min": 0.3})
+  separate = [train.train_and_evaluate(c, str(tmp_path / f"sep{i}"))
+              for i, c in enumerate(configs)]
+  vmapped = sweep.train_group(configs, [str(tmp_path / f"vm{i}") for i in range(2)])
+  for i in range(2):
+    a, b = _params(str(tmp_path / f"sep{i}")), _params(str(tmp_path / f"vm{i}"))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    s_res, v_res = separate[i]["stages"]["student"], vmapped[i]["stages"]["student"]
+    assert v_res["test"]["accuracy"] == pytest.approx(s_res["test"]["accuracy"], abs=1e-9)
+    assert v_res["best_epoch"] == s_res["best_epoch"]
+    assert v_res["vmapped_with"] == 2
+    if method == "ctkd":  # the learned T followed each cell's own schedule
+      assert v_res["final_temperature"] == pytest.approx(
+          s_res["final_temperature"], rel=1e-5)
+    # Same files as a separate run, same config (with the group's data_seed).
+    for name in ("config.json", "results.json", "student/results.json",
+                 "student/logs/metrics.jsonl"):
+      assert os.path.exists(tmp_path / f"vm{i}" / name), name
+    assert helpers.read_json(tmp_path / f"vm{i}" / "config.json") == \
+        helpers.read_json(tmp_path / f"sep{i}" / "config.json")
+  if method == "ctkd":
+    t = [r["final_temperature"] for r in (v["stages"]["student"] for v in vmapped)]
+    assert t[0] != t[1]
+
+
+def test_finished_group_is_skipped_and_bad_groups_refused(teacher_dir, tmp_path):
+  configs = _cells(teacher_dir, "vanilla", ["T=2", "T=3"])
+  dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+  first = sweep.train_group(configs, dirs)
+  mtime = os.path.getmtime(os.path.join(dirs[0], "results.json"))
+  assert sweep.train_group(configs, dirs) == first
+  assert os.path.getmtime(os.path.join(dirs[0], "results.json")) == mtime
+  with pytest.raises(UserError, match="may differ only in"):
+    sweep.train_group(_cells(teacher_dir, "vanilla", ["T=2", "student=tiny_cnn"]),
+                      [str(tmp_path / "c"), str(tmp_path / "d")])
+  with pytest.raises(UserError, match="cannot be vmapped"):
+    sweep.train_group(_cells(teacher_dir, "dml", ["seed=0", "seed=1"]),
+                      [str(tmp_path / "e"), str(tmp_path / "f")])
+  assert not os.path.exists(tmp_path / "c")  # nothing written when refused
+
+
+def test_study_runs_vmapped_groups(tmp_path):
+  s = study.Study(os.path.join(helpers.REPO, "configs", "quickstart_study.py"),
+                  "runlocal", str(tmp_path / "study"))
+  groups = study.vmap_groups(s, s.cells())
+  # per student and method, the two seeds form one group
+  assert sorted(len(g) for g in groups) == [2, 2, 2, 2]
+  assert study.run(s, vmap=True) == 0
+  for cell in s.cells():
+    res = helpers.read_json(os.path.join(cell.workdir, "results.json"))
+    assert res["stages"]["student"]["vmapped_with"] == 2
+    assert res["config"]["data_seed"] == 0  # the group's data order
