@@ -74,12 +74,14 @@ def join(*args: str) -> str:
   return ",".join(a for a in args if a)
 
 
-def cell_dirname(arg: str) -> str:
+def cell_dirname(arg: str, common: str = "") -> str:
   """'student=ghostnet_100,method=vanilla,T=2,seed=0,runlocal' ->
-  'student-ghostnet_100__method-vanilla__T-2__seed-0' (flags dropped: the
-  study directory already says which mode it ran in)."""
+  'student-ghostnet_100__method-vanilla__T-2__seed-0' (flags and the
+  study-wide items `common` dropped: the study directory says those)."""
+  drop = set(config_lib.FLAGS_IN_ARG) | {
+      i.strip() for i in common.split(",") if i.strip()}
   items = [i.strip() for i in arg.split(",") if i.strip()]
-  items = [i for i in items if i not in config_lib.FLAGS_IN_ARG]
+  items = [i for i in items if i not in drop]
   name = "__".join(i.replace("=", "-") for i in items) or "default"
   return name.replace("/", "_")
 
@@ -117,8 +119,9 @@ class Cell:
 
 class Study:
   def __init__(self, path: str, arg: str | None = None,
-               study_dir: str | None = None):
+               study_dir: str | None = None, teacher_cache: bool = True):
     self.path, self.arg = path, arg or ""
+    self.teacher_cache = teacher_cache
     self.module = load_module(path)
     name = os.path.basename(path)[:-3]
     self.study_dir = os.path.abspath(study_dir or os.path.join(
@@ -126,7 +129,8 @@ class Study:
     self.cell_args = list(self.module.cells(arg))
     if not self.cell_args:
       raise UserError(f"{path}: cells({arg!r}) is empty")
-    names = [cell_dirname(a) for a in self.cell_args]
+    self.common = parse_study_arg(self.arg)[1]
+    names = [cell_dirname(a, self.common) for a in self.cell_args]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
       raise UserError(f"{path}: two cells share the name {sorted(dup)[0]!r}")
@@ -192,11 +196,13 @@ class Study:
       if needs and not c.teacher.checkpoint:
         overrides["teacher.checkpoint"] = os.path.join(self.teacher_workdir,
                                                        "student")
-      if needs and not c.teacher.cache_dir:  # used when augmentation is off
+      if needs and self.teacher_cache and not c.teacher.cache_dir:
+        # (used when augmentation is off)
         overrides["teacher.cache_dir"] = os.path.join(self.study_dir,
                                                       "teacher_cache")
-      workdir = os.path.join(self.study_dir, cell_dirname(arg))
-      out.append(Cell(i, arg, cell_dirname(arg), workdir,
+      name = cell_dirname(arg, self.common)
+      workdir = os.path.join(self.study_dir, name)
+      out.append(Cell(i, arg, name, workdir,
                       self._main_argv(arg, workdir, overrides), needs,
                       overrides))
     return out
@@ -350,13 +356,16 @@ def main(argv=None) -> int:
   p.add_argument("--dry_run", action="store_true", help="print, run nothing")
   p.add_argument("--in_process", action="store_true",
                  help="run the cells one after the other in this process")
+  p.add_argument("--no_teacher_cache", action="store_true",
+                 help="every cell runs the teacher itself")
   p.add_argument("--vmap", action="store_true",
                  help="train cells that differ only in T/alpha/schedule/seed "
                  "as one vmapped program (in this process)")
   p.add_argument("--index", default=None, help="cell index or 'teacher'")
   args = p.parse_args(argv)
   try:
-    study = Study(args.study, args.arg, args.study_dir)
+    study = Study(args.study, args.arg, args.study_dir,
+                  teacher_cache=not args.no_teacher_cache)
     if args.action == "count":
       print(len(study.cell_args))
     elif args.action == "command":
