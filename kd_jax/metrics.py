@@ -12,7 +12,6 @@ import os
 import flax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers
 from clu import metrics as clu_metrics
 
 
@@ -66,8 +65,10 @@ def summarize(m: EvalMetrics, has_teacher: bool) -> dict:
   return res
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends {'step': s, name: value, ...} lines to a JSONL file."""
+class JsonlWriter:
+  """Appends {'step': s, name: value, ...} lines to a JSONL file (clu's
+  MetricWriter interface, duck-typed: clu.metric_writers imports TensorFlow,
+  which kd_jax imports only when it writes TensorBoard files)."""
 
   def __init__(self, path):
     self._f = open(path, "a", encoding="utf-8")
@@ -106,6 +107,7 @@ class JsonlWriter(metric_writers.MetricWriter):
 
 def create_writer(logdir: str, primary: bool):
   """TensorBoard + JSONL on the primary process; nothing elsewhere."""
+  from clu import metric_writers  # late: it imports TensorFlow
   if not primary:
     return metric_writers.MultiWriter([])
   os.makedirs(logdir, exist_ok=True)
