@@ -41,6 +41,7 @@ def main():
   p.add_argument("--out", default="")
   args = p.parse_args()
   arg = ("dataset.name=default,dataset.random_crop=false,dataset.random_flip=false,"
+         "teacher.learning_rate=0.0002,teacher.num_epochs=4,"
          f"dataset.train_limit={args.train_limit},dataset.eval_limit=500,"
          f"num_epochs={args.epochs},early_stopping_patience=0,"
          "eval_batch_size=500,log_every_steps=100")

@@ -48,10 +48,25 @@ class StageCheckpoints:
     self.best = manager("best")
 
   def save_latest(self, step: int, state, meta: dict):
-    self.latest.wait_until_finished()
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True)
+    self._save(self.latest, step, ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  @staticmethod
+  def _save(manager, step, args):
+    """Orbax writes a step into a temporary directory and renames it when
+    complete, then drops the older step: a failed or killed save leaves the
+    previous checkpoint as it was. A failure (disk full, ...) becomes one
+    line naming the step and the checkpoint that survives."""
+    manager.wait_until_finished()
+    previous = manager.latest_step()
+    try:
+      manager.save(step, args=args, force=True)
+    except Exception as e:  # OSError, or tensorstore's wrapping of one
+      raise UserError(
+          f"could not save the checkpoint of step {step} in {manager.directory}"
+          f" ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else e!r}); "
+          + (f"the previous checkpoint (step {previous}) is intact"
+             if previous is not None else "no earlier checkpoint")) from None
 
   def restore_latest(self, like_state, sharding):
     """(state, meta) of the latest checkpoint, or None when there is none."""
@@ -64,10 +79,8 @@ class StageCheckpoints:
     return out.state, out.meta
 
   def save_best(self, step: int, variables, meta: dict):
-    self.best.wait_until_finished()
-    self.best.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
-        force=True)
+    self._save(self.best, step, ocp.args.Composite(
+        model=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
 
   def restore_best(self, like_variables, sharding):
     self.wait()

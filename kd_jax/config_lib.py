@@ -17,6 +17,8 @@ DATASETS = ("default", "digits", "fashion_mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder")
 OPTIMIZERS = ("adam", "sgd")
 NORMALIZATIONS = ("half", "imagenet")
+NAN_POLICIES = ("stop", "skip")
+CORRUPT_IMAGES = ("refuse", "skip")
 
 
 class UserError(ValueError):
@@ -43,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps_per_epoch = 0  # 0 = full epoch (tiny mode caps it)
   c.scratch_baseline = False  # also train the student without a teacher
   c.mixed_precision = False  # bf16 compute in training (f32 params, loss)
+  # A non-finite loss or gradient: 'stop' (one-line error naming the step and
+  # the last good checkpoint) or 'skip' (drop that step's update, count it).
+  c.nan_policy = "stop"
   c.runlocal = False
 
   c.dataset = d = ml_collections.ConfigDict()
@@ -56,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.random_crop = False
   d.random_flip = False
   d.crop_padding = 4
+  d.corrupt_images = "refuse"  # image folders: 'refuse' or 'skip' (warn + count)
 
   c.teacher = t = ml_collections.ConfigDict()
   t.name = "vgg16"
@@ -244,6 +250,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   one_of(c.kd.schedule, losses.SCHEDULES, "config.kd.schedule")
   one_of(c.optimizer, OPTIMIZERS, "config.optimizer")
   one_of(c.dataset.normalization, NORMALIZATIONS, "config.dataset.normalization")
+  one_of(c.nan_policy, NAN_POLICIES, "config.nan_policy")
+  one_of(c.dataset.corrupt_images, CORRUPT_IMAGES, "config.dataset.corrupt_images")
   if not c.kd.temperature > 0:
     raise UserError(
         f"config.kd.temperature={c.kd.temperature} must be > 0")

@@ -160,17 +160,29 @@ def _load_tfds(name, data_dir):
   return names, arrays
 
 
-def _check_image_file(path):
+def _image_problem(path) -> str | None:
+  """Why `path` is not a readable image (None if it is): the magic bytes of
+  PNG/JPEG/BMP/GIF, then Pillow's integrity check (truncated files, bad
+  chunks)."""
   try:
     with open(path, "rb") as f:
       head = f.read(8)
   except OSError as e:
-    raise UserError(f"cannot read image file {path}: {e.strerror}") from None
+    return f"cannot read image file {path}: {e.strerror}"
   if not any(head.startswith(m) for m in _MAGIC):
-    raise UserError(f"corrupt or non-image file {path} (not PNG/JPEG/BMP/GIF)")
+    return f"corrupt or non-image file {path} (not PNG/JPEG/BMP/GIF)"
+  from PIL import Image
+  try:
+    with Image.open(path) as im:
+      im.verify()
+    with Image.open(path) as im:  # verify() does not decode the pixels
+      im.load()
+  except Exception as e:  # Pillow raises many types for broken files
+    return f"corrupt image file {path} ({type(e).__name__}: {e})"
+  return None
 
 
-def _list_folder_split(root, split, class_names=None):
+def _list_folder_split(root, split, class_names=None, corrupt="refuse"):
   split_dir = os.path.join(root, split)
   classes = sorted(d for d in os.listdir(split_dir)
                    if os.path.isdir(os.path.join(split_dir, d)))
@@ -181,32 +193,42 @@ def _list_folder_split(root, split, class_names=None):
     raise UserError(
         f"class folders of {split_dir} ({', '.join(classes)}) differ from "
         f"train's ({', '.join(class_names)})")
-  paths, labels = [], []
+  paths, labels, skipped = [], [], []
   for label, cls in enumerate(classes):
     for fname in sorted(os.listdir(os.path.join(split_dir, cls))):
       if fname.lower().endswith(IMAGE_EXTENSIONS):
         path = os.path.join(split_dir, cls, fname)
-        _check_image_file(path)
+        problem = _image_problem(path)
+        if problem and corrupt == "skip":
+          skipped.append(path)
+          continue
+        if problem:
+          raise UserError(problem + " (config.dataset.corrupt_images='skip' "
+                          "leaves such files out)")
         paths.append(path)
         labels.append(label)
+  if skipped:
+    print(f"kd_jax: warning: skipped {len(skipped)} corrupt or non-image "
+          f"file(s) in {split_dir}: {', '.join(skipped[:3])}"
+          + (" ..." if len(skipped) > 3 else ""), file=sys.stderr)
   if not paths:
     raise UserError(f"no images (*.png|jpg|jpeg|bmp|gif) under {split_dir}")
   return tuple(classes), Split(np.asarray(labels, np.int32),
                                paths=np.asarray(paths))
 
 
-def _load_folder(root):
+def _load_folder(root, corrupt="refuse"):
   if not os.path.isdir(root):
     raise UserError(f"data folder {root!r} does not exist")
   for split in ("train", "test"):
     if not os.path.isdir(os.path.join(root, split)):
       raise UserError(f"data folder {root!r} has no {split}/ subfolder; "
                       "expected root/{train,val,test}/<class>/*.png|jpg")
-  names, train = _list_folder_split(root, "train")
-  _, test = _list_folder_split(root, "test", names)
+  names, train = _list_folder_split(root, "train", corrupt=corrupt)
+  _, test = _list_folder_split(root, "test", names, corrupt)
   val = None
   if os.path.isdir(os.path.join(root, "val")):
-    _, val = _list_folder_split(root, "val", names)
+    _, val = _list_folder_split(root, "val", names, corrupt)
   return names, train, val, test
 
 
@@ -231,7 +253,7 @@ def load(config) -> Dataset:
   dc = config.dataset
   name = resolve_name(dc.name)
   if name == "folder":
-    names, train, val, test = _load_folder(dc.data_dir)
+    names, train, val, test = _load_folder(dc.data_dir, dc.corrupt_images)
     if val is None:
       print(f"warning: {dc.data_dir} has no val/ folder; holding out "
             f"{dc.val_fraction:.0%} of train frames at random for validation. "

@@ -16,6 +16,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a cell arg: path.py:key=value,...",
     lock_config=True)
+flags.DEFINE_bool("overwrite", False,
+                  "If the workdir holds a run of another config, move it to "
+                  "<workdir>.old-<time> and start afresh.")
 flags.DEFINE_string("workdir", None,
                     "Run directory (default: workdirs/<config name>[_<arg>]).")
 
@@ -37,10 +40,27 @@ def main(argv):
     sharding.maybe_initialize_distributed()
     workdir = FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(FLAGS["config"]))
-    train.train_and_evaluate(FLAGS.config, workdir)
+    train.train_and_evaluate(FLAGS.config, workdir, overwrite=FLAGS.overwrite)
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except train.Preempted as e:  # SIGTERM: checkpoint saved, resumable
+    print(f"kd_jax: preempted: {e}", file=sys.stderr)
+    sys.exit(143)
+  except Exception as e:  # pylint: disable=broad-except
+    import jax
+    if jax.process_count() == 1:
+      raise
+    # A collective failed: most likely another process of this run died.
+    # Say so in one line and leave at once: JAX's exit handlers would wait
+    # for (and then abort on) the dead peer.
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    print(f"kd_jax: error: process {jax.process_index()} of "
+          f"{jax.process_count()} lost another process of this run "
+          f"({type(e).__name__}: {first}); stopping. Rerun all processes to "
+          "resume from the latest checkpoint.", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def _one_line(e: BaseException) -> str:

@@ -32,7 +32,11 @@ def maybe_initialize_distributed():
         coordinator_address=os.environ["KD_JAX_COORDINATOR"],
         num_processes=int(os.environ["KD_JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["KD_JAX_PROCESS_ID"]),
-        initialization_timeout=int(os.environ.get("KD_JAX_INIT_TIMEOUT", "120")))
+        initialization_timeout=int(os.environ.get("KD_JAX_INIT_TIMEOUT", "120")),
+        # A dead peer is detected after this many seconds without heartbeat;
+        # the survivors then exit with an error instead of waiting forever.
+        heartbeat_timeout_seconds=int(
+            os.environ.get("KD_JAX_HEARTBEAT_TIMEOUT", "60")))
   elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
 

@@ -253,6 +253,8 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
 
     (loss, (logits, batch_stats, temperature, aux)), grads = (
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     pred_B = jnp.argmax(class_logits(logits, subclasses), -1)
@@ -265,7 +267,12 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
     if t_logits is not None:
       step_metrics["agreement"] = jnp.mean(
           pred_B == jnp.argmax(class_logits(t_logits, t_groups), -1))
+    step_metrics["finite"] = finite.astype(jnp.float32)
     new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
+    # A non-finite step changes nothing (nan_policy decides, on the host,
+    # whether the run stops or goes on): the state stays the last good one.
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                             new_state, state).replace(step=state.step + 1)
     return new_state, step_metrics
 
   return train_step
@@ -359,6 +366,7 @@ class Stage:
     self.primary = jax.process_index() == 0
     self.last_train_metrics = {}
     self.cache_used = False
+    self.skipped_steps = 0
     self.spe = data.steps_per_epoch(len(ds.train), config.batch_size,
                                     config.max_steps_per_epoch)
     self.adapter = self.temperature_module = None
@@ -508,20 +516,26 @@ class Stage:
         loop["step_in_epoch"] += 1
         step += 1
         if len(pending) >= config.log_every_steps:
-          self._flush(writer, pending, step, progress)
+          self._flush(writer, pending, step, progress, ckpt)
           pending = []
-          if not np.isfinite(progress.last_loss):
-            raise UserError(
-                f"[{self.role}] loss is {progress.last_loss} at step {step}; "
-                f"last good checkpoint: step {ckpt.latest.latest_step()} in "
-                f"{self.stage_dir}/checkpoints/latest")
+        if _preempted(step, config.log_every_steps):
+          loop["train_seconds"] += time.time() - t_epoch
+          if pending:
+            self._flush(writer, pending, step, progress, ckpt)
+          ckpt.save_latest(step, state, meta())
+          ckpt.wait()
+          writer.flush()
+          raise Preempted(
+              f"[{self.role}] SIGTERM: saved a checkpoint at step {step} in "
+              f"{self.stage_dir}/checkpoints/latest; rerun the same command "
+              "to resume")
         if (loop["step_in_epoch"] < spe and config.checkpoint_every_steps and
             step % config.checkpoint_every_steps == 0):
           loop["train_seconds"] += time.time() - t_epoch
           t_epoch = time.time()
           ckpt.save_latest(step, state, meta())
       if pending:
-        self._flush(writer, pending, step, progress)
+        self._flush(writer, pending, step, progress, ckpt)
       loop["train_seconds"] += time.time() - t_epoch
 
       val = evaluate(eval_jit, self._inference_vars(state), self.teacher_vars,
@@ -580,6 +594,7 @@ class Stage:
     if self.init_from:
       res["init_from"] = os.path.abspath(self.init_from)
     res["teacher_cache"] = self.cache_used
+    res["skipped_nonfinite_steps"] = self.skipped_steps
     if self.method == "ctkd":
       res["final_temperature"] = float(losses.ctkd_temperature(
           state.params["temperature"], t_start=config.kd.t_start,
@@ -606,9 +621,24 @@ class Stage:
   def _inference_vars(state):
     return _variables(state.params["student"], state.batch_stats["student"])
 
-  def _flush(self, writer, pending, step, progress):
+  def _flush(self, writer, pending, step, progress, ckpt):
     rows = jax.device_get(pending)
     first = step - len(rows) + 1
+    bad = [first + i for i, r in enumerate(rows) if not r["finite"]]
+    rows = [{k: v for k, v in r.items() if k != "finite"} for r in rows]
+    if bad and self.config.nan_policy == "stop":
+      good = ckpt.latest.latest_step()
+      raise UserError(
+          f"[{self.role}] non-finite loss or gradient at step {bad[0]}: "
+          "stopped (the update was not applied); last good checkpoint: "
+          + (f"step {good} in {self.stage_dir}/checkpoints/latest"
+             if good is not None else "none yet")
+          + "; config.nan_policy='skip' skips such steps")
+    if bad:
+      self.skipped_steps += len(bad)
+      reporting.log(f"[{self.role}] skipped {len(bad)} step(s) with a "
+                    f"non-finite loss or gradient (steps {bad[:5]})")
+      rows = [r for i, r in enumerate(rows) if first + i not in bad] or rows
     learned_t = self.method in ("ctkd", "ctkd_instance")
     if learned_t:  # the learned temperature (batch mean), every step
       for i, r in enumerate(rows):
@@ -621,6 +651,43 @@ class Stage:
     writer.write_scalars(step, {f"train_{k}": v for k, v in mean.items()} | {
         "steps_per_second": rate})
     progress.print(step, mean)
+
+
+# ------------------------------------------------------------ preemption
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; the stage saved its latest checkpoint."""
+
+
+_SIGTERM = {"received": False}
+
+
+def _on_sigterm(signum, frame):
+  del signum, frame
+  _SIGTERM["received"] = True
+
+
+def install_sigterm_handler():
+  """SLURM sends SIGTERM before it kills a job: finish the step, save, exit."""
+  import signal
+  try:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+  except ValueError:  # not the main thread: leave the default handler
+    pass
+
+
+def _preempted(step, every) -> bool:
+  """Whether to stop now. Several processes must agree (they save
+  together), so they compare flags every `every` steps."""
+  if jax.process_count() == 1:
+    return _SIGTERM["received"]
+  if step % max(1, every):
+    return False
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(
+      np.asarray([_SIGTERM["received"]], np.int32))
+  return bool(np.any(flags))
 
 
 # -------------------------------------------------------------- top level
@@ -667,8 +734,10 @@ def _load_teacher(config, ds, mesh, path, name=None, subclasses=1) -> Frozen:
                 checkpointing.resolve_model_dir(path))
 
 
-def _check_workdir(workdir, config):
-  """Refuses a workdir that holds a run of a different config."""
+def _check_workdir(workdir, config, overwrite=False):
+  """Refuses a workdir that holds a run of a different config (with
+  `overwrite`, moves that run aside to `<workdir>.old-<time>`: nothing is
+  deleted)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
@@ -678,8 +747,18 @@ def _check_workdir(workdir, config):
   if old != new:
     old, new = _flatten(old), _flatten(new)
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if overwrite:
+      aside = f"{os.path.normpath(workdir)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+      if jax.process_index() == 0:
+        os.rename(workdir, aside)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("kd_jax_overwrite")
+      reporting.log(f"--overwrite: moved the previous run to {aside}")
+      return
     raise UserError(f"workdir {workdir} holds a run of a different config "
-                    f"(differs in {', '.join(diff[:5])}); use another --workdir")
+                    f"(differs in {', '.join(diff[:5])}); use another "
+                    "--workdir, or --overwrite to move that run aside")
 
 
 def _flatten(d, prefix=""):
@@ -692,10 +771,11 @@ def _flatten(d, prefix=""):
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False) -> dict:
   """Runs every stage of `config` in `workdir`; returns the run summary."""
   config_lib.validate(config)
-  _check_workdir(workdir, config)
+  install_sigterm_handler()
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "batch_size", mesh)
   sharding.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
@@ -711,6 +791,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if needs_teacher and config.teacher.checkpoint:
     teacher = _load_teacher(config, ds, mesh, config.teacher.checkpoint,
                             subclasses=groups)
+  _check_workdir(workdir, config, overwrite)
   # --- nothing above this line writes to the workdir ---
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
