@@ -1,12 +1,14 @@
 """Studies: cell definitions, the local runner (in-process and as processes,
 skip + resume), the SLURM array script (rendered through fake sbatch/srun and
 in dry-run), and the report of a tiny study on the embedded default data."""
+import csv
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kd_jax import study
@@ -90,6 +92,46 @@ def test_tiny_study_runs_every_cell_with_one_teacher(tiny_study):
       assert stages["student"]["teacher_cache"] is True  # no augmentation
     else:
       assert set(stages) == {"student"}
+
+
+def test_report_of_the_tiny_study(tiny_study):
+  """`python -m kd_jax.report` on the tiny study: CSVs that agree with the
+  cells' results.json, the markdown tables and the PNGs."""
+  s = tiny_study
+  out = os.path.join(s.study_dir, "report_cli")
+  r = subprocess.run([sys.executable, "-m", "kd_jax.report", s.study_dir,
+                      f"--out={out}", "--no_timing"], cwd=helpers.REPO,
+                     env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  with open(os.path.join(out, "results.csv")) as f:
+    rows = {row["cell"]: row for row in csv.DictReader(f)}
+  assert set(rows) == {c.name for c in s.cells()}
+  acc = {}
+  for c in s.cells():
+    res = helpers.read_json(os.path.join(c.workdir, "results.json"))
+    assert float(rows[c.name]["test_accuracy"]) == pytest.approx(
+        res["rows"][-1]["test_accuracy"])
+    acc.setdefault(c.name.rsplit("__seed-", 1)[0], []).append(
+        res["rows"][-1]["test_accuracy"])
+  with open(os.path.join(out, "summary.csv")) as f:
+    summary = {row["setting"]: row for row in csv.DictReader(f)}
+  assert set(summary) == set(acc)  # 2 students x 2 methods
+  for setting, values in acc.items():
+    assert float(summary[setting]["test_accuracy_mean"]) == pytest.approx(
+        np.mean(values))
+    assert float(summary[setting]["test_accuracy_std"]) == pytest.approx(
+        np.std(values, ddof=1))
+  with open(os.path.join(out, "comparisons.csv")) as f:
+    comps = list(csv.DictReader(f))
+  assert sorted((c["student"], c["kind"], c["n_pairs"]) for c in comps) == [
+      ("mlp_small", "kd_vs_scratch", "2"), ("tiny_cnn", "kd_vs_scratch", "2")]
+  md = open(os.path.join(out, "report.md")).read()
+  assert "| student-tiny_cnn__method-vanilla | tiny_cnn | vanilla |" in md
+  assert "Teacher `mlp_1200x2`" in md and "## Deployment check" in md
+  for name in ("accuracy_per_student.png", "accuracy_vs_speedup.png",
+               "t_alpha_heatmap.png", "training_curves.png"):
+    with open(os.path.join(out, name), "rb") as f:
+      assert f.read(4) == b"\x89PNG", name
 
 
 def test_runner_skips_finished_cells_and_processes_match_in_process(tiny_study):
