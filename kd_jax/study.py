@@ -276,7 +276,8 @@ def vmap_groups(study: Study, cells) -> list[list[Cell]]:
 
 
 def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
-        in_process: bool = False, vmap: bool = False) -> int:
+        in_process: bool = False, vmap: bool = False,
+        vmap_chunk: int = 0) -> int:
   """Runs the teacher, then every unfinished cell, `parallel` processes at a
   time (or one after the other in this process; with `vmap`, groups of cells
   as one vmapped program each, in this process). Returns the number of
@@ -302,7 +303,7 @@ def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
       return len(todo)  # nothing can distil without the teacher
   counter = {"done": 0, "total": len(todo)}
   if vmap:
-    return _run_vmapped(study, todo, counter)
+    return _run_vmapped(study, todo, counter, vmap_chunk)
   if in_process:
     codes = [_run_cell(c, log_dir, lock, counter, study) for c in todo]
   else:
@@ -315,7 +316,7 @@ def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
   return failed
 
 
-def _run_vmapped(study: Study, todo, counter) -> int:
+def _run_vmapped(study: Study, todo, counter, vmap_chunk=0) -> int:
   from kd_jax import sweep
   failed = 0
   for group in vmap_groups(study, todo):
@@ -326,7 +327,7 @@ def _run_vmapped(study: Study, todo, counter) -> int:
       continue
     try:
       sweep.train_group([study.config(c) for c in group],
-                        [c.workdir for c in group])
+                        [c.workdir for c in group], vmap_chunk=vmap_chunk)
       status = "done"
     except UserError as e:
       print(f"kd_jax: error: {e}", file=sys.stderr)
@@ -361,6 +362,9 @@ def main(argv=None) -> int:
   p.add_argument("--vmap", action="store_true",
                  help="train cells that differ only in T/alpha/schedule/seed "
                  "as one vmapped program (in this process)")
+  p.add_argument("--vmap_chunk", type=int, default=0,
+                 help="with --vmap: cells per vmap call (0: all on GPU/TPU, "
+                 "1 on CPU)")
   p.add_argument("--index", default=None, help="cell index or 'teacher'")
   args = p.parse_args(argv)
   try:
@@ -382,7 +386,8 @@ def main(argv=None) -> int:
         print(f"{c.index}\t{'done' if c.done else 'todo'}\t{c.name}\t{c.arg}")
     else:
       failed = run(study, parallel=args.parallel, dry_run=args.dry_run,
-                   in_process=args.in_process, vmap=args.vmap)
+                   in_process=args.in_process, vmap=args.vmap,
+                   vmap_chunk=args.vmap_chunk)
       return 1 if failed else 0
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)

@@ -4,7 +4,8 @@ trained in one jitted program.
 The cells of a group may differ only in `VMAP_FIELDS` (temperature, alpha,
 CTKD lambda schedule, seed). Their parameters, optimizer states and
 hyperparameters are stacked on a leading K axis and one `jax.vmap`-ed step
-updates them all; the input pipeline, the preprocessing and the teacher's
+updates them all (on CPU one cell per vmap call by default, in a `lax.map`
+loop inside the same program: see `vmap_chunk`); the input pipeline, the preprocessing and the teacher's
 forward pass (or its cached logits) are shared, once per step. The data order
 and augmentation follow the group's `data_seed` (a cell's own `seed` sets
 its initial weights and dropout), and each cell's config is written with that
@@ -83,9 +84,31 @@ def _lambda(epoch, cosine, kd):
   return jnp.where(cosine, cos, lin)
 
 
+def vmap_chunk(chunk: int, k_cells: int) -> int:
+  """Cells per vmap call: `chunk`, or (0: auto) all of them on GPU/TPU and
+  one at a time on CPU, where a vmapped convolution becomes a grouped
+  convolution that XLA:CPU runs far slower than K separate ones."""
+  if chunk < 0:
+    raise UserError(f"vmap_chunk={chunk} must be >= 0 (0: auto)")
+  if chunk:
+    return min(chunk, k_cells)
+  return k_cells if jax.default_backend() != "cpu" else 1
+
+
+def make_teacher_fn(config, teacher):
+  """`(teacher_vars, images, step) -> logits`: the teacher's forward on the
+  step's (augmented) batch, computed once per step for all chunks."""
+  dseed = train.data_seed(config)
+
+  def fn(teacher_vars, images, step_i):
+    x = train._preprocess(config, images, train.step_rngs(dseed, step_i)[0])
+    return teacher.model.apply(teacher_vars, x, train=False)
+  return fn
+
+
 def make_sweep_step(config, student, teacher, tx, *, steps_per_epoch):
   """`step(states_K, hp_K, active_K, batch, teacher_vars)`: one shared
-  teacher forward (or cached logits), then every cell's update under vmap."""
+  teacher forward (or cached logits), then the K cells' updates under vmap."""
   method, kd = config.kd.method, config.kd
   dseed = train.data_seed(config)
 
@@ -147,9 +170,12 @@ def make_sweep_step(config, student, teacher, tx, *, steps_per_epoch):
   return step
 
 
-def train_group(configs, workdirs) -> list[dict]:
+def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   """Trains the cells `configs` (one per `workdirs`) as one vmapped program;
-  returns each cell's run summary (the same as `train_and_evaluate`'s)."""
+  returns each cell's run summary (the same as `train_and_evaluate`'s).
+  `vmap_chunk`: cells per vmap call (0: auto, see `vmap_chunk`)."""
+  if vmap_chunk < 0:
+    raise UserError(f"vmap_chunk={vmap_chunk} must be >= 0 (0: auto)")
   for c in configs:
     config_lib.validate(c)
   check_group(configs)
@@ -183,7 +209,7 @@ def train_group(configs, workdirs) -> list[dict]:
   reporting.log(f"sweep: {len(todo)} cells of {config.student.name} "
                 f"({config.kd.method}) in one vmapped program; data: "
                 f"{ds.describe()}")
-  rows = _train_cells(todo, ds, mesh, teacher)
+  rows = _train_cells(todo, ds, mesh, teacher, vmap_chunk)
   out = []
   for (c, w), student in zip(todo, rows):
     stages = [teacher_result, student] if teacher_result else [student]
@@ -199,7 +225,7 @@ def _read_json(path):
     return json.load(f)
 
 
-def _train_cells(todo, ds, mesh, teacher):
+def _train_cells(todo, ds, mesh, teacher, chunk):
   configs = [c for c, _ in todo]
   config = configs[0]
   k_cells = len(configs)
@@ -245,13 +271,20 @@ def _train_cells(todo, ds, mesh, teacher):
   if any((l["epoch"], l["step_in_epoch"]) != start for l in loops):
     raise UserError("the cells of this vmapped group were saved at different "
                     "steps; run them separately")
-  state_k = _stack(states)
+  # The cells in chunks of `cs`: one vmapped call per chunk and step.
+  cs = vmap_chunk(chunk, k_cells)
+  starts = range(0, k_cells, cs)
+  chunks = [_stack(states[i:i + cs]) for i in starts]
   hp = {"temperature": jnp.asarray([c.kd.temperature for c in configs], jnp.float32),
         "alpha": jnp.asarray([c.kd.alpha for c in configs], jnp.float32),
         "seed": jnp.asarray([c.seed for c in configs], jnp.int32),
         "cosine": jnp.asarray([c.kd.schedule == "cosine" for c in configs])}
+  hp_chunks = [jax.tree.map(lambda a, i=i: a[i:i + cs], hp) for i in starts]
   step_fn = jax.jit(make_sweep_step(config, model, teacher, tx,
                                     steps_per_epoch=spe), donate_argnums=0)
+  live_teacher = teacher is not None and not ok
+  teacher_fn = jax.jit(make_teacher_fn(config, teacher)) if (
+      live_teacher and len(chunks) > 1) else None
   eval_jit = jax.jit(train.make_eval_step(config, model, teacher))
   teacher_vars = teacher.variables if teacher is not None else None
   writers = [metrics.create_writer(os.path.join(w, "student", "logs"),
@@ -278,7 +311,12 @@ def _train_cells(todo, ds, mesh, teacher):
         image_size=config.dataset.image_size,
         process_index=jax.process_index(), process_count=jax.process_count()):
       batch = sharding.global_batch(host_batch, mesh)
-      state_k, m = step_fn(state_k, hp, active, batch, teacher_vars)
+      if teacher_fn is not None:  # once per step, not once per chunk
+        batch = (*batch, teacher_fn(teacher_vars, batch[0], jnp.int32(step)))
+      out = [step_fn(ch, h, active[i:i + cs], batch, teacher_vars)
+             for ch, h, i in zip(chunks, hp_chunks, starts)]
+      chunks = [o[0] for o in out]
+      m = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[o[1] for o in out])
       pending.append(m)
       step += 1
       if len(pending) >= config.log_every_steps:
@@ -292,8 +330,9 @@ def _train_cells(todo, ds, mesh, teacher):
       if loop["stopped"]:
         continue
       loop["train_seconds"] += seconds / k_cells
-      variables = train._variables(*_slice(
-          (state_k.params["student"], state_k.batch_stats["student"]), k))
+      cell = _slice(chunks[k // cs], k % cs)
+      variables = train._variables(cell.params["student"],
+                                   cell.batch_stats["student"])
       val = train.evaluate(eval_jit, variables, teacher_vars, ds.val, configs[k],
                            mesh, has_teacher)
       writers[k].write_scalars(step, {f"val_{n}": v for n, v in val.items()
@@ -313,7 +352,7 @@ def _train_cells(todo, ds, mesh, teacher):
     step_in_epoch = 0
     for k in range(k_cells):
       loops[k].update(epoch=epoch, step_in_epoch=0)
-      ckpts[k].save_latest(step, _slice(state_k, k), meta(k))
+      ckpts[k].save_latest(step, _slice(chunks[k // cs], k % cs), meta(k))
     reporting.log(f"[sweep x{k_cells} {config.student.name}] epoch {epoch}/"
                   f"{num_epochs}: val acc " + " ".join(
                       f"{l['history'][-1]['accuracy']:.4f}" for l in loops))
@@ -321,8 +360,8 @@ def _train_cells(todo, ds, mesh, teacher):
   rows = []
   for k, (c, w) in enumerate(todo):
     ckpts[k].wait()
-    like = train._variables(*_slice(
-        (state_k.params["student"], state_k.batch_stats["student"]), k))
+    cell = _slice(chunks[k // cs], k % cs)
+    like = train._variables(cell.params["student"], cell.batch_stats["student"])
     best_vars, _ = ckpts[k].restore_best(like, repl)
     test = train.evaluate(eval_jit, best_vars, teacher_vars, ds.test, c, mesh,
                           has_teacher)
@@ -344,7 +383,7 @@ def _train_cells(todo, ds, mesh, teacher):
       res["teacher_checkpoint"] = teacher.path
     if c.kd.method == "ctkd":
       res["final_temperature"] = float(losses.ctkd_temperature(
-          state_k.params["temperature"][k], t_start=c.kd.t_start, t_end=c.kd.t_end))
+          cell.params["temperature"], t_start=c.kd.t_start, t_end=c.kd.t_end))
     if jax.process_index() == 0:
       reporting.write_json(os.path.join(w, "student", "results.json"), res)
     ckpts[k].close()

@@ -32,15 +32,24 @@ def _params(workdir):
       os.path.join(workdir, "student", "checkpoints", "best"), "model")[1]
 
 
-@pytest.mark.parametrize("method,cells", [
-    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"]),
-    ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"]),
+@pytest.mark.parametrize("method,cells,chunk,flip", [
+    # both cells in one vmap call (what GPUs run)
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, False),
+    # one cell per call (the CPU default), cached teacher logits
+    ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"], 0, False),
+    # one cell per call with augmentation: no cache, one live teacher
+    # forward per step shared by both calls
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 1, True),
 ])
-def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, cells):
-  configs = _cells(teacher_dir, method, cells, **{"kd.lambda_min": 0.3})
+def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, cells,
+                                               chunk, flip):
+  configs = _cells(teacher_dir, method, cells, **{
+      "kd.lambda_min": 0.3, "dataset.random_flip": flip,
+      "teacher.cache_dir": str(tmp_path / "cache")})  # off with augmentation
   separate = [train.train_and_evaluate(c, str(tmp_path / f"sep{i}"))
               for i, c in enumerate(configs)]
-  vmapped = sweep.train_group(configs, [str(tmp_path / f"vm{i}") for i in range(2)])
+  vmapped = sweep.train_group(configs, [str(tmp_path / f"vm{i}") for i in range(2)],
+                              vmap_chunk=chunk)
   for i in range(2):
     a, b = _params(str(tmp_path / f"sep{i}")), _params(str(tmp_path / f"vm{i}"))
     assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -50,6 +59,7 @@ def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, ce
     assert v_res["test"]["accuracy"] == pytest.approx(s_res["test"]["accuracy"], abs=1e-9)
     assert v_res["best_epoch"] == s_res["best_epoch"]
     assert v_res["vmapped_with"] == 2
+    assert v_res["teacher_cache"] is (not flip)
     if method == "ctkd":  # the learned T followed each cell's own schedule
       assert v_res["final_temperature"] == pytest.approx(
           s_res["final_temperature"], rel=1e-5)
