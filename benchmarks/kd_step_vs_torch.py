@@ -1,0 +1,345 @@
+"""KD train-step throughput on the CPU: kd_jax against a plain PyTorch step,
+measured one after the other in one run.
+
+  .venv/bin/python benchmarks/kd_step_vs_torch.py [--cases=echo,cifar]
+      [--steps=20] [--warmup=3] [--batch=64]
+      [--torch_python=.venv-torch/bin/python]
+
+The torch side runs in a subprocess with `--torch_python` (a venv with torch
+and torchvision; the kd_jax venv has no torch), which calls this file with
+`--torch_worker` and prints one JSON line. JAX runs first, then torch; never
+both at once.
+
+Cases (float32, CPU): echo, VGG16 -> MobileNetV3-small at 112 px, 4 classes
+(torch: torchvision's vgg16 / mobilenet_v3_small); cifar, vgg_cifar ->
+simple_cnn at 32 px, 10 classes (torch: equivalents written here, with the
+layer shapes of kd_jax/models/vgg.py and small.py; the parameter counts of
+both sides are compared). One step on both sides: uint8 batch normalised
+inside the step, teacher forward in inference mode without gradients,
+student forward in training mode, loss = alpha T^2 KL(p_t || p_s) +
+(1 - alpha) CE with T=4, alpha=0.5, backward, Adam (lr 1e-3) update.
+
+Throughput is batch / the median time of one step (`--steps` timed steps
+after `--warmup` untimed ones), for kd_jax's jitted step (a) with a batch
+already on the device and (b) with batches from kd_jax's input pipeline
+(host arrays -> device every step), and for torch (a) with a ready uint8
+tensor and (b) with a host numpy batch gathered and turned into a tensor
+every step (no DataLoader). Prints a markdown table for benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# name -> (teacher, student, image size, classes)
+CASES = {"echo": ("vgg16", "mobilenet_v3_small", 112, 4),
+         "cifar": ("vgg_cifar", "simple_cnn", 32, 10)}
+TEMPERATURE, ALPHA, LR = 4.0, 0.5, 1e-3
+HOST_BATCHES = 8  # the host data set holds this many batches
+# kd_jax/models/vgg.py CFG_CIFAR and small.py SimpleCNN widths.
+VGG_CIFAR_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                 512, 512, 512, 512, "M")
+SIMPLE_CNN_WIDTHS = (88, 176)
+
+
+def median_step_time(fn, steps, warmup):
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def host_data(batch, size, classes):
+  """uint8 NHWC images and int32 labels of HOST_BATCHES batches (seed 0)."""
+  rng = np.random.default_rng(0)
+  n = batch * HOST_BATCHES
+  return (rng.integers(0, classes, n).astype(np.int32),
+          rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------ kd_jax
+
+
+def jax_case(case, batch, steps, warmup):
+  import jax
+  import jax.numpy as jnp
+
+  from kd_jax import config_lib, data, models, sharding, train
+  from kd_jax.models import profile
+
+  tname, sname, size, classes = CASES[case]
+  c = config_lib.base_config()
+  c.dataset.image_size, c.batch_size = size, batch
+  c.kd.method, c.kd.temperature, c.kd.alpha = "vanilla", TEMPERATURE, ALPHA
+  mesh = sharding.make_mesh()
+  student = models.get_model(sname, num_classes=classes)
+  teacher_model = models.get_model(tname, num_classes=classes)
+  t_vars = jax.device_put(profile.random_variables(tname, classes, size, seed=1),
+                          sharding.replicated(mesh))
+  teacher = train.Frozen(teacher_model, t_vars)
+  tx = train.make_optimizer(c, learning_rate=LR, num_epochs=1,
+                            steps_per_epoch=1000, ctkd=False)
+  p, bs = train.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  # Built as the trainer does (Stage.init_state): committed and replicated
+  # like the step's output, so the second call does not compile again.
+  state = jax.jit(lambda p, b: train.TrainState(jnp.int32(0), p, b, tx.init(p)),
+                  out_shardings=sharding.replicated(mesh))(
+                      {"student": p}, {"student": bs})
+  step = jax.jit(train.make_train_step(c, student, "vanilla", tx,
+                                       steps_per_epoch=1000, teacher=teacher),
+                 donate_argnums=0)
+  split = data.Split(*host_data(batch, size, classes))
+
+  def host_batches():
+    for epoch in itertools.count():
+      yield from data.train_batches(split, global_batch=batch, seed=0,
+                                    epoch=epoch, num_steps=HOST_BATCHES,
+                                    image_size=size)
+
+  batches = host_batches()
+  dev_batch = sharding.global_batch(next(batches), mesh)
+
+  def one(get_batch):
+    nonlocal state
+    state, _ = step(state, get_batch(), t_vars)
+    jax.block_until_ready(state)
+
+  t_dev = median_step_time(lambda: one(lambda: dev_batch), steps, warmup)
+  t_pipe = median_step_time(
+      lambda: one(lambda: sharding.global_batch(next(batches), mesh)),
+      steps, warmup)
+  return {"teacher_params": train.param_count(t_vars["params"]),
+          "student_params": train.param_count(p),
+          "images_per_s": batch / t_dev, "pipeline_images_per_s": batch / t_pipe}
+
+
+# ------------------------------------------------------------------- torch
+
+
+def torch_models():
+  """name -> builder(num_classes, image_size) of a torch.nn.Module."""
+  import torch.nn as nn
+  import torchvision
+
+  def vgg_cifar(num_classes, size):
+    layers, c_in = [], 3
+    for v in VGG_CIFAR_CFG:
+      if v == "M":
+        layers.append(nn.MaxPool2d(2, 2))
+      else:
+        layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=True)]
+        c_in = v
+    return nn.Sequential(
+        *layers, nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(),
+        nn.Linear(2 * 2 * c_in, 1024), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(1024, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(512, num_classes))
+
+  def simple_cnn(num_classes, size):
+    layers, c_in = [], 3
+    for w in SIMPLE_CNN_WIDTHS:
+      layers += [nn.Conv2d(c_in, w, 3, padding=1), nn.ReLU(inplace=True),
+                 nn.MaxPool2d(2, 2)]
+      c_in, size = w, size // 2
+    return nn.Sequential(*layers, nn.Flatten(),
+                         nn.Linear(size * size * c_in, num_classes))
+
+  return {"vgg16": lambda k, _: torchvision.models.vgg16(num_classes=k),
+          "mobilenet_v3_small":
+              lambda k, _: torchvision.models.mobilenet_v3_small(num_classes=k),
+          "vgg_cifar": vgg_cifar, "simple_cnn": simple_cnn}
+
+
+def torch_case(case, batch, steps, warmup):
+  import torch
+  import torch.nn.functional as F
+
+  tname, sname, size, classes = CASES[case]
+  builders = torch_models()
+  torch.manual_seed(0)
+  teacher = builders[tname](classes, size).eval()
+  student = builders[sname](classes, size).train()
+  opt = torch.optim.Adam(student.parameters(), lr=LR)
+  labels, images = host_data(batch, size, classes)
+
+  def host_batches():
+    for epoch in itertools.count():
+      perm = np.random.default_rng([0, epoch]).permutation(len(labels))
+      for s in range(HOST_BATCHES):
+        idx = perm[s * batch:(s + 1) * batch]
+        yield images[idx], labels[idx]
+
+  def to_tensors(host):
+    x8, y = host
+    return (torch.from_numpy(x8).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(y).long())
+
+  def one(x8, y):
+    x = (x8.float() / 255.0 - 0.5) / 0.5
+    with torch.no_grad():
+      zt = teacher(x)
+    zs = student(x)
+    kl = F.kl_div(F.log_softmax(zs / TEMPERATURE, -1),
+                  F.log_softmax(zt / TEMPERATURE, -1),
+                  reduction="batchmean", log_target=True)
+    loss = ALPHA * TEMPERATURE**2 * kl + (1 - ALPHA) * F.cross_entropy(zs, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+  batches = host_batches()
+  ready = to_tensors(next(batches))
+  t_ready = median_step_time(lambda: one(*ready), steps, warmup)
+  t_host = median_step_time(lambda: one(*to_tensors(next(batches))),
+                            steps, warmup)
+
+  def count(m):
+    return sum(q.numel() for q in m.parameters() if q.requires_grad)
+
+  return {"teacher_params": count(teacher), "student_params": count(student),
+          "images_per_s": batch / t_ready, "host_images_per_s": batch / t_host}
+
+
+def torch_worker(args):
+  import torch
+  import torchvision
+
+  torch.set_num_threads(os.cpu_count())
+  out = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+         "threads": torch.get_num_threads(), "cases": {}}
+  for case in args.cases.split(","):
+    out["cases"][case] = torch_case(case, args.batch, args.steps, args.warmup)
+  print(json.dumps(out), flush=True)
+
+
+def run_torch(args):
+  """The worker's JSON, or None (with a warning) if it could not run."""
+  python = args.torch_python
+  if not os.path.isabs(python):
+    python = os.path.join(REPO, python)
+  if not os.path.exists(python):
+    print(f"WARNING: no torch python at {python}: torch columns left empty",
+          file=sys.stderr)
+    return None
+  cmd = [python, os.path.abspath(__file__), "--torch_worker",
+         f"--cases={args.cases}", f"--steps={args.steps}",
+         f"--warmup={args.warmup}", f"--batch={args.batch}"]
+  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+  lines = proc.stdout.strip().splitlines()
+  if proc.returncode or not lines:
+    print(f"WARNING: torch worker failed (exit {proc.returncode}): torch "
+          "columns left empty", file=sys.stderr)
+    return None
+  return json.loads(lines[-1])
+
+
+# -------------------------------------------------------------------- main
+
+
+def cpu_model():
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return platform.processor() or "unknown CPU"
+
+
+def ratio(a, b):
+  return f"{a / b:.2f}" if a and b else "-"
+
+
+def rate(x):
+  return f"{x:.1f}" if x else "-"
+
+
+def report(args, jax_rows, tr):
+  import flax
+  import jax
+
+  torch_info = (f"torch {tr['torch']} (torchvision {tr['torchvision']}, "
+                f"{tr['threads']} threads)" if tr else "torch: not run")
+  print(f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; jax {jax.__version__} (flax "
+        f"{flax.__version__}, backend {jax.default_backend()}), {torch_info}; "
+        f"{datetime.date.today()}.")
+  print(f"float32, batch {args.batch}, images/s = batch / median step time "
+        f"over {args.steps} steps after {args.warmup} warm-up steps.\n")
+  print("| case | teacher -> student | px | kd_jax on-device img/s | "
+        "kd_jax pipeline img/s | torch ready img/s | torch host->tensor img/s "
+        "| kd_jax/torch (ready) | kd_jax/torch (pipeline vs host) | "
+        "kd_jax pipeline/on-device | torch host/ready |")
+  print("|" + "---|" * 11)
+  mismatches = []
+  for case, r in jax_rows.items():
+    tname, sname, size, _ = CASES[case]
+    t = tr["cases"][case] if tr else {}
+    for role, name in (("teacher", tname), ("student", sname)):
+      key = f"{role}_params"
+      if t and t[key] != r[key]:
+        mismatches.append(f"{case} {role} {name}: kd_jax {r[key]:,} vs "
+                          f"torch {t[key]:,}")
+    ti, th = t.get("images_per_s"), t.get("host_images_per_s")
+    ji, jp = r["images_per_s"], r["pipeline_images_per_s"]
+    print(f"| {case} | {tname} -> {sname} | {size} | {rate(ji)} | {rate(jp)} "
+          f"| {rate(ti)} | {rate(th)} | {ratio(ji, ti)} | {ratio(jp, th)} | "
+          f"{ratio(jp, ji)} | {ratio(th, ti)} |")
+  print("\n| case | model | kd_jax params | torch params |")
+  print("|---|---|---|---|")
+  for case, r in jax_rows.items():
+    tname, sname = CASES[case][:2]
+    t = tr["cases"][case] if tr else {}
+    for role, name in (("teacher", tname), ("student", sname)):
+      key = f"{role}_params"
+      torch_count = f"{t[key]:,}" if t else "-"
+      print(f"| {case} | {name} | {r[key]:,} | {torch_count} |")
+  for m in mismatches:
+    banner = "!" * 72
+    print(f"\n{banner}\nWARNING: PARAMETER COUNTS DIFFER: {m}\n"
+          f"the torch model is not the kd_jax model; the ratios compare "
+          f"different networks\n{banner}", file=sys.stderr)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--cases", default="echo,cifar")
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--torch_python", default=".venv-torch/bin/python")
+  p.add_argument("--torch_worker", action="store_true",
+                 help="internal: run the torch side and print one JSON line")
+  args = p.parse_args()
+  unknown = set(args.cases.split(",")) - set(CASES)
+  if unknown:
+    p.error(f"unknown cases {sorted(unknown)}; allowed: {sorted(CASES)}")
+  if args.torch_worker:
+    torch_worker(args)
+    return
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  jax_rows = {}
+  for case in args.cases.split(","):
+    print(f"kd_jax: {case} ...", file=sys.stderr, flush=True)
+    jax_rows[case] = jax_case(case, args.batch, args.steps, args.warmup)
+  print("torch: " + args.cases + " ...", file=sys.stderr, flush=True)
+  report(args, jax_rows, run_torch(args))
+
+
+if __name__ == "__main__":
+  main()
