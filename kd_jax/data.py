@@ -58,6 +58,9 @@ class Split:
   # float32 [N, K]: cached teacher logits (teacher_cache.py); batches then
   # carry them as a third element.
   teacher_logits: np.ndarray | None = None
+  # [N, h, w, c]: the teacher's cached hint feature (FitNets; a fourth
+  # element of train batches; may be a read-only memory map).
+  teacher_features: np.ndarray | None = None
 
   def __len__(self):
     return len(self.labels)
@@ -65,7 +68,7 @@ class Split:
   def take(self, idx):
     pick = lambda a: None if a is None else a[idx]
     return Split(self.labels[idx], pick(self.images), pick(self.paths),
-                 pick(self.teacher_logits))
+                 pick(self.teacher_logits), pick(self.teacher_features))
 
 
 @dataclasses.dataclass
@@ -309,13 +312,17 @@ def _decode_folder(paths, image_size):
 
 
 def _gather_batches(split: Split, index_batches, image_size):
-  """Yields (uint8 images, labels[, cached teacher logits]) for each array of
-  indices, in order."""
+  """Yields (uint8 images, labels[, cached teacher logits[, cached hint
+  features]]) for each array of indices, in order."""
   if split.teacher_logits is not None:
-    plain = dataclasses.replace(split, teacher_logits=None)
+    plain = dataclasses.replace(split, teacher_logits=None, teacher_features=None)
+    feats = split.teacher_features
     for idx, (images, labels) in zip(
         index_batches, _gather_batches(plain, index_batches, image_size)):
-      yield images, labels, split.teacher_logits[idx]
+      if feats is None:
+        yield images, labels, split.teacher_logits[idx]
+      else:
+        yield images, labels, split.teacher_logits[idx], np.asarray(feats[idx])
     return
   if split.images is not None:
     for idx in index_batches:

@@ -237,7 +237,7 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
   tx = train.make_optimizer(config, learning_rate=config.learning_rate,
                             num_epochs=num_epochs, steps_per_epoch=spe,
                             ctkd=config.kd.method == "ctkd", lambda_in_tx=False)
-  ok, _ = teacher_cache.usable(config, None)
+  ok, _ = teacher_cache.usable(config)
   if teacher is not None and ok:
     logits = teacher_cache.load_or_compute(
         config, ds, type(teacher.model).__name__, teacher, mesh)

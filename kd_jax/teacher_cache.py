@@ -1,10 +1,13 @@
-"""Teacher-output cache: the frozen teacher's logits, computed once per split.
+"""Teacher-output cache: the frozen teacher's logits (and a FitNets hint
+feature), computed once per split.
 
 When the teacher sees the same input for an example in every epoch (no random
-crop/flip; hint features are not cached), its logits are a fixed function of
+crop/flip), its logits and features are a fixed function of
 the example: compute them once and reuse them across epochs, students and
 study cells. Files: `<cache_dir>/<key>/{train,val,test}.npy` (float32
-`[N, K]`, row i = example i of the split) + `meta.json`, written atomically.
+`[N, K]`, row i = example i of the split) + `meta.json`, written atomically;
+with a hint layer also `train.hint-<layer>.npy` (`[N, h, w, c]`, read as a
+memory map: mind the disk, e.g. 10k examples of a 28x28x256 map = 8 GB).
 The key hashes everything the logits depend on: the teacher's variables
 (content, not path), its architecture and logits per class, the split's
 examples (pixels for in-memory data; paths, sizes and mtimes for image
@@ -21,19 +24,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from kd_jax import data, reporting, sharding
+from kd_jax import data, models, reporting, sharding
 
 SPLITS = ("train", "val", "test")
 
 
-def usable(config, hint) -> tuple[bool, str]:
+def usable(config) -> tuple[bool, str]:
   """(can the teacher's logits be cached for this run, why not)."""
   if not config.teacher.cache_dir:
     return False, "off"
   if config.dataset.random_crop or config.dataset.random_flip:
     return False, "augmentation changes the teacher's input every epoch"
-  if hint:
-    return False, "hint features are computed live"
   return True, ""
 
 
@@ -84,6 +85,49 @@ def compute_logits(config, teacher, split, mesh) -> np.ndarray:
     logits = fwd_jit(teacher.variables, batch)
     out.append(np.asarray(multihost_utils.process_allgather(logits, tiled=True)))
   return np.concatenate(out)[:len(split)].astype(np.float32)
+
+
+def compute_features(config, teacher, split, mesh, layer) -> np.ndarray:
+  """The teacher's feature `layer` (a FitNets hint) for every example."""
+  def fwd(variables, images):
+    x = data.preprocess(images, image_size=config.dataset.image_size,
+                        normalization=config.dataset.normalization)
+    return models.apply_with_features(teacher.model, variables, x,
+                                      train=False)[1][layer]
+  fwd_jit = jax.jit(fwd)
+  out = []
+  for images, _, _ in data.eval_batches(
+      split, global_batch=config.eval_batch_size,
+      image_size=config.dataset.image_size,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    batch = sharding.global_batch((images,), mesh)[0]
+    feats = fwd_jit(teacher.variables, batch)
+    out.append(np.asarray(multihost_utils.process_allgather(feats, tiled=True)))
+  return np.concatenate(out)[:len(split)].astype(np.float32)
+
+
+def load_or_compute_features(config, ds, teacher_name, teacher, mesh,
+                             layer) -> np.ndarray:
+  """The training split's hint features [N, h, w, c], cached beside the
+  logits (same key) as `train.hint-<layer>.npy` and read as a memory map."""
+  key = cache_key(config, ds, teacher_name, teacher)
+  root = os.path.join(config.teacher.cache_dir, key)
+  path = os.path.join(root, f"train.hint-{layer}.npy")
+  if os.path.exists(path):
+    arr = np.load(path, mmap_mode="r")
+    if arr.shape[0] == len(ds.train):
+      reporting.log(f"teacher cache {path}: hit")
+      return arr
+  feats = compute_features(config, teacher, ds.train, mesh, layer)
+  if jax.process_index() == 0:
+    os.makedirs(root, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}.npy"
+    np.save(tmp, feats)
+    os.replace(tmp, path)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("kd_jax_hint_cache")
+  reporting.log(f"teacher cache {path}: computed ({feats.nbytes / 1e6:.1f} MB)")
+  return feats
 
 
 def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:

@@ -189,6 +189,8 @@ def make_train_step(config, student, method: str, tx, *, steps_per_epoch,
     t_logits = t_feature = None
     if cached:
       t_logits = jax.lax.stop_gradient(cached[0])
+      if hint:  # the cached hint feature (teacher_cache.py)
+        t_feature = jax.lax.stop_gradient(cached[1])
     elif t_model is not None:
       if hint:
         t_logits, t_feats, _ = models.apply_with_features(
@@ -441,7 +443,7 @@ class Stage:
 
   def _with_teacher_cache(self):
     """The dataset, with the teacher's cached logits attached when usable."""
-    ok, why = teacher_cache.usable(self.config, self.hint)
+    ok, why = teacher_cache.usable(self.config)
     if self.teacher is None or not ok:
       if self.teacher is not None and self.config.teacher.cache_dir:
         reporting.log(f"[{self.role}] teacher cache not used: {why}")
@@ -450,10 +452,17 @@ class Stage:
         self.config, self.ds, type(self.teacher.model).__name__, self.teacher,
         self.mesh)
     self.cache_used = True
-    return dataclasses.replace(self.ds, **{
+    ds = dataclasses.replace(self.ds, **{
         name: dataclasses.replace(getattr(self.ds, name),
                                   teacher_logits=logits[name])
         for name in teacher_cache.SPLITS})
+    if self.hint:  # training batches also carry the teacher's hint feature
+      feats = teacher_cache.load_or_compute_features(
+          self.config, self.ds, type(self.teacher.model).__name__, self.teacher,
+          self.mesh, self.hint[1])
+      ds = dataclasses.replace(ds, train=dataclasses.replace(
+          ds.train, teacher_features=feats))
+    return ds
 
   def _train(self) -> dict:
     config, mesh = self.config, self.mesh

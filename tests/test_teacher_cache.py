@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import data, sharding, teacher_cache, train
+from kd_jax import data, models, sharding, teacher_cache, train
 from tests import helpers
 
 
@@ -91,8 +91,45 @@ def test_cache_is_reused_and_refused_with_augmentation(runs, tmp_path):
   assert os.path.getmtime(npy) == mtime
   c3 = helpers.tiny_config("dataset=digits", **{"teacher.cache_dir": "/x",
                                                "dataset.random_flip": True})
-  assert teacher_cache.usable(c3, None) == (
+  assert teacher_cache.usable(c3) == (
       False, "augmentation changes the teacher's input every epoch")
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_cached_hint_features_give_the_same_fitnets_student(tmp_path, stages):
+  """FitNets (single-stage, and two-stage whose hint stage uses the
+  features): the cached teacher feature trains the same student as the live
+  one, and the cache holds the teacher's feature for every training example."""
+  arg = ("dataset=digits,method=fitnets,student=tiny_cnn,teacher=simple_cnn,"
+         "kd.hint_student_layer=block1,kd.hint_teacher_layer=block1,"
+         f"kd.hint_weight=10,kd.hint_stages={stages}")
+  cache = str(tmp_path / "tcache")
+  live_c = helpers.tiny_config(arg, scratch_baseline=False)
+  live = train.train_and_evaluate(live_c, str(tmp_path / "live"))
+  teacher_dir = os.path.join(str(tmp_path / "live"), "teacher")
+  cached_c = helpers.tiny_config(arg, scratch_baseline=False, **{
+      "teacher.cache_dir": cache, "teacher.checkpoint": teacher_dir})
+  cached = train.train_and_evaluate(cached_c, str(tmp_path / "cached"))
+  assert cached["rows"][1:] == live["rows"][1:]  # hint/student rows
+  stage_names = ["hint", "student"] if stages == 2 else ["student"]
+  for stage in stage_names:
+    res = helpers.read_json(tmp_path / "cached" / stage / "results.json")
+    assert res["teacher_cache"] is True, stage
+    a = helpers.restore_raw(str(tmp_path / "live" / stage / "checkpoints" / "latest"),
+                            "state")[1]["params"]
+    b = helpers.restore_raw(str(tmp_path / "cached" / stage / "checkpoints" / "latest"),
+                            "state")[1]["params"]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  (key_dir,) = os.listdir(cache)
+  feats = np.load(os.path.join(cache, key_dir, "train.hint-block1.npy"))
+  ds = data.load(cached_c)
+  teacher = train._load_teacher(cached_c, ds, sharding.make_mesh(), teacher_dir)
+  x = train._preprocess(cached_c, jnp.asarray(ds.train.images))
+  direct = np.asarray(models.apply_with_features(
+      teacher.model, teacher.variables, x, train=False)[1]["block1"])
+  assert feats.shape == direct.shape and feats.shape[0] == len(ds.train)
+  np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_training_keeps_f32_params_and_tracks_f32_loss(tmp_path):
