@@ -69,12 +69,13 @@ def cache_key(config, ds, teacher_name, teacher) -> str:
   return h.hexdigest()
 
 
-def compute_logits(config, teacher, split, mesh) -> np.ndarray:
-  """The teacher's logits for every example of `split`, in order."""
+def _over_split(config, fn, variables, split, mesh) -> np.ndarray:
+  """`fn(variables, preprocessed images)` for every example of `split`, in
+  order, as float32 (jitted, over evaluation batches)."""
   def fwd(variables, images):
     x = data.preprocess(images, image_size=config.dataset.image_size,
                         normalization=config.dataset.normalization)
-    return teacher.model.apply(variables, x, train=False)
+    return fn(variables, x)
   fwd_jit = jax.jit(fwd)
   out = []
   for images, _, _ in data.eval_batches(
@@ -82,28 +83,21 @@ def compute_logits(config, teacher, split, mesh) -> np.ndarray:
       image_size=config.dataset.image_size,
       process_index=jax.process_index(), process_count=jax.process_count()):
     batch = sharding.global_batch((images,), mesh)[0]
-    logits = fwd_jit(teacher.variables, batch)
-    out.append(np.asarray(multihost_utils.process_allgather(logits, tiled=True)))
+    y = fwd_jit(variables, batch)
+    out.append(np.asarray(multihost_utils.process_allgather(y, tiled=True)))
   return np.concatenate(out)[:len(split)].astype(np.float32)
+
+
+def compute_logits(config, teacher, split, mesh) -> np.ndarray:
+  """The teacher's logits for every example of `split`, in order."""
+  return _over_split(config, lambda v, x: teacher.model.apply(v, x, train=False),
+                     teacher.variables, split, mesh)
 
 
 def compute_features(config, teacher, split, mesh, layer) -> np.ndarray:
   """The teacher's feature `layer` (a FitNets hint) for every example."""
-  def fwd(variables, images):
-    x = data.preprocess(images, image_size=config.dataset.image_size,
-                        normalization=config.dataset.normalization)
-    return models.apply_with_features(teacher.model, variables, x,
-                                      train=False)[1][layer]
-  fwd_jit = jax.jit(fwd)
-  out = []
-  for images, _, _ in data.eval_batches(
-      split, global_batch=config.eval_batch_size,
-      image_size=config.dataset.image_size,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    batch = sharding.global_batch((images,), mesh)[0]
-    feats = fwd_jit(teacher.variables, batch)
-    out.append(np.asarray(multihost_utils.process_allgather(feats, tiled=True)))
-  return np.concatenate(out)[:len(split)].astype(np.float32)
+  return _over_split(config, lambda v, x: models.apply_with_features(
+      teacher.model, v, x, train=False)[1][layer], teacher.variables, split, mesh)
 
 
 def load_or_compute_features(config, ds, teacher_name, teacher, mesh,
