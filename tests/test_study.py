@@ -135,8 +135,9 @@ def test_report_of_the_tiny_study(tiny_study):
 
 
 def test_runner_skips_finished_cells_and_processes_match_in_process(tiny_study):
-  """Delete two cells; the CLI runner (2 processes at a time) reruns exactly
-  those and reproduces the in-process results; finished cells are untouched."""
+  """Delete two cells; the local launcher (launch/local_study.sh, 2 cell
+  processes at a time) reruns exactly those and reproduces the in-process
+  results; finished cells are untouched."""
   s = tiny_study
   cells = s.cells()
   rerun = [cells[0], cells[-1]]  # a scratch and a KD cell
@@ -146,8 +147,10 @@ def test_runner_skips_finished_cells_and_processes_match_in_process(tiny_study):
             for c in cells if c not in rerun}
   for c in rerun:
     shutil.rmtree(c.workdir)
-  r = _study_cli("run", QS_STUDY, "--arg=runlocal", f"--study_dir={s.study_dir}",
-                 "--parallel=2")
+  r = subprocess.run(
+      ["bash", os.path.join(helpers.REPO, "launch", "local_study.sh"), QS_STUDY,
+       s.study_dir, "runlocal"], cwd=helpers.REPO, capture_output=True, text=True,
+      timeout=300, env=_env(KD_JAX_PARALLEL="2", KD_JAX_PYTHON=sys.executable))
   assert r.returncode == 0, r.stderr[-2000:]
   assert "(6 finished, 2 to run)" in r.stdout
   assert "teacher: training" not in r.stdout  # the teacher is done already
