@@ -374,9 +374,11 @@ def plot_t_alpha_heatmap(summary, path) -> bool:
       grid[als.index(float(s["alpha"])), ts.index(float(s["temperature"]))] = (
           s["test_accuracy_mean"])
     im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+    mid = (np.nanmin(grid) + np.nanmax(grid)) / 2
     for (i, j), v in np.ndenumerate(grid):
-      if not np.isnan(v):
-        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
+      if not np.isnan(v):  # dark text on the bright (high) cells
+        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
+                color="k" if v > mid else "w")
     ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
     ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
     ax.set_xlabel("T")
