@@ -78,7 +78,10 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
                             steps_per_epoch=1000, ctkd=False)
   p, bs = train.init_variables(student, c, mesh, jax.random.PRNGKey(0))
   params = {"student": p}
-  state = train.TrainState(jnp.int32(0), params, {"student": bs}, tx.init(params))
+  # Built as the trainer does (committed, replicated like the step's output),
+  # so the step does not compile a second time on its second call.
+  state = jax.jit(lambda p, b: train.TrainState(jnp.int32(0), p, b, tx.init(p)),
+                  out_shardings=sharding.replicated(mesh))(params, {"student": bs})
   step = jax.jit(train.make_train_step(c, student, "vanilla", tx,
                                        steps_per_epoch=1000, teacher=teacher),
                  donate_argnums=0)
