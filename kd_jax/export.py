@@ -20,15 +20,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 
-from kd_jax import checkpointing, data, losses, models
+from kd_jax import checkpointing, data, losses, models, reporting, train
 from kd_jax.config_lib import UserError
-
-MAGIC = b"KDJAXEXP1\n"
+from kd_jax.predict import MAGIC  # the reader owns the file format
 
 
 def load_inference(workdir: str, stage: str = "student"):
@@ -70,7 +68,7 @@ def load_inference(workdir: str, stage: str = "student"):
           "input_dtype": "uint8", "normalization": normalization,
           "dataset": meta.get("dataset", ""),
           "checkpoint": checkpointing.resolve_model_dir(stage_dir),
-          "params": int(sum(p.size for p in jax.tree.leaves(variables["params"]))),
+          "params": train.param_count(variables["params"]),
           "jax_version": jax.__version__}
   return infer, info
 
@@ -86,18 +84,8 @@ def export_model(workdir: str, out: str, *, stage: str = "student",
   payload = exported.serialize()
   info["platforms"] = list(exported.platforms)
   header = json.dumps(info, sort_keys=True).encode()
-  d = os.path.dirname(os.path.abspath(out))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_export_")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(MAGIC + len(header).to_bytes(8, "little") + header)
-      f.write(payload)
-    os.replace(tmp, out)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  reporting.write_atomic(out, lambda f: f.write(
+      MAGIC + len(header).to_bytes(8, "little") + header + payload))
   info["bytes"] = os.path.getsize(out)
   return info
 

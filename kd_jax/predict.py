@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-MAGIC = b"KDJAXEXP1\n"  # kd_jax/export.py writes it
+MAGIC = b"KDJAXEXP1\n"  # the file format's first bytes (kd_jax/export.py writes it)
 
 
 class PredictError(Exception):

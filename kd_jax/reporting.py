@@ -15,14 +15,15 @@ def log(msg: str):
     print(msg, flush=True)
 
 
-def write_json(path: str, obj):
-  """Writes atomically: a temp file in the same directory, then rename."""
+def write_atomic(path: str, write):
+  """Calls `write(f)` on a binary temp file in `path`'s directory, then
+  renames it to `path`: readers see the old file or the whole new one."""
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
+    with os.fdopen(fd, "wb") as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -30,6 +31,12 @@ def write_json(path: str, obj):
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json(path: str, obj):
+  """Writes atomically (write_atomic)."""
+  write_atomic(path, lambda f: f.write(
+      json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")))
 
 
 def _hms(seconds):

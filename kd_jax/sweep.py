@@ -88,9 +88,7 @@ def vmap_chunk(chunk: int, k_cells: int) -> int:
   """Cells per vmap call: `chunk`, or (0: auto) all of them on GPU/TPU and
   one at a time on CPU, where a vmapped convolution becomes a grouped
   convolution that XLA:CPU runs far slower than K separate ones."""
-  if chunk < 0:
-    raise UserError(f"vmap_chunk={chunk} must be >= 0 (0: auto)")
-  if chunk:
+  if chunk:  # >= 1 (train_group refuses a negative one)
     return min(chunk, k_cells)
   return k_cells if jax.default_backend() != "cpu" else 1
 

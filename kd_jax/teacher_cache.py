@@ -114,10 +114,7 @@ def load_or_compute_features(config, ds, teacher_name, teacher, mesh,
       return arr
   feats = compute_features(config, teacher, ds.train, mesh, layer)
   if jax.process_index() == 0:
-    os.makedirs(root, exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}.npy"
-    np.save(tmp, feats)
-    os.replace(tmp, path)
+    reporting.write_atomic(path, lambda f: np.save(f, feats))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("kd_jax_hint_cache")
   reporting.log(f"teacher cache {path}: computed ({feats.nbytes / 1e6:.1f} MB)")
@@ -140,10 +137,7 @@ def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:
     out[name] = compute_logits(config, teacher, split, mesh)
     computed.append(name)
     if jax.process_index() == 0:
-      os.makedirs(root, exist_ok=True)
-      tmp = path + f".tmp{os.getpid()}.npy"
-      np.save(tmp, out[name])
-      os.replace(tmp, path)
+      reporting.write_atomic(path, lambda f, a=out[name]: np.save(f, a))
   if computed and jax.process_index() == 0:
     reporting.write_json(os.path.join(root, "meta.json"), {
         "teacher": teacher_name, "teacher_checkpoint": teacher.path,
