@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kd_jax.models import fast_ops
+
 # PyTorch's default Conv2d / Linear init: kaiming_uniform(a=sqrt(5)) is
 # U(+-1/sqrt(fan_in)), i.e. variance 1/(3 fan_in); flax's fan_in for a conv
 # kernel (kh, kw, in/groups, out) is kh*kw*in/groups, the same as torch's.
@@ -32,7 +34,8 @@ def torch_conv(features: int, k: int, stride: int = 1, groups: int = 1, *,
   p = (k - 1) // 2
   return nn.Conv(features, (k, k), strides=(stride, stride),
                  padding=((p, p), (p, p)), feature_group_count=groups,
-                 use_bias=False, kernel_init=kernel_init, name=name)
+                 use_bias=False, kernel_init=kernel_init, name=name,
+                 conv_general_dilated=fast_ops.conv_general_dilated)
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:

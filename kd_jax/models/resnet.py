@@ -36,6 +36,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kd_jax.models import fast_ops
 from kd_jax.models.layers import batch_norm, torch_conv
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -94,7 +95,7 @@ class ResNet(nn.Module):
     x = _conv(64, 7, 2, name="conv1")(x)
     x = nn.relu(batch_norm(train, "bn1")(x))
     self.sow("features", "stem", x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = fast_ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, (n, p) in enumerate(zip(self.layers, self.planes)):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1

@@ -53,6 +53,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kd_jax.models import fast_ops
 from kd_jax.models.layers import (batch_norm, torch_bias_init, torch_conv,
                                   torch_kernel_init)
 
@@ -104,7 +105,7 @@ class ShuffleNetV2(nn.Module):
     x = torch_conv(chs[0], 3, 2, name="conv1")(x)
     x = nn.relu(batch_norm(train, "conv1_bn")(x))
     self.sow("features", "stage1", x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = fast_ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     self.sow("features", "stage2", x)
     # torchvision stage2/3/4 = our stride stages 3/4/5.
     for si, (repeats, out) in enumerate(zip(self.stages_repeats, chs[1:4])):

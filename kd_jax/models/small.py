@@ -37,6 +37,8 @@ No BatchNorm or dropout: these models need no rngs or mutable collections.
 """
 import flax.linen as nn
 
+from kd_jax.models import fast_ops
+
 
 class SimpleCNN(nn.Module):
   num_classes: int
@@ -48,7 +50,7 @@ class SimpleCNN(nn.Module):
     for i, w in enumerate(self.widths):
       x = nn.Conv(w, (3, 3), padding=((1, 1), (1, 1)), name=f"conv{i + 1}")(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))
       self.sow("features", f"block{i + 1}", x)
     x = x.reshape((x.shape[0], -1))
     if self.dense:

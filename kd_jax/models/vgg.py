@@ -65,7 +65,7 @@ from typing import Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kd_jax.models import layers
+from kd_jax.models import fast_ops, layers
 
 # torchvision kaiming_normal_(mode="fan_out", nonlinearity="relu")
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -107,7 +107,7 @@ def adaptive_avg_pool(x, output_size: tuple[int, int]):
 def max_pool_2x2(x):
   """2x2/2 floor-mode max-pool; skipped along any spatial axis of size 1."""
   window = tuple(1 if n == 1 else 2 for n in x.shape[1:3])
-  return nn.max_pool(x, window, strides=window, padding="VALID")
+  return fast_ops.max_pool(x, window, strides=window)
 
 
 class VGG(nn.Module):
