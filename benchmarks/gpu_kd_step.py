@@ -18,30 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kd_jax import config_lib, data, models, sharding, train  # noqa: E402
-
-CASES = {"echo": ("vgg16", "mobilenet_v3_small", 112, 4),
-         "cifar": ("vgg_cifar", "simple_cnn", 32, 10)}
+from kd_step_vs_torch import CASES, median_step_time  # noqa: E402
 
 
 def _median_time(fn, steps):
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return median_step_time(fn, steps, warmup=0)
 
 
 def ceilings():

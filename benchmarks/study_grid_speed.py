@@ -1,7 +1,13 @@
 """Study throughput: the T x alpha grid (configs/cifar_grid.py, 28 KD cells +
 1 scratch cell) as plain separate runs vs cached + vmapped, in one run.
 
-  python benchmarks/study_grid_speed.py [--train_limit=1024] [--epochs=2]
+  python benchmarks/study_grid_speed.py [--pair=cifar|echo] [--train_limit=1024]
+      [--eval_limit=500] [--epochs=2]
+
+--pair picks the teacher -> student pair of the grid (the two cases of
+benchmarks/kd_step_vs_torch.py): cifar (the config's own, vgg_cifar ->
+simple_cnn at 32 px, batch 128) or echo (VGG16 -> MobileNetV3-small at
+112 px, batch 64, as in the echo study).
 
 Plain: what a user does without these features: one `python -m kd_jax.main`
 process per cell, every cell running the teacher forward itself
@@ -31,20 +37,35 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from kd_jax import study  # noqa: E402
+from kd_jax.report import cpu_name  # noqa: E402
+
+
+# pair -> (config overrides, teacher, student, px, teacher epochs)
+PAIRS = {
+    "cifar": ("", "vgg_cifar", "simple_cnn", 32, 4),
+    "echo": ("teacher.name=vgg16,student.name=mobilenet_v3_small,"
+             "dataset.image_size=112,batch_size=64,",
+             "vgg16", "mobilenet_v3_small", 112, 1),
+}
 
 
 def main():
   p = argparse.ArgumentParser()
+  p.add_argument("--pair", choices=sorted(PAIRS), default="cifar")
   p.add_argument("--train_limit", type=int, default=1024)
+  p.add_argument("--eval_limit", type=int, default=500)
   p.add_argument("--epochs", type=int, default=2)
   p.add_argument("--cells", type=int, default=0, help="first N cells only (0: all)")
   p.add_argument("--out", default="")
   args = p.parse_args()
-  arg = ("dataset.name=default,dataset.random_crop=false,dataset.random_flip=false,"
-         "teacher.learning_rate=0.0002,teacher.num_epochs=4,"
-         f"dataset.train_limit={args.train_limit},dataset.eval_limit=500,"
+  overrides, teacher, student, px, teacher_epochs = PAIRS[args.pair]
+  arg = (f"{overrides}dataset.name=default,dataset.random_crop=false,"
+         "dataset.random_flip=false,teacher.learning_rate=0.0002,"
+         f"teacher.num_epochs={teacher_epochs},"
+         f"dataset.train_limit={args.train_limit},"
+         f"dataset.eval_limit={args.eval_limit},"
          f"num_epochs={args.epochs},early_stopping_patience=0,"
-         "eval_batch_size=500,log_every_steps=100")
+         f"eval_batch_size={min(500, args.eval_limit)},log_every_steps=100")
   grid = os.path.join(REPO, "configs", "cifar_grid.py")
   root = args.out or tempfile.mkdtemp(prefix="kd_grid_bench_")
   plain_dir, fast_dir = os.path.join(root, "plain"), os.path.join(root, "fast")
@@ -74,14 +95,14 @@ def main():
     rb = json.load(open(os.path.join(b.workdir, "results.json")))["rows"][-1]
     diffs.append(abs(ra["test_accuracy"] - rb["test_accuracy"]))
   n = len(plain.cells())
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-              if l.startswith("model name")), platform.processor())
-  print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.platform()}")
-  print(f"grid: {n} cells (T x alpha vanilla KD + scratch), student simple_cnn, "
-        f"teacher vgg_cifar, 32 px, {args.train_limit} training images, "
-        f"{args.epochs} epochs")
-  print(f"plain separate runs:      {plain_s:8.1f} s")
-  print(f"teacher cache + vmap:     {fast_s:8.1f} s")
+  print(f"machine: {cpu_name()}, {platform.platform()}")
+  print(f"grid: {n} cells (T x alpha vanilla KD + scratch), student {student}, "
+        f"teacher {teacher}, {px} px, {args.train_limit} training images, "
+        f"{args.eval_limit} val/test images, {args.epochs} epochs")
+  print(f"plain separate runs:      {plain_s:8.1f} s "
+        f"({plain_s / n:.1f} s per cell)")
+  print(f"teacher cache + vmap:     {fast_s:8.1f} s "
+        f"({fast_s / n:.1f} s per cell)")
   print(f"speed-up:                 {plain_s / fast_s:8.2f} x")
   print(f"max |test acc difference| between the two: {max(diffs):.4f}")
 
