@@ -33,10 +33,6 @@ from kd_jax import config_lib, data, models, sharding, train  # noqa: E402
 from kd_step_vs_torch import CASES, median_step_time  # noqa: E402
 
 
-def _median_time(fn, steps):
-  return median_step_time(fn, steps, warmup=0)
-
-
 def ceilings():
   """Measured matmul FLOP/s (bf16, f32) and copy bandwidth of this device."""
   out = {}
@@ -46,12 +42,12 @@ def ceilings():
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     mm = jax.jit(lambda a, b: a @ b)
     mm(a, b).block_until_ready()
-    t = _median_time(lambda: mm(a, b).block_until_ready(), 10)
+    t = median_step_time(lambda: mm(a, b).block_until_ready(), 10, warmup=0)
     out[f"matmul_{jnp.dtype(dtype).name}_tflops"] = 2 * n**3 / t / 1e12
   x = jax.random.normal(jax.random.PRNGKey(2), (256 * 1024 * 1024,), jnp.float32)
   cp = jax.jit(lambda x: x + 1.0)  # one read + one write of 1 GiB
   cp(x).block_until_ready()
-  t = _median_time(lambda: cp(x).block_until_ready(), 10)
+  t = median_step_time(lambda: cp(x).block_until_ready(), 10, warmup=0)
   out["copy_tb_per_s"] = 2 * x.size * 4 / t / 1e12
   return out
 
@@ -108,7 +104,7 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
         if pipeline.count >= steps:
           jax.block_until_ready(state)
           return
-  t_dev = _median_time(on_device, 3) / steps
+  t_dev = median_step_time(on_device, 3, warmup=0) / steps
   pipeline.count = 0
   t0 = time.perf_counter()
   pipeline()
@@ -158,7 +154,7 @@ def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16):
     for _ in range(steps):
       one()
     torch.cuda.synchronize()
-  t = _median_time(run, 3) / steps
+  t = median_step_time(run, 3, warmup=0) / steps
   return {"images_per_s": batch / t}
 
 

@@ -35,18 +35,16 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from kd_jax import study  # noqa: E402
 from kd_jax.report import cpu_name  # noqa: E402
+from kd_step_vs_torch import CASES  # noqa: E402
 
 
-# pair -> (config overrides, teacher, student, px, teacher epochs)
-PAIRS = {
-    "cifar": ("", "vgg_cifar", "simple_cnn", 32, 4),
-    "echo": ("teacher.name=vgg16,student.name=mobilenet_v3_small,"
-             "dataset.image_size=112,batch_size=64,",
-             "vgg16", "mobilenet_v3_small", 112, 1),
-}
+# pair (a case of kd_step_vs_torch.py: teacher, student, px) -> (batch size,
+# teacher epochs); cifar is the grid config's own pair and batch size.
+PAIRS = {"cifar": (128, 4), "echo": (64, 1)}
 
 
 def main():
@@ -58,9 +56,12 @@ def main():
   p.add_argument("--cells", type=int, default=0, help="first N cells only (0: all)")
   p.add_argument("--out", default="")
   args = p.parse_args()
-  overrides, teacher, student, px, teacher_epochs = PAIRS[args.pair]
-  arg = (f"{overrides}dataset.name=default,dataset.random_crop=false,"
-         "dataset.random_flip=false,teacher.learning_rate=0.0002,"
+  teacher, student, px, _ = CASES[args.pair]
+  batch, teacher_epochs = PAIRS[args.pair]
+  arg = (f"teacher.name={teacher},student.name={student},"
+         f"dataset.image_size={px},batch_size={batch},dataset.name=default,"
+         "dataset.random_crop=false,dataset.random_flip=false,"
+         "teacher.learning_rate=0.0002,"
          f"teacher.num_epochs={teacher_epochs},"
          f"dataset.train_limit={args.train_limit},"
          f"dataset.eval_limit={args.eval_limit},"

@@ -5,12 +5,12 @@ XLA:CPU runs `lax.conv_general_dilated` with feature_group_count = channels
 `lax.reduce_window` max-pooling (select-and-scatter) far below the machine's
 speed: on the 2-core CPU of benchmarks/RESULTS.md a 3x3 depthwise conv on a
 64x28x28x96 batch takes ~100-170 ms forward, while the same sum of nine
-shifted, scaled slices takes ~4 ms, and a 2x2 max-pool's backward pass takes
-~75 ms against ~18 ms as a reshape + max. The functions here compute the same
-values (up to float summation order) from elementwise ops and reductions,
-which XLA fuses into single loops on every backend; `jax.grad` of them gives
-the usual gradients (ties in a max-pool window share the gradient equally,
-a valid subgradient like select-and-scatter's pick-one).
+shifted, scaled slices takes ~4 ms, and a 2x2 max-pool's forward + backward
+on 64x32x32x88 takes ~98 ms against ~5 ms as a max of strided slices. The
+functions here compute the same values (up to float summation order for the
+convolution) from elementwise ops and reductions, which XLA fuses into single
+loops; their custom gradients equal lax's (the max-pool's goes to the first
+maximum of each window, exactly as select-and-scatter does).
 
 `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` (flax's
 `nn.Conv(conv_general_dilated=...)` field): depthwise NHWC/HWIO calls take
@@ -42,6 +42,17 @@ def _is_unit(dilation):
   return dilation is None or all(d == 1 for d in dilation)
 
 
+def _pad(x_BxHxWxC, pads, value=0.0):
+  (pt, pb), (pl, pr) = pads
+  return jnp.pad(x_BxHxWxC, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
+                 constant_values=jnp.array(value, x_BxHxWxC.dtype))
+
+
+def _out_hw(xp, window, strides):
+  """Output height and width of a VALID window over the padded input."""
+  return tuple((n - k) // s + 1 for n, k, s in zip(xp.shape[1:3], window, strides))
+
+
 def _taps(xp, kh, kw, strides, out_hw):
   """The Kh*Kw shifted, strided (B, Ho, Wo, C) windows of a padded input."""
   b, _, _, c = xp.shape
@@ -55,10 +66,8 @@ def _taps(xp, kh, kw, strides, out_hw):
 
 def _depthwise_forward(x_BxHxWxC, w_KhxKwxC, strides, padding):
   kh, kw = w_KhxKwxC.shape[:2]
-  (pt, pb), (pl, pr) = padding
-  xp = jnp.pad(x_BxHxWxC, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  hp, wp = xp.shape[1:3]
-  out_hw = ((hp - kh) // strides[0] + 1, (wp - kw) // strides[1] + 1)
+  xp = _pad(x_BxHxWxC, padding)
+  out_hw = _out_hw(xp, (kh, kw), strides)
   out = None
   for i, j, tap in _taps(xp, kh, kw, strides, out_hw):
     term = tap * w_KhxKwxC[i, j]
@@ -79,8 +88,7 @@ def _depthwise_kernel_grad(x_BxHxWxC, g_BxHoxWoxC, kh, kw, strides, padding):
   reduction of a shifted slice over the whole batch ~6x slower than the
   same reductions over cache-sized chunks.
   """
-  (pt, pb), (pl, pr) = padding
-  xp = jnp.pad(x_BxHxWxC, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  xp = _pad(x_BxHxWxC, padding)
   b, hp, wp, c = xp.shape
   out_hw = g_BxHoxWoxC.shape[1:3]
   chunk = _chunk_size(b, hp * wp * c * xp.dtype.itemsize)
@@ -132,8 +140,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated`, with NHWC depthwise convs as shifted slices."""
   pads = _pairs(padding, rhs.shape[:2])
-  depthwise = (jax.default_backend() == "cpu" and lhs.ndim == 4 and dimension_numbers == _NHWC
-               and feature_group_count > 1
+  depthwise = (jax.default_backend() == "cpu" and lhs.ndim == 4
+               and dimension_numbers == _NHWC and feature_group_count > 1
                and feature_group_count == lhs.shape[3] == rhs.shape[3]
                and rhs.shape[2] == 1 and batch_group_count == 1
                and pads is not None and _is_unit(lhs_dilation)
@@ -155,23 +163,10 @@ def _pool_forward(xp, window, strides, out_hw):
   return out
 
 
-def _pool_geometry(x_BxHxWxC, window, strides, pads):
-  (pt, pb), (pl, pr) = pads
-  hp = x_BxHxWxC.shape[1] + pt + pb
-  wp = x_BxHxWxC.shape[2] + pl + pr
-  return ((hp - window[0]) // strides[0] + 1, (wp - window[1]) // strides[1] + 1)
-
-
-def _pad_neg_inf(x_BxHxWxC, pads):
-  (pt, pb), (pl, pr) = pads
-  return jnp.pad(x_BxHxWxC, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
-                 constant_values=jnp.array(-jnp.inf, x_BxHxWxC.dtype))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x_BxHxWxC, window, strides, pads):
-  out_hw = _pool_geometry(x_BxHxWxC, window, strides, pads)
-  return _pool_forward(_pad_neg_inf(x_BxHxWxC, pads), window, strides, out_hw)
+  xp = _pad(x_BxHxWxC, pads, -jnp.inf)
+  return _pool_forward(xp, window, strides, _out_hw(xp, window, strides))
 
 
 def _max_pool_fwd(x, window, strides, pads):
@@ -184,7 +179,7 @@ def _max_pool_bwd(window, strides, pads, res, g_BxHoxWoxC):
   row-major window order), as select-and-scatter does."""
   x, y = res
   out_hw = y.shape[1:3]
-  xp = _pad_neg_inf(x, pads)
+  xp = _pad(x, pads, -jnp.inf)
   taken = jnp.zeros(y.shape, bool)
   parts = []
   for _, _, tap in _taps(xp, *window, strides, out_hw):
