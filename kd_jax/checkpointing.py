@@ -8,15 +8,22 @@ A stage directory holds two managers:
                               the best validation epoch + model facts (meta).
                               This is what a later run loads as a teacher.
 Each checkpoint is a `Composite` of an array item and a JSON `meta` item.
+'latest' stores the train state packed: its leaves concatenated into one flat
+array per dtype (item `packed_state`), because Orbax's cost is per array
+(~1.8 ms each here: 0.9 s for a MobileNetV3 train state of 497 leaves, 0.1 s
+packed); checkpoints written unpacked (item `state`) still restore.
 Orbax writes into a temporary directory and renames it when complete, so an
 interrupted save never replaces the previous checkpoint.
 The frozen teacher is never part of a student's checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from kd_jax.config_lib import UserError
@@ -25,6 +32,76 @@ from kd_jax.config_lib import UserError
 def _abstract(tree, sharding):
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+@jax.jit
+def _pack(leaves):
+  """{dtype name: 1-D array}: `leaves` raveled and concatenated per dtype."""
+  groups = {}
+  for x in leaves:
+    groups.setdefault(jnp.dtype(x.dtype).name, []).append(jnp.ravel(x))
+  return {k: jnp.concatenate(v) for k, v in groups.items()}
+
+
+def _packed_like(specs, sharding):
+  sizes = {}
+  for shape, dtype in specs:
+    sizes[dtype] = sizes.get(dtype, 0) + int(np.prod(shape))
+  return {k: jax.ShapeDtypeStruct((n,), np.dtype(k), sharding=sharding)
+          for k, n in sizes.items()}
+
+
+def _key_name(k):
+  for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, Sequence/Flattened
+    if hasattr(k, attr):
+      return getattr(k, attr)
+  return str(k)
+
+
+def _layout(tree) -> list:
+  """[[path as a list of names, shape, dtype name], ...] of the leaves."""
+  return [[[_key_name(k) for k in path], list(x.shape), jnp.dtype(x.dtype).name]
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+@functools.lru_cache(maxsize=None)
+def _unpack_fn(treedef, specs, sharding):
+  """Jitted `packed -> tree` for leaves of `specs` ((shape, dtype name)...)."""
+  def unpack(packed):
+    offsets, leaves = {}, []
+    for shape, dtype in specs:
+      o, n = offsets.get(dtype, 0), int(np.prod(shape))
+      leaves.append(packed[dtype][o:o + n].reshape(shape))
+      offsets[dtype] = o + n
+    return jax.tree.unflatten(treedef, leaves)
+  return jax.jit(unpack, out_shardings=sharding)
+
+
+LAYOUT = "packed_layout"  # meta key of a packed state's leaf paths/shapes
+
+
+def read_packed_state(manager_dir: str):
+  """(step, state as nested dicts {name: ... array}) of the newest packed
+  'latest' checkpoint in `manager_dir`, on the first device, without the
+  config that wrote it (for inspection and tests)."""
+  mngr = ocp.CheckpointManager(manager_dir)
+  step = mngr.latest_step()
+  layout = mngr.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore())).meta[LAYOUT]
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  specs = [(tuple(shape), dtype) for _, shape, dtype in layout]
+  packed = mngr.restore(step, args=ocp.args.Composite(
+      packed_state=ocp.args.StandardRestore(_packed_like(specs, dev)))).packed_state
+  mngr.close()
+  offsets, tree = {}, {}
+  for path, shape, dtype in layout:
+    o, n = offsets.get(dtype, 0), int(np.prod(shape))
+    offsets[dtype] = o + n
+    node = tree
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = packed[dtype][o:o + n].reshape(shape)
+  return step, tree
 
 
 class StageCheckpoints:
@@ -49,7 +126,8 @@ class StageCheckpoints:
 
   def save_latest(self, step: int, state, meta: dict):
     self._save(self.latest, step, ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        packed_state=ocp.args.StandardSave(_pack(jax.tree.leaves(state))),
+        meta=ocp.args.JsonSave({**meta, LAYOUT: _layout(state)})))
 
   @staticmethod
   def _save(manager, step, args):
@@ -73,10 +151,24 @@ class StageCheckpoints:
     step = self.latest.latest_step()
     if step is None:
       return None
+    if not os.path.isdir(os.path.join(self.latest.directory, str(step),
+                                      "packed_state")):  # written unpacked
+      out = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(like_state, sharding)),
+          meta=ocp.args.JsonRestore()))
+      return out.state, out.meta
+    leaves, treedef = jax.tree.flatten(like_state)
+    specs = tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
+    meta = self.latest.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta
+    if meta.pop(LAYOUT) != _layout(like_state):
+      raise UserError(
+          f"the checkpoint of step {step} in {self.latest.directory} holds a "
+          "different train state (other model, method or optimizer) than "
+          "this config builds; use another --workdir")
     out = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(like_state, sharding)),
-        meta=ocp.args.JsonRestore()))
-    return out.state, out.meta
+        packed_state=ocp.args.StandardRestore(_packed_like(specs, sharding))))
+    return _unpack_fn(treedef, specs, sharding)(out.packed_state), meta
 
   def save_best(self, step: int, variables, meta: dict):
     self._save(self.best, step, ocp.args.Composite(

@@ -71,7 +71,9 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+@jax.jit
 def _slice(tree, k):
+  """Cell `k` of a stacked tree (one dispatch, not one per leaf)."""
   return jax.tree.map(lambda a: a[k], tree)
 
 
@@ -244,16 +246,17 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
         for n in teacher_cache.SPLITS})
 
   # Per-cell initial state: the same weights a separate run starts from.
+  # Both compiled once for all cells (the cells differ only in VMAP_FIELDS).
+  init = train.make_init(model, config, mesh)
+  init_state = jax.jit(lambda p, b: train.TrainState(
+      jnp.int32(0), p, {"student": b}, tx.init(p)), out_shardings=repl)
   states, loops, ckpts = [], [], []
   for c, w in todo:
-    rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), 2)
-    params, stats = train.init_variables(model, c, mesh, rng)
+    params, stats = init(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2))
     params = {"student": params}
     if c.kd.method == "ctkd":
       params["temperature"] = jnp.float32(c.kd.init_raw)
-    state = jax.jit(lambda p, b: train.TrainState(
-        jnp.int32(0), p, {"student": b}, tx.init(p)), out_shardings=repl)(
-            params, stats)
+    state = init_state(params, stats)
     ckpt = checkpointing.StageCheckpoints(os.path.join(w, "student"))
     loop = {"epoch": 0, "step_in_epoch": 0, "best_val": -1.0, "best_epoch": -1,
             "bad_epochs": 0, "history": [], "train_seconds": 0.0,
@@ -292,6 +295,7 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
   progress = reporting.Progress(f"sweep x{k_cells}", config.student.name,
                                 num_epochs * spe, step, spe)
   has_teacher = teacher is not None
+  best = [None] * k_cells  # inference variables of each cell's best epoch
 
   def meta(k):
     return {**loops[k], "model": config.student.name, "role": "student",
@@ -341,6 +345,7 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
       if improved:
         loop.update(best_val=val["accuracy"], best_epoch=epoch + 1, bad_epochs=0)
         ckpts[k].save_best(step, variables, meta(k))
+        best[k] = variables  # the test evaluation needs no restore
       else:
         loop["bad_epochs"] += 1
       patience = configs[k].early_stopping_patience
@@ -359,8 +364,10 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
   for k, (c, w) in enumerate(todo):
     ckpts[k].wait()
     cell = _slice(chunks[k // cs], k % cs)
-    like = train._variables(cell.params["student"], cell.batch_stats["student"])
-    best_vars, _ = ckpts[k].restore_best(like, repl)
+    best_vars = best[k]
+    if best_vars is None:  # the best epoch ran before a resume
+      like = train._variables(cell.params["student"], cell.batch_stats["student"])
+      best_vars, _ = ckpts[k].restore_best(like, repl)
     test = train.evaluate(eval_jit, best_vars, teacher_vars, ds.test, c, mesh,
                           has_teacher)
     loop = loops[k]

@@ -76,6 +76,9 @@ def restore_raw(manager_dir, item):
   """Restores one array item of the newest checkpoint onto this process's
   first device (whatever device topology saved it)."""
   import jax
+  from kd_jax import checkpointing
+  if item == "state":  # 'latest' holds the train state packed
+    return checkpointing.read_packed_state(manager_dir)
   mngr = ocp.CheckpointManager(
       manager_dir, item_handlers={item: ocp.StandardCheckpointHandler()})
   step = mngr.latest_step()

@@ -1,0 +1,94 @@
+"""The 'latest' checkpoint's packed train state: exact round trip, one array
+per dtype on disk, and old unpacked checkpoints still restore."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kd_jax import checkpointing
+
+
+def _state():
+  rng = np.random.default_rng(0)
+  return {
+      "step": jnp.int32(7),
+      "params": {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                 "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+                 "half": jnp.asarray(rng.normal(size=(2, 2)), jnp.bfloat16)},
+      "opt": [jnp.asarray(rng.integers(0, 9, size=(5,)), jnp.int32),
+              jnp.asarray(rng.normal(size=(1, 1, 3)), jnp.float32)],
+  }
+
+
+def _zeros_like(tree):
+  return jax.tree.map(jnp.zeros_like, tree)
+
+
+def _assert_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(np.asarray(x, np.float64),
+                                  np.asarray(y, np.float64))
+
+
+def test_packed_latest_round_trip_is_exact(tmp_path):
+  state = _state()
+  ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  ck.save_latest(3, state, {"epoch": 1})
+  step_dir = tmp_path / "student" / "checkpoints" / "latest" / "3"
+  assert sorted(os.listdir(step_dir / "packed_state")) != []
+  restored, meta = ck.restore_latest(_zeros_like(state), None)
+  _assert_equal(restored, state)
+  assert meta == {"epoch": 1}
+  ck.close()
+
+
+def test_pack_makes_one_flat_array_per_dtype():
+  state = _state()
+  packed = checkpointing._pack(jax.tree.leaves(state))
+  # float32: 12 + 4 + 3 values; int32: the step and 5 counters; bfloat16: 4.
+  assert {k: v.shape for k, v in packed.items()} == {
+      "float32": (19,), "int32": (6,), "bfloat16": (4,)}
+
+
+def test_unpacked_checkpoints_from_before_still_restore(tmp_path):
+  state = _state()
+  ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  # The layout written before packing: the state tree as item 'state'.
+  ck.latest.save(5, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"epoch": 2})))
+  ck.latest.wait_until_finished()
+  restored, meta = ck.restore_latest(_zeros_like(state), None)
+  _assert_equal(restored, state)
+  assert meta == {"epoch": 2}
+  ck.close()
+
+
+def test_packed_state_reads_back_without_a_template(tmp_path):
+  state = _state()
+  ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  ck.save_latest(4, state, {"epoch": 1})
+  ck.close()
+  step, tree = checkpointing.read_packed_state(
+      str(tmp_path / "student" / "checkpoints" / "latest"))
+  assert step == 4
+  assert set(tree) == {"step", "params", "opt"}
+  _assert_equal(tree["params"], state["params"])
+  np.testing.assert_array_equal(tree["opt"][0], state["opt"][0])  # list index 0
+  assert int(tree["step"]) == 7
+
+
+def test_a_different_state_is_refused_in_one_line(tmp_path):
+  state = _state()
+  ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  ck.save_latest(4, state, {"epoch": 1})
+  other = dict(state, params=dict(state["params"], w=jnp.zeros((4, 4))))
+  try:
+    ck.restore_latest(other, None)
+    raise AssertionError("no error")
+  except checkpointing.UserError as e:
+    assert "step 4" in str(e) and "different train state" in str(e)
+  ck.close()
