@@ -64,17 +64,21 @@ def _layout(tree) -> list:
           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def _split(packed, specs):
+  """The leaves of `specs` ((shape, dtype name)...) cut out of `packed`, in
+  order: the inverse of `_pack`."""
+  offsets = {}
+  for shape, dtype in specs:
+    o, n = offsets.get(dtype, 0), int(np.prod(shape))
+    offsets[dtype] = o + n
+    yield packed[dtype][o:o + n].reshape(shape)
+
+
 @functools.lru_cache(maxsize=None)
 def _unpack_fn(treedef, specs, sharding):
   """Jitted `packed -> tree` for leaves of `specs` ((shape, dtype name)...)."""
-  def unpack(packed):
-    offsets, leaves = {}, []
-    for shape, dtype in specs:
-      o, n = offsets.get(dtype, 0), int(np.prod(shape))
-      leaves.append(packed[dtype][o:o + n].reshape(shape))
-      offsets[dtype] = o + n
-    return jax.tree.unflatten(treedef, leaves)
-  return jax.jit(unpack, out_shardings=sharding)
+  return jax.jit(lambda packed: jax.tree.unflatten(
+      treedef, list(_split(packed, specs))), out_shardings=sharding)
 
 
 LAYOUT = "packed_layout"  # meta key of a packed state's leaf paths/shapes
@@ -93,14 +97,12 @@ def read_packed_state(manager_dir: str):
   packed = mngr.restore(step, args=ocp.args.Composite(
       packed_state=ocp.args.StandardRestore(_packed_like(specs, dev)))).packed_state
   mngr.close()
-  offsets, tree = {}, {}
-  for path, shape, dtype in layout:
-    o, n = offsets.get(dtype, 0), int(np.prod(shape))
-    offsets[dtype] = o + n
+  tree = {}
+  for (path, _, _), leaf in zip(layout, _split(packed, specs)):
     node = tree
     for name in path[:-1]:
       node = node.setdefault(name, {})
-    node[path[-1]] = packed[dtype][o:o + n].reshape(shape)
+    node[path[-1]] = leaf
   return step, tree
 
 
