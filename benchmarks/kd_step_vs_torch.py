@@ -34,7 +34,8 @@ Both sides are measured `--rounds` times, alternating (kd_jax, torch,
 kd_jax, torch, ...), and every rate printed is the best of its rounds: on a
 shared 2-core machine one pass of either side can come out 10-25% slower
 than the next, and taking each side's best keeps such noise from deciding
-the ratios.
+the ratios. A second table gives each round's own kd_jax/torch ratio and
+their median, min and max (the two sides of a round run back to back).
 """
 from __future__ import annotations
 
@@ -368,6 +369,29 @@ def main():
   jax_rows = {case: best_of([rows[case] for rows in jax_rounds])
               for case in jax_rounds[0]}
   report(args, jax_rows, tr)
+  report_rounds(jax_rounds, torch_rounds)
+
+
+def report_rounds(jax_rounds, torch_rounds):
+  """Each round's rates and the kd_jax/torch ratio within each round.
+
+  A round measures kd_jax and then torch back to back, so the ratio of one
+  round is less exposed to the machine's slow spells than the ratio of the
+  two sides' best rounds; its median over the rounds is the figure to quote
+  when the sides are close.
+  """
+  if not torch_rounds or len(torch_rounds) != len(jax_rounds):
+    return
+  print("\nPer round (kd_jax on-device img/s / torch ready img/s = ratio):\n")
+  print("| case | rounds | median ratio | min | max |")
+  print("|---|---|---|---|---|")
+  for case in jax_rounds[0]:
+    pairs = [(j[case]["images_per_s"], t["cases"][case]["images_per_s"])
+             for j, t in zip(jax_rounds, torch_rounds)]
+    ratios = [a / b for a, b in pairs]
+    detail = ", ".join(f"{a:.1f}/{b:.1f} = {a / b:.2f}" for a, b in pairs)
+    print(f"| {case} | {detail} | {statistics.median(ratios):.2f} | "
+          f"{min(ratios):.2f} | {max(ratios):.2f} |")
 
 
 def best_of(rounds):

@@ -4,9 +4,9 @@ trained in one jitted program.
 The cells of a group may differ only in `VMAP_FIELDS` (temperature, alpha,
 CTKD lambda schedule, seed). Their parameters, optimizer states and
 hyperparameters are stacked on a leading K axis and one `jax.vmap`-ed step
-updates them all (on CPU one cell per vmap call by default, in a `lax.map`
-loop inside the same program: see `vmap_chunk`); the input pipeline, the preprocessing and the teacher's
-forward pass (or its cached logits) are shared, once per step. The data order
+updates them all (on CPU by default one cell per call of the same compiled
+step: see `vmap_chunk`); the input pipeline and the teacher's logits (cached,
+or one forward pass per step) are shared by all cells. The data order
 and augmentation follow the group's `data_seed` (a cell's own `seed` sets
 its initial weights and dropout), and each cell's config is written with that
 `data_seed`, so rerunning a cell on its own reproduces it. Each cell gets the
@@ -96,8 +96,9 @@ def vmap_chunk(chunk: int, k_cells: int) -> int:
 
 
 def make_teacher_fn(config, teacher):
-  """`(teacher_vars, images, step) -> logits`: the teacher's forward on the
-  step's (augmented) batch, computed once per step for all chunks."""
+  """`(teacher_vars, images, step) -> logits`: a live teacher's forward on the
+  step's (augmented) batch, computed once per step and shared by every chunk
+  of cells (the sweep step itself only reads logits)."""
   dseed = train.data_seed(config)
 
   def fn(teacher_vars, images, step_i):
@@ -106,24 +107,20 @@ def make_teacher_fn(config, teacher):
   return fn
 
 
-def make_sweep_step(config, student, teacher, tx, *, steps_per_epoch):
-  """`step(states_K, hp_K, active_K, batch, teacher_vars)`: one shared
-  teacher forward (or cached logits), then the K cells' updates under vmap."""
+def make_sweep_step(config, student, tx, *, steps_per_epoch):
+  """`step(states_K, hp_K, active_K, batch)`: the K cells' updates under vmap.
+  `batch` is (images, labels) or, when distilling, (images, labels,
+  teacher_logits): the teacher's logits come from the cache or from
+  `make_teacher_fn`, computed once for all cells."""
   method, kd = config.kd.method, config.kd
   dseed = train.data_seed(config)
 
-  def step(states, hp, active, batch, teacher_vars):
+  def step(states, hp, active, batch):
     images, labels_B, *cached = batch
     step_i = states.step[0]
     aug_rng = train.step_rngs(dseed, step_i)[0]
     x = train._preprocess(config, images, aug_rng)
-    t_logits = None
-    if cached:
-      t_logits = cached[0]
-    elif teacher is not None:
-      t_logits = teacher.model.apply(teacher_vars, x, train=False)
-    if t_logits is not None:
-      t_logits = jax.lax.stop_gradient(t_logits)
+    t_logits = jax.lax.stop_gradient(cached[0]) if cached else None
     epoch = step_i // steps_per_epoch
 
     def one(state, h, on):
@@ -281,11 +278,10 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
         "seed": jnp.asarray([c.seed for c in configs], jnp.int32),
         "cosine": jnp.asarray([c.kd.schedule == "cosine" for c in configs])}
   hp_chunks = [jax.tree.map(lambda a, i=i: a[i:i + cs], hp) for i in starts]
-  step_fn = jax.jit(make_sweep_step(config, model, teacher, tx,
-                                    steps_per_epoch=spe), donate_argnums=0)
+  step_fn = jax.jit(make_sweep_step(config, model, tx, steps_per_epoch=spe),
+                    donate_argnums=0)
   live_teacher = teacher is not None and not ok
-  teacher_fn = jax.jit(make_teacher_fn(config, teacher)) if (
-      live_teacher and len(chunks) > 1) else None
+  teacher_fn = jax.jit(make_teacher_fn(config, teacher)) if live_teacher else None
   eval_jit = jax.jit(train.make_eval_step(config, model, teacher))
   teacher_vars = teacher.variables if teacher is not None else None
   writers = [metrics.create_writer(os.path.join(w, "student", "logs"),
@@ -315,7 +311,7 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
       batch = sharding.global_batch(host_batch, mesh)
       if teacher_fn is not None:  # once per step, not once per chunk
         batch = (*batch, teacher_fn(teacher_vars, batch[0], jnp.int32(step)))
-      out = [step_fn(ch, h, active[i:i + cs], batch, teacher_vars)
+      out = [step_fn(ch, h, active[i:i + cs], batch)
              for ch, h, i in zip(chunks, hp_chunks, starts)]
       chunks = [o[0] for o in out]
       m = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[o[1] for o in out])
