@@ -163,34 +163,42 @@ def _pool_forward(xp, window, strides, out_hw):
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x_BxHxWxC, window, strides, pads):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool(x_BxHxWxC, window, strides, pads, in_hw):
+  del in_hw  # x's (H, W), static for the backward pass
   xp = _pad(x_BxHxWxC, pads, -jnp.inf)
   return _pool_forward(xp, window, strides, _out_hw(xp, window, strides))
 
 
-def _max_pool_fwd(x, window, strides, pads):
-  y = _max_pool(x, window, strides, pads)
-  return y, (x, y)
-
-
-def _max_pool_bwd(window, strides, pads, res, g_BxHoxWoxC):
-  """Each output's gradient goes to the first maximum of its window (in
-  row-major window order), as select-and-scatter does."""
-  x, y = res
-  out_hw = y.shape[1:3]
+def _max_pool_fwd(x, window, strides, pads, in_hw):
+  """The max and, per output, the window position of its first maximum
+  (row-major; Kh*Kw when none equals it, e.g. a NaN max): the backward pass
+  reads only this index (int8), not x and y again."""
   xp = _pad(x, pads, -jnp.inf)
-  taken = jnp.zeros(y.shape, bool)
-  parts = []
-  for _, _, tap in _taps(xp, *window, strides, out_hw):
-    hit = (tap == y) & ~taken
-    taken = taken | hit
-    parts.append(jnp.where(hit, g_BxHoxWoxC, jnp.zeros_like(g_BxHoxWoxC)))
+  out_hw = _out_hw(xp, window, strides)
+  y = _pool_forward(xp, window, strides, out_hw)
+  taps = [tap for _, _, tap in _taps(xp, *window, strides, out_hw)]
+  dtype = jnp.int8 if len(taps) < 127 else jnp.int32
+  first_BxHoxWoxC = jnp.full(y.shape, len(taps), dtype)
+  for k in reversed(range(len(taps))):
+    first_BxHoxWoxC = jnp.where(taps[k] == y, dtype(k), first_BxHoxWoxC)
+  return y, first_BxHoxWoxC
+
+
+def _max_pool_bwd(window, strides, pads, in_hw, first, g_BxHoxWoxC):
+  """Each output's gradient goes to the first maximum of its window (in
+  row-major window order), as select-and-scatter does. (Recomputing the
+  first-maximum masks here from x and y made XLA re-evaluate the whole mask
+  chain for each of the Kh*Kw scattered terms, inside one fused loop.)"""
+  out_hw = first.shape[1:3]
+  (pt, pb), (pl, pr) = pads
+  (b, _, _, c), (h, w) = first.shape, in_hw
+  parts = [jnp.where(first == k, g_BxHoxWoxC, jnp.zeros_like(g_BxHoxWoxC))
+           for k in range(window[0] * window[1])]
+  xp0 = jnp.zeros((b, h + pt + pb, w + pl + pr, c), g_BxHoxWoxC.dtype)
   _, taps_vjp = jax.vjp(lambda xp: list(t for _, _, t in _taps(
-      xp, *window, strides, out_hw)), xp)
+      xp, *window, strides, out_hw)), xp0)
   (dxp,) = taps_vjp(parts)
-  (pt, _), (pl, _) = pads
-  h, w = x.shape[1:3]
   return (dxp[:, pt:pt + h, pl:pl + w, :],)
 
 
@@ -210,4 +218,4 @@ def max_pool(x_BxHxWxC, window, strides, padding="VALID"):
   else:
     pads = tuple(tuple(int(p) for p in pair) for pair in padding)
   return _max_pool(x_BxHxWxC, tuple(int(k) for k in window),
-                   tuple(int(s) for s in strides), pads)
+                   tuple(int(s) for s in strides), pads, x_BxHxWxC.shape[1:3])
