@@ -156,28 +156,26 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       preferred_element_type=preferred_element_type)
 
 
-def _pool_forward(xp, window, strides, out_hw):
-  out = None
-  for _, _, tap in _taps(xp, *window, strides, out_hw):
-    out = tap if out is None else jnp.maximum(out, tap)
-  return out
+def _window_taps(xp, window, strides, out_hw):
+  """The Kh*Kw strided windows of a padded pooling input, row-major."""
+  return [tap for _, _, tap in _taps(xp, *window, strides, out_hw)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool(x_BxHxWxC, window, strides, pads, in_hw):
   del in_hw  # x's (H, W), static for the backward pass
   xp = _pad(x_BxHxWxC, pads, -jnp.inf)
-  return _pool_forward(xp, window, strides, _out_hw(xp, window, strides))
+  return functools.reduce(jnp.maximum, _window_taps(
+      xp, window, strides, _out_hw(xp, window, strides)))
 
 
 def _max_pool_fwd(x, window, strides, pads, in_hw):
   """The max and, per output, the window position of its first maximum
   (row-major; Kh*Kw when none equals it, e.g. a NaN max): the backward pass
-  reads only this index (int8), not x and y again."""
+  reads only this index (int8, int32 past 126 taps), not x and y again."""
   xp = _pad(x, pads, -jnp.inf)
-  out_hw = _out_hw(xp, window, strides)
-  y = _pool_forward(xp, window, strides, out_hw)
-  taps = [tap for _, _, tap in _taps(xp, *window, strides, out_hw)]
+  taps = _window_taps(xp, window, strides, _out_hw(xp, window, strides))
+  y = functools.reduce(jnp.maximum, taps)
   dtype = jnp.int8 if len(taps) < 127 else jnp.int32
   first_BxHoxWoxC = jnp.full(y.shape, len(taps), dtype)
   for k in reversed(range(len(taps))):
@@ -196,8 +194,7 @@ def _max_pool_bwd(window, strides, pads, in_hw, first, g_BxHoxWoxC):
   parts = [jnp.where(first == k, g_BxHoxWoxC, jnp.zeros_like(g_BxHoxWoxC))
            for k in range(window[0] * window[1])]
   xp0 = jnp.zeros((b, h + pt + pb, w + pl + pr, c), g_BxHoxWoxC.dtype)
-  _, taps_vjp = jax.vjp(lambda xp: list(t for _, _, t in _taps(
-      xp, *window, strides, out_hw)), xp0)
+  _, taps_vjp = jax.vjp(lambda xp: _window_taps(xp, window, strides, out_hw), xp0)
   (dxp,) = taps_vjp(parts)
   return (dxp[:, pt:pt + h, pl:pl + w, :],)
 
