@@ -1,4 +1,4 @@
-"""kd_jax/models/fast_ops.py against lax / flax references, and the XLA flags."""
+"""kd_jax/models/fast_ops.py against lax / flax references."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from jax import lax
 
-import kd_jax
 from kd_jax.models import fast_ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -109,15 +108,3 @@ def test_max_pool_gradient_goes_to_the_first_maximum_by_hand():
   x = jnp.array([[1., 3.], [3., 0.]]).reshape(1, 2, 2, 1)
   grad = jax.grad(lambda x: fast_ops.max_pool(x, (2, 2), (2, 2)).sum())(x)
   np.testing.assert_array_equal(grad[0, :, :, 0], [[0., 1.], [0., 0.]])
-
-
-def test_cpu_xla_flags_are_added_but_never_override_the_users():
-  env = {}
-  kd_jax._add_cpu_xla_flags(env)
-  assert env["XLA_FLAGS"].split() == list(kd_jax.CPU_XLA_FLAGS)
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
-                      "--xla_cpu_experimental_ynn_fusion_type=conv"}
-  kd_jax._add_cpu_xla_flags(env)
-  assert env["XLA_FLAGS"].split() == [
-      "--xla_force_host_platform_device_count=2",
-      "--xla_cpu_experimental_ynn_fusion_type=conv"]

@@ -1,0 +1,92 @@
+"""kd_jax/cpu_runtime.py: XLA:CPU flags and host-memory reuse."""
+import json
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kd_jax import cpu_runtime
+
+
+def test_cpu_xla_flags_are_added_but_never_override_the_users():
+  env = {}
+  cpu_runtime.add_cpu_xla_flags(env)
+  assert env["XLA_FLAGS"].split() == list(cpu_runtime.CPU_XLA_FLAGS)
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                      "--xla_cpu_experimental_ynn_fusion_type=conv"}
+  cpu_runtime.add_cpu_xla_flags(env)
+  assert env["XLA_FLAGS"].split() == [
+      "--xla_force_host_platform_device_count=2",
+      "--xla_cpu_experimental_ynn_fusion_type=conv"]
+
+
+@pytest.mark.parametrize("environ, platform, why", [
+    ({}, "linux", None),
+    ({"KD_JAX_CPU_MEMORY": "system"}, "linux", "KD_JAX_CPU_MEMORY=system"),
+    ({}, "darwin", "not Linux (darwin)"),
+    ({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_MAX_": "9"}, "linux",
+     "set by the user: MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "linux",
+     "set by the user: GLIBC_TUNABLES"),
+    ({"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=on"}, "linux", None),
+    ({"JAX_CPU_ENABLE_ASYNC_DISPATCH": "1"}, "linux",
+     "set by the user: JAX_CPU_ENABLE_ASYNC_DISPATCH"),
+])
+def test_memory_reuse_leaves_the_users_settings_alone(environ, platform, why):
+  assert cpu_runtime.memory_reuse_blocked(environ, platform) == why
+  if why is not None:
+    assert cpu_runtime.reuse_host_memory(environ, platform) is False
+
+
+# A jitted function whose temporary buffer (the 16384 x 2048 float32 product,
+# 128 MiB) is over glibc's 64 MiB per-thread heap: the case that page-faulted
+# on every call.
+_FAULTS = textwrap.dedent("""
+    import json, resource
+    import kd_jax
+    import jax, jax.numpy as jnp
+    f = jax.jit(lambda x, w: (x @ w).sum())
+    x, w = jnp.ones((16384, 8)), jnp.ones((8, 2048))
+    temp = f.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+    value = float(f(x, w))
+    for _ in range(2):
+      f(x, w).block_until_ready()
+    faults = []
+    for _ in range(5):
+      r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      f(x, w).block_until_ready()
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+    print(json.dumps({"reuse": kd_jax.HOST_MEMORY_REUSE, "temp": temp,
+                      "faults": faults, "value": value}))
+""")
+
+
+def _run_faults(**env):
+  environ = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+  environ.update(JAX_PLATFORMS="cpu", **env)
+  out = subprocess.run([sys.executable, "-c", _FAULTS], env=environ,
+                       capture_output=True, text=True, timeout=300, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="glibc host-memory reuse is Linux-only")
+def test_steps_after_the_first_fault_in_no_pages_unless_opted_out():
+  pages = resource.getpagesize()
+  reused = _run_faults()
+  system = _run_faults(KD_JAX_CPU_MEMORY="system")
+  assert reused["reuse"] is True and system["reuse"] is False
+  assert reused["temp"] == system["temp"] >= 16384 * 2048 * 4
+  assert reused["value"] == system["value"] == 16384 * 2048 * 8
+  temp_pages = reused["temp"] // pages
+  # glibc's fresh mmap: every page of the temporary buffer faulted in again.
+  assert min(system["faults"]) >= 0.9 * temp_pages, system
+  # Reused heap: (almost) nothing new. The previous call's buffer can be
+  # freed just after its result is ready, so the heap may still grow once
+  # (one call faulting a buffer in); the median call faults in nothing.
+  assert sorted(reused["faults"])[2] < 0.02 * temp_pages, reused
+  assert sum(reused["faults"]) < 1.1 * temp_pages, reused
