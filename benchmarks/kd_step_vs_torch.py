@@ -45,6 +45,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,14 +68,17 @@ SIMPLE_CNN_WIDTHS = (88, 176)
 
 
 def median_step_time(fn, steps, warmup):
+  """(median seconds per step, minor page faults per step) over `steps`."""
   for _ in range(warmup):
     fn()
   times = []
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     t = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+  return statistics.median(times), faults / steps
 
 
 def host_data(batch, size, classes):
@@ -132,8 +136,9 @@ def jax_case(case, batch, steps, warmup):
     state, _ = step(state, get_batch(), t_vars)
     jax.block_until_ready(state)
 
-  t_dev = median_step_time(lambda: one(lambda: dev_batch), steps, warmup)
-  t_pipe = median_step_time(
+  t_dev, faults = median_step_time(lambda: one(lambda: dev_batch), steps,
+                                   warmup)
+  t_pipe, _ = median_step_time(
       lambda: one(lambda: sharding.global_batch(next(batches), mesh)),
       steps, warmup)
   # The same step fed the teacher's cached logits (kd_jax/teacher_cache.py
@@ -142,8 +147,9 @@ def jax_case(case, batch, steps, warmup):
   t_logits = jax.jit(lambda v, x: teacher_model.apply(
       v, train._preprocess(c, x), train=False))(t_vars, dev_batch[0])
   cached_batch = (*dev_batch, t_logits)
-  t_cached = median_step_time(lambda: one(lambda: cached_batch), steps, warmup)
-  return {"cached_images_per_s": batch / t_cached,
+  t_cached, _ = median_step_time(lambda: one(lambda: cached_batch), steps,
+                                 warmup)
+  return {"cached_images_per_s": batch / t_cached, "faults_per_step": faults,
           "teacher_params": train.param_count(t_vars["params"]),
           "student_params": train.param_count(p),
           "images_per_s": batch / t_dev, "pipeline_images_per_s": batch / t_pipe}
@@ -225,15 +231,16 @@ def torch_case(case, batch, steps, warmup):
 
   batches = host_batches()
   ready = to_tensors(next(batches))
-  t_ready = median_step_time(lambda: one(*ready), steps, warmup)
-  t_host = median_step_time(lambda: one(*to_tensors(next(batches))),
-                            steps, warmup)
+  t_ready, faults = median_step_time(lambda: one(*ready), steps, warmup)
+  t_host, _ = median_step_time(lambda: one(*to_tensors(next(batches))),
+                               steps, warmup)
 
   def count(m):
     return sum(q.numel() for q in m.parameters() if q.requires_grad)
 
   return {"teacher_params": count(teacher), "student_params": count(student),
-          "images_per_s": batch / t_ready, "host_images_per_s": batch / t_host}
+          "images_per_s": batch / t_ready, "host_images_per_s": batch / t_host,
+          "faults_per_step": faults}
 
 
 def torch_worker(args):
@@ -325,6 +332,17 @@ def report(args, jax_rows, tr):
       key = f"{role}_params"
       torch_count = f"{t[key]:,}" if t else "-"
       print(f"| {case} | {name} | {r[key]:,} | {torch_count} |")
+  # Page faults: a step that gets fresh memory from the OS pays for every
+  # page it touches (see kd_jax/cpu_runtime.py).
+  import kd_jax
+  print(f"\nMinor page faults per timed step (most over the rounds; kd_jax "
+        f"host-memory reuse {'on' if kd_jax.HOST_MEMORY_REUSE else 'off'}):\n")
+  print("| case | kd_jax on-device | torch ready |")
+  print("|---|---|---|")
+  for case, r in jax_rows.items():
+    t = tr["cases"][case] if tr else {}
+    torch_faults = f"{t['faults_per_step']:,.0f}" if t else "-"
+    print(f"| {case} | {r['faults_per_step']:,.0f} | {torch_faults} |")
   for m in mismatches:
     banner = "!" * 72
     print(f"\n{banner}\nWARNING: PARAMETER COUNTS DIFFER: {m}\n"
