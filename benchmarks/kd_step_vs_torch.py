@@ -3,7 +3,7 @@ measured one after the other in one run.
 
   .venv/bin/python benchmarks/kd_step_vs_torch.py [--cases=echo,cifar]
       [--steps=20] [--warmup=10] [--rounds=2] [--batch=64]
-      [--torch_python=.venv-torch/bin/python]
+      [--torch_python=.venv-torch/bin/python] [--torch_malloc_reuse]
 
 The torch side runs in a subprocess with `--torch_python` (a venv with torch
 and torchvision; the kd_jax venv has no torch), which calls this file with
@@ -35,7 +35,11 @@ kd_jax, torch, ...), and every rate printed is the best of its rounds: on a
 shared 2-core machine one pass of either side can come out 10-25% slower
 than the next, and taking each side's best keeps such noise from deciding
 the ratios. A second table gives each round's own kd_jax/torch ratio and
-their median, min and max (the two sides of a round run back to back).
+their median, min and max (the two sides of a round run back to back). A
+third gives the minor page faults per step of both sides;
+`--torch_malloc_reuse` starts the torch worker with the glibc malloc
+settings kd_jax makes for itself (kd_jax/cpu_runtime.py), to see how much of
+a difference comes from page faults.
 """
 from __future__ import annotations
 
@@ -267,7 +271,12 @@ def run_torch(args):
   cmd = [python, os.path.abspath(__file__), "--torch_worker",
          f"--cases={args.cases}", f"--steps={args.steps}",
          f"--warmup={args.warmup}", f"--batch={args.batch}"]
-  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+  env = dict(os.environ)
+  if args.torch_malloc_reuse:
+    # glibc settings of kd_jax/cpu_runtime.py, given to torch at start-up
+    # (its ops allocate on the main thread, so no dispatch change is needed).
+    env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
   lines = proc.stdout.strip().splitlines()
   if proc.returncode or not lines:
     print(f"WARNING: torch worker failed (exit {proc.returncode}): torch "
@@ -294,7 +303,9 @@ def report(args, jax_rows, tr):
   from kd_jax.report import cpu_name
 
   torch_info = (f"torch {tr['torch']} (torchvision {tr['torchvision']}, "
-                f"{tr['threads']} threads)" if tr else "torch: not run")
+                f"{tr['threads']} threads"
+                f"{', glibc heap reuse' if args.torch_malloc_reuse else ''})"
+                if tr else "torch: not run")
   print(f"Machine: {cpu_name()}, Python "
         f"{platform.python_version()}; jax {jax.__version__} (flax "
         f"{flax.__version__}, backend {jax.default_backend()}), {torch_info}; "
@@ -358,6 +369,9 @@ def main():
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--torch_python", default=".venv-torch/bin/python")
+  p.add_argument("--torch_malloc_reuse", action="store_true",
+                 help="give the torch worker the glibc malloc settings kd_jax "
+                 "makes for itself (large freed blocks kept in the heap)")
   p.add_argument("--torch_worker", action="store_true",
                  help="internal: run the torch side and print one JSON line")
   args = p.parse_args()
