@@ -72,6 +72,11 @@ SIMPLE_CNN_WIDTHS = (88, 176)
 
 
 def median_step_time(fn, steps, warmup):
+  """Median seconds per call of fn over `steps` calls after `warmup`."""
+  return step_time_and_faults(fn, steps, warmup)[0]
+
+
+def step_time_and_faults(fn, steps, warmup):
   """(median seconds per step, minor page faults per step) over `steps`."""
   for _ in range(warmup):
     fn()
@@ -140,9 +145,9 @@ def jax_case(case, batch, steps, warmup):
     state, _ = step(state, get_batch(), t_vars)
     jax.block_until_ready(state)
 
-  t_dev, faults = median_step_time(lambda: one(lambda: dev_batch), steps,
-                                   warmup)
-  t_pipe, _ = median_step_time(
+  t_dev, faults = step_time_and_faults(lambda: one(lambda: dev_batch),
+                                       steps, warmup)
+  t_pipe, _ = step_time_and_faults(
       lambda: one(lambda: sharding.global_batch(next(batches), mesh)),
       steps, warmup)
   # The same step fed the teacher's cached logits (kd_jax/teacher_cache.py
@@ -151,8 +156,8 @@ def jax_case(case, batch, steps, warmup):
   t_logits = jax.jit(lambda v, x: teacher_model.apply(
       v, train._preprocess(c, x), train=False))(t_vars, dev_batch[0])
   cached_batch = (*dev_batch, t_logits)
-  t_cached, _ = median_step_time(lambda: one(lambda: cached_batch), steps,
-                                 warmup)
+  t_cached, _ = step_time_and_faults(lambda: one(lambda: cached_batch),
+                                     steps, warmup)
   return {"cached_images_per_s": batch / t_cached, "faults_per_step": faults,
           "teacher_params": train.param_count(t_vars["params"]),
           "student_params": train.param_count(p),
@@ -235,9 +240,9 @@ def torch_case(case, batch, steps, warmup):
 
   batches = host_batches()
   ready = to_tensors(next(batches))
-  t_ready, faults = median_step_time(lambda: one(*ready), steps, warmup)
-  t_host, _ = median_step_time(lambda: one(*to_tensors(next(batches))),
-                               steps, warmup)
+  t_ready, faults = step_time_and_faults(lambda: one(*ready), steps, warmup)
+  t_host, _ = step_time_and_faults(lambda: one(*to_tensors(next(batches))),
+                                   steps, warmup)
 
   def count(m):
     return sum(q.numel() for q in m.parameters() if q.requires_grad)
