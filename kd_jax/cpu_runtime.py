@@ -47,7 +47,7 @@ CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 MALLOC_OPTIONS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 
-OPT_OUT = "KD_JAX_CPU_MEMORY"
+OPT_OUT = "KD_JAX_CPU_MEMORY"  # "reuse" (the default) or "system"
 
 
 def add_cpu_xla_flags(environ=os.environ):
@@ -61,7 +61,11 @@ def add_cpu_xla_flags(environ=os.environ):
 
 def memory_reuse_blocked(environ=os.environ, platform=sys.platform):
   """Why kd_jax leaves host memory as it is (a sentence), or None."""
-  if environ.get(OPT_OUT, "") == "system":
+  choice = environ.get(OPT_OUT, "reuse")
+  if choice not in ("reuse", "system"):
+    raise ValueError(f"{OPT_OUT}={choice!r} is not allowed; allowed: "
+                     "'reuse' (the default) or 'system'")
+  if choice == "system":
     return f"{OPT_OUT}=system"
   if not platform.startswith("linux"):
     return f"not Linux ({platform})"
@@ -95,4 +99,8 @@ def reuse_host_memory(environ=os.environ, platform=sys.platform):
 
 def configure():
   add_cpu_xla_flags()
-  return reuse_host_memory()
+  try:
+    return reuse_host_memory()
+  except ValueError as e:  # a bad KD_JAX_CPU_MEMORY: say so, change nothing
+    print(f"kd_jax: {e}; host memory left to the system", file=sys.stderr)
+    return False

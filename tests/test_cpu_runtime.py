@@ -25,6 +25,7 @@ def test_cpu_xla_flags_are_added_but_never_override_the_users():
 
 @pytest.mark.parametrize("environ, platform, why", [
     ({}, "linux", None),
+    ({"KD_JAX_CPU_MEMORY": "reuse"}, "linux", None),
     ({"KD_JAX_CPU_MEMORY": "system"}, "linux", "KD_JAX_CPU_MEMORY=system"),
     ({}, "darwin", "not Linux (darwin)"),
     ({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_MAX_": "9"}, "linux",
@@ -71,6 +72,21 @@ def _run_faults(**env):
   out = subprocess.run([sys.executable, "-c", _FAULTS], env=environ,
                        capture_output=True, text=True, timeout=300, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_bad_opt_out_value_is_named_in_one_line_and_changes_nothing():
+  with pytest.raises(ValueError, match=r"KD_JAX_CPU_MEMORY='off' is not "
+                     r"allowed; allowed: 'reuse' \(the default\) or 'system'"):
+    cpu_runtime.memory_reuse_blocked({"KD_JAX_CPU_MEMORY": "off"}, "linux")
+  environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run(
+      [sys.executable, "-c", "import kd_jax; print(kd_jax.HOST_MEMORY_REUSE)"],
+      env=dict(environ, KD_JAX_CPU_MEMORY="off", JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=300, check=True)
+  assert out.stdout.strip() == "False"
+  assert out.stderr.strip().splitlines() == [
+      "kd_jax: KD_JAX_CPU_MEMORY='off' is not allowed; allowed: 'reuse' "
+      "(the default) or 'system'; host memory left to the system"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
