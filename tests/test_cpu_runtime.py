@@ -65,24 +65,26 @@ _FAULTS = textwrap.dedent("""
 """)
 
 
-def _run_faults(**env):
+def _python(code, **env):
+  """Runs code in a fresh CPU-only Python without the caller's glibc malloc
+  settings (they would switch kd_jax's host-memory reuse off)."""
   environ = {k: v for k, v in os.environ.items()
              if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
   environ.update(JAX_PLATFORMS="cpu", **env)
-  out = subprocess.run([sys.executable, "-c", _FAULTS], env=environ,
-                       capture_output=True, text=True, timeout=300, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return subprocess.run([sys.executable, "-c", code], env=environ,
+                        capture_output=True, text=True, timeout=300, check=True)
+
+
+def _run_faults(**env):
+  return json.loads(_python(_FAULTS, **env).stdout.strip().splitlines()[-1])
 
 
 def test_a_bad_opt_out_value_is_named_in_one_line_and_changes_nothing():
   with pytest.raises(ValueError, match=r"KD_JAX_CPU_MEMORY='off' is not "
                      r"allowed; allowed: 'reuse' \(the default\) or 'system'"):
     cpu_runtime.memory_reuse_blocked({"KD_JAX_CPU_MEMORY": "off"}, "linux")
-  environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = subprocess.run(
-      [sys.executable, "-c", "import kd_jax; print(kd_jax.HOST_MEMORY_REUSE)"],
-      env=dict(environ, KD_JAX_CPU_MEMORY="off", JAX_PLATFORMS="cpu"),
-      capture_output=True, text=True, timeout=300, check=True)
+  out = _python("import kd_jax; print(kd_jax.HOST_MEMORY_REUSE)",
+                KD_JAX_CPU_MEMORY="off")
   assert out.stdout.strip() == "False"
   assert out.stderr.strip().splitlines() == [
       "kd_jax: KD_JAX_CPU_MEMORY='off' is not allowed; allowed: 'reuse' "
