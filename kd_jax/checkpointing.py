@@ -138,6 +138,12 @@ class StageCheckpoints:
     previous checkpoint as it was. A failure (disk full, ...) becomes one
     line naming the step and the checkpoint that survives."""
     manager.wait_until_finished()
+    if step in manager.all_steps():
+      # A resumed run redoing a step that a killed run had already saved:
+      # 'best' is written just before 'latest', so a kill between the two
+      # leaves best/<step> ahead of the latest checkpoint. Orbax never
+      # overwrites a step; this run's save replaces it.
+      manager.delete(step)
     previous = manager.latest_step()
     try:
       manager.save(step, args=args, force=True)

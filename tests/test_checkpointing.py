@@ -92,3 +92,24 @@ def test_a_different_state_is_refused_in_one_line(tmp_path):
   except checkpointing.UserError as e:
     assert "step 4" in str(e) and "different train state" in str(e)
   ck.close()
+
+
+def test_a_resumed_run_replaces_a_best_step_saved_before_a_kill(tmp_path):
+  """'best' is saved just before 'latest': a kill between the two leaves
+  best/<step> ahead of latest. The resumed run redoes that step and its
+  save replaces the old one (Orbax refuses to write an existing step)."""
+  params = _state()["params"]
+  killed = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  killed.save_latest(12, _state(), {"epoch": 2})
+  killed.save_best(16, {"params": params}, {"epoch": 3, "run": "killed"})
+  # Process killed here: no latest/16. A new process resumes from step 12.
+  resumed = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  assert resumed.latest.latest_step() == 12
+  redone = jax.tree.map(lambda x: x + 1, params)
+  resumed.save_best(16, {"params": redone}, {"epoch": 3, "run": "resumed"})
+  resumed.save_latest(16, _state(), {"epoch": 3})
+  got, meta = resumed.restore_best({"params": _zeros_like(params)}, None)
+  _assert_equal(got["params"], redone)
+  assert meta == {"epoch": 3, "run": "resumed"}
+  assert resumed.best.all_steps() == [16]
+  resumed.close()
