@@ -56,7 +56,7 @@ _FAULTS = textwrap.dedent("""
     for _ in range(2):
       f(x, w).block_until_ready()
     faults = []
-    for _ in range(5):
+    for _ in range(12):
       r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       f(x, w).block_until_ready()
       faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
@@ -103,8 +103,10 @@ def test_steps_after_the_first_fault_in_no_pages_unless_opted_out():
   temp_pages = reused["temp"] // pages
   # glibc's fresh mmap: every page of the temporary buffer faulted in again.
   assert min(system["faults"]) >= 0.9 * temp_pages, system
-  # Reused heap: (almost) nothing new. The previous call's buffer can be
-  # freed just after its result is ready, so the heap may still grow once
-  # (one call faulting a buffer in); the median call faults in nothing.
-  assert sorted(reused["faults"])[2] < 0.02 * temp_pages, reused
-  assert sum(reused["faults"]) < 1.1 * temp_pages, reused
+  # Reused heap: (almost) nothing new. On a loaded machine the heap can
+  # still grow a few times before it settles (seen: twice in the first 5
+  # calls, a buffer faulted in each time), then it stays: the median call
+  # faults in nothing (without the reuse, 12 of 12 calls fault it all in).
+  full = [f for f in reused["faults"] if f > 0.5 * temp_pages]
+  assert sorted(reused["faults"])[6] < 0.02 * temp_pages, reused
+  assert len(full) <= 3, reused
