@@ -31,8 +31,9 @@ backend. Each part leaves alone whatever the user set themselves.
    CIFAR KD step runs 10-17% faster on that VM. The price: the process keeps
    its peak heap until it exits (as jemalloc/tcmalloc would). Forcing every
    thread onto the main arena (M_ARENA_MAX=1) was tried and rejected:
-   Eigen's convolution kernels then spent 17% of the echo step in malloc. Skipped when KD_JAX_CPU_MEMORY=system, when the user set glibc
-   malloc options themselves (MALLOC_* variables, glibc.malloc tunables) or
+   Eigen's convolution kernels then spent 17% of the echo step in malloc.
+   Skipped when KD_JAX_CPU_MEMORY=system, when the user set glibc malloc
+   options themselves (MALLOC_* variables, glibc.malloc tunables) or
    JAX_CPU_ENABLE_ASYNC_DISPATCH, and on other C libraries. Multi-device CPU
    computations keep JAX's asynchronous dispatch (the option only concerns
    single-device ones) and so do not gain; they lose nothing either.
