@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import sys
 
@@ -56,10 +57,10 @@ class Split:
   images: np.ndarray | None = None  # uint8 [N, H, W, C] (in-memory sources)
   paths: np.ndarray | None = None  # str [N] (image folders)
   # float32 [N, K]: cached teacher logits (teacher_cache.py); batches then
-  # carry them as a third element.
+  # carry them as `teacher_logits`.
   teacher_logits: np.ndarray | None = None
-  # [N, h, w, c]: the teacher's cached hint feature (FitNets; a fourth
-  # element of train batches; may be a read-only memory map).
+  # [N, h, w, c]: the teacher's cached hint feature (FitNets; `hint` in
+  # train batches; may be a read-only memory map).
   teacher_features: np.ndarray | None = None
 
   def __len__(self):
@@ -288,6 +289,29 @@ def load(config) -> Dataset:
 # --------------------------------------------------------------- batching
 
 
+def hash_split(h, split: Split):
+  """Feeds `split`'s labels and images (in-memory arrays) or file list
+  (path, size, modification time) into the hash `h`."""
+  h.update(np.ascontiguousarray(split.labels).tobytes())
+  if split.images is not None:
+    h.update(str(split.images.shape).encode())
+    h.update(np.ascontiguousarray(split.images).tobytes())
+  else:
+    for p in split.paths:
+      st = os.stat(p)
+      h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+
+
+def digest(ds: Dataset) -> str:
+  """A short hash of the dataset's name, classes and every split's data."""
+  h = hashlib.blake2b(digest_size=8)
+  h.update(f"{ds.name}|{'|'.join(ds.class_names)}".encode())
+  for name in ("train", "val", "test"):
+    h.update(name.encode())
+    hash_split(h, getattr(ds, name))
+  return h.hexdigest()
+
+
 def steps_per_epoch(n_train, global_batch, max_steps=0):
   steps = n_train // global_batch
   if steps == 0:
@@ -312,21 +336,22 @@ def _decode_folder(paths, image_size):
 
 
 def _gather_batches(split: Split, index_batches, image_size):
-  """Yields (uint8 images, labels[, cached teacher logits[, cached hint
-  features]]) for each array of indices, in order."""
+  """Yields `{"image": uint8 images, "label": labels}` for each array of
+  indices, in order, plus the cached `teacher_logits` (and `hint` features)
+  when the split carries them."""
   if split.teacher_logits is not None:
     plain = dataclasses.replace(split, teacher_logits=None, teacher_features=None)
     feats = split.teacher_features
-    for idx, (images, labels) in zip(
+    for idx, batch in zip(
         index_batches, _gather_batches(plain, index_batches, image_size)):
-      if feats is None:
-        yield images, labels, split.teacher_logits[idx]
-      else:
-        yield images, labels, split.teacher_logits[idx], np.asarray(feats[idx])
+      batch["teacher_logits"] = split.teacher_logits[idx]
+      if feats is not None:
+        batch["hint"] = np.asarray(feats[idx])
+      yield batch
     return
   if split.images is not None:
     for idx in index_batches:
-      yield split.images[idx], split.labels[idx]
+      yield {"image": split.images[idx], "label": split.labels[idx]}
     return
   import tensorflow as tf
   if not index_batches:
@@ -337,7 +362,7 @@ def _gather_batches(split: Split, index_batches, image_size):
   ds = _decode_folder(split.paths[flat], image_size).batch(n).prefetch(
       tf.data.AUTOTUNE)
   for idx, images in zip(index_batches, ds.as_numpy_iterator()):
-    yield images, split.labels[idx]
+    yield {"image": images, "label": split.labels[idx]}
 
 
 def train_batches(split: Split, *, global_batch, seed, epoch, num_steps,
@@ -362,9 +387,9 @@ def eval_batches(split: Split, *, global_batch, image_size, process_index=0,
     rows = np.arange(start, start + global_batch)[lo:lo + local]
     masks.append(rows < n)
     index_batches.append(np.minimum(rows, n - 1))
-  for (images, labels, *cached), mask in zip(
-      _gather_batches(split, index_batches, image_size), masks):
-    yield (images, labels, mask, *cached)
+  for batch, mask in zip(_gather_batches(split, index_batches, image_size),
+                         masks):
+    yield {**batch, "mask": mask}
 
 
 # ------------------------------------------------------ on-device preprocess

@@ -1,5 +1,5 @@
 """The report of a study: tables, statistics over seeds, a deployment check
-and the seeds' figures, from every cell's `results.json`.
+and figures, from every cell's `results.json`.
 
   python -m kd_jax.report STUDY_DIR [--out=DIR] [--min_fps=30] [--max_mb=50] [--no_timing]
 
@@ -21,7 +21,7 @@ Writes into `STUDY_DIR/report/` (or `--out`):
   accuracy_per_student.png  test accuracy per student and method (best
                    setting, mean ± std over seeds), teacher as a line
   accuracy_vs_speedup.png   accuracy relative to the teacher vs CPU
-                   speed-up, point size = model MB (the seeds' Figure 2/7)
+                   speed-up, point size = model MB
   t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
   training_curves.png       validation accuracy per epoch, mean over seeds
   profile.json     the model profiles (cached: timing runs once per model)
@@ -33,11 +33,10 @@ import csv
 import json
 import math
 import os
-import platform
 import re
 import sys
 
-from kd_jax import stats
+from kd_jax import deployment, figures, stats
 from kd_jax.config_lib import UserError
 
 NOT_CELLS = {"teacher", "report", "logs", "teacher_cache"}
@@ -197,226 +196,6 @@ def compare(summary):
   return out
 
 
-# ------------------------------------------------------------ deployment
-
-
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-  except OSError:
-    pass
-  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def _default_profile(name, num_classes, image_size, timing):
-  import jax  # late: reading results needs no JAX
-  from kd_jax.models import profile
-  with jax.default_device(jax.devices("cpu")[0]):
-    p = profile.profile(name, num_classes=num_classes, image_size=image_size,
-                        timing=timing)
-  return {k: p[k] for k in ("gflops", "latency_ms") if k in p}
-
-
-def profiles(models, out_dir, timing, profile_fn=None):
-  """{(name, classes, size): {'gflops', 'latency_ms'?}}, cached in
-  out_dir/profile.json per machine."""
-  path = os.path.join(out_dir, "profile.json")
-  cache = _read(path) if os.path.exists(path) and profile_fn is None else {}
-  machine = cpu_name()
-  out = {}
-  for name, classes, size in models:
-    key = f"{name}|{classes}|{size}|{machine}"
-    hit = cache.get(key)
-    if hit is None or (timing and "latency_ms" not in hit):
-      hit = (profile_fn or _default_profile)(name, classes, size, timing)
-      cache[key] = hit
-    out[(name, classes, size)] = hit
-  if profile_fn is None:
-    from kd_jax import reporting
-    reporting.write_json(path, cache)
-  return out
-
-
-def deployment(summary, teacher, rows, out_dir, *, min_fps, max_mb, timing,
-               profile_fn=None):
-  """A row per model: the teacher first, then each student."""
-  first = {}
-  for r in rows:
-    first.setdefault(r["student"], r)
-  models = [(r["student"], r["num_classes"], r["image_size"]) for r in first.values()]
-  t_key = None
-  if teacher is not None:
-    t_key = (teacher["model"], teacher.get("num_classes", rows[0]["num_classes"]),
-             teacher.get("image_size", rows[0]["image_size"]))
-    models = [t_key] + models
-  prof = profiles(models, out_dir, timing, profile_fn)
-  t_prof = prof[t_key] if t_key else {}
-  t_acc = teacher["test"]["accuracy"] if teacher else float("nan")
-  best = best_settings(summary)
-  out = []
-
-  def row(role, name, key, params, mb, acc, acc_setting):
-    p = prof[key]
-    lat = p.get("latency_ms")
-    fps = 1e3 / lat if lat else float("nan")
-    t_lat = t_prof.get("latency_ms")
-    r = {"model": name, "role": role, "params": params, "size_mb": mb,
-         "gflops": p["gflops"], "latency_ms": lat if lat else float("nan"),
-         "frames_per_s": fps,
-         "speedup_vs_teacher": t_lat / lat if lat and t_lat else float("nan"),
-         "flops_ratio_vs_teacher": (t_prof["gflops"] / p["gflops"]
-                                    if t_prof and p["gflops"] else float("nan")),
-         "size_ratio_vs_teacher": (teacher["size_mb"] / mb if teacher else float("nan")),
-         "test_accuracy": acc, "accuracy_setting": acc_setting,
-         "relative_accuracy": acc / t_acc if t_acc == t_acc and t_acc else float("nan"),
-         "meets_budget": ("not measured" if not lat else
-                          "yes" if fps >= min_fps and mb < max_mb else "no")}
-    out.append(r)
-
-  if teacher is not None:
-    row("teacher", teacher["model"], t_key, teacher["params"], teacher["size_mb"],
-        t_acc, "teacher")
-  for name, r in first.items():
-    kd = [s for (st, m), s in best.items() if st == name and m != "none"]
-    pick = max(kd or [s for (st, _), s in best.items() if st == name],
-               key=lambda s: s["val_accuracy_mean"])
-    row("student", name, (name, r["num_classes"], r["image_size"]), r["params"],
-        r["size_mb"], pick["test_accuracy_mean"], pick["setting"])
-  return out
-
-
-# ------------------------------------------------------------ figures
-
-
-def _label(method):
-  return "scratch" if method == "none" else method
-
-
-def plot_accuracy_per_student(summary, teacher, path):
-  import matplotlib.pyplot as plt
-  best = best_settings(summary)
-  students = list(dict.fromkeys(s["student"] for s in summary))
-  methods = list(dict.fromkeys(m for _, m in best))
-  methods.sort(key=lambda m: m != "none")  # scratch first
-  width = 0.8 / max(len(methods), 1)
-  fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(students) * max(1, len(methods) / 3)), 4))
-  for j, m in enumerate(methods):
-    xs, ys, es = [], [], []
-    for i, st in enumerate(students):
-      if (st, m) in best:
-        s = best[(st, m)]
-        xs.append(i + (j - (len(methods) - 1) / 2) * width)
-        ys.append(s["test_accuracy_mean"])
-        es.append(0 if math.isnan(s["test_accuracy_std"]) else s["test_accuracy_std"])
-    ax.bar(xs, ys, width, yerr=es, capsize=3, label=_label(m))
-  if teacher is not None:
-    ax.axhline(teacher["test"]["accuracy"], color="k", ls="--",
-               label=f"teacher ({teacher['model']})")
-  ax.set_xticks(range(len(students)), students, rotation=15)
-  ax.set_ylabel("test accuracy (mean ± std over seeds)")
-  ax.set_title("Best setting per method (picked on validation accuracy)",
-               fontsize=10)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_accuracy_vs_speedup(deploy, path):
-  import matplotlib.pyplot as plt
-  students = [d for d in deploy if d["role"] == "student"]
-  timed = all(not math.isnan(d["speedup_vs_teacher"]) for d in students)
-  xkey = "speedup_vs_teacher" if timed else "flops_ratio_vs_teacher"
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  mbs = [d["size_mb"] for d in deploy]
-  scale = 600 / max(mbs) if mbs else 1
-  for d in deploy:
-    x = 1.0 if d["role"] == "teacher" else d[xkey]
-    y = 100 * d["relative_accuracy"]
-    if math.isnan(x) or math.isnan(y):
-      continue
-    ax.scatter([x], [y], s=max(20, d["size_mb"] * scale), alpha=0.5,
-               marker="s" if d["role"] == "teacher" else "o")
-    ax.annotate(f"{d['model']}\n{d['size_mb']:.1f} MB", (x, y), fontsize=7,
-                ha="center", va="bottom")
-  ax.set_xscale("log")
-  ax.set_xlabel("CPU inference speed-up vs teacher (batch 1)" if timed
-                else "FLOPs ratio vs teacher (no timing run)")
-  ax.set_ylabel("test accuracy relative to the teacher (%)")
-  ax.set_title("Accuracy vs speed-up (point size = model MB)")
-  ax.margins(0.2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_t_alpha_heatmap(summary, path) -> bool:
-  """Mean test accuracy over (T, alpha) per (student, method) with both
-  hyperparameters; False (no file) if no setting has them."""
-  import matplotlib.pyplot as plt
-  import numpy as np
-  panels: dict = {}
-  for s in summary:
-    if s["method"] in T_METHODS and s["temperature"] != "":
-      panels.setdefault((s["student"], s["method"]), []).append(s)
-  if not panels:
-    return False
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8),
-                           squeeze=False)
-  for ax, ((student, method), ss) in zip(axes[0], panels.items()):
-    ts = sorted({float(s["temperature"]) for s in ss})
-    als = sorted({float(s["alpha"]) for s in ss})
-    grid = np.full((len(als), len(ts)), np.nan)
-    for s in ss:
-      grid[als.index(float(s["alpha"])), ts.index(float(s["temperature"]))] = (
-          s["test_accuracy_mean"])
-    im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
-    mid = (np.nanmin(grid) + np.nanmax(grid)) / 2
-    for (i, j), v in np.ndenumerate(grid):
-      if not np.isnan(v):  # dark text on the bright (high) cells
-        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
-                color="k" if v > mid else "w")
-    ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
-    ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
-    ax.set_xlabel("T")
-    ax.set_ylabel("alpha")
-    ax.set_title(f"{student} ({method})", fontsize=9)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-  fig.suptitle("Mean test accuracy over seeds")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return True
-
-
-def plot_training_curves(rows, path):
-  import matplotlib.pyplot as plt
-  students = list(dict.fromkeys(r["student"] for r in rows))
-  fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 3.8),
-                           squeeze=False)
-  for ax, student in zip(axes[0], students):
-    curves: dict = {}
-    for r in rows:
-      if r["student"] == student:
-        for h in r["history"]:
-          curves.setdefault(r["setting"], {}).setdefault(h["epoch"], []).append(
-              h["accuracy"])
-    for setting, by_epoch in curves.items():
-      epochs = sorted(by_epoch)
-      ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs],
-              marker="o", ms=3, label=setting, lw=1)
-    ax.set_title(student, fontsize=9)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (mean over seeds)")
-    ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 # ------------------------------------------------------------ writing
 
 
@@ -446,8 +225,7 @@ def _pm(s):
   return f"{s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}"
 
 
-def render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
-                    deploy, figures, *, min_fps, max_mb, timing):
+def _md_intro(study_dir, rows, teacher, unfinished):
   r0 = rows[0]
   lines = [f"# Study report: `{os.path.abspath(study_dir)}`", ""]
   lines.append(f"{len(rows)} finished cells"
@@ -459,44 +237,56 @@ def render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
     lines.append(f"Teacher `{teacher['model']}`: test accuracy "
                  f"{teacher['test']['accuracy']:.4f}, {teacher['params']:,} "
                  f"parameters, {teacher['size_mb']:.2f} MB.")
-  lines += ["", "## Results per setting", "",
-            "Test accuracy as mean ± sample std over seeds, with the 95% "
-            "t confidence interval of the mean (needs 2 or more seeds).", ""]
+  return lines
+
+
+def _md_results(summary):
+  lines = ["", "## Results per setting", "",
+           "Test accuracy as mean ± sample std over seeds, with the 95% "
+           "t confidence interval of the mean (needs 2 or more seeds).", ""]
   lines.append(md_table(
       ("setting", "student", "method", "T", "α", "schedule", "seeds",
        "test acc", "95% CI", "val acc", "macro-F1", "agreement"),
-      [(s["setting"], s["student"], _label(s["method"]), s["temperature"],
-        s["alpha"], s["schedule"], s["n"], _pm(s),
+      [(s["setting"], s["student"], figures.method_label(s["method"]),
+        s["temperature"], s["alpha"], s["schedule"], s["n"], _pm(s),
         "–" if s["n"] < 2 else f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]",
         _fmt(s["val_accuracy_mean"]), _fmt(s["test_macro_f1_mean"]),
         _fmt(s["teacher_agreement_mean"])) for s in summary]))
-  lines += ["", "## Paired comparisons", "",
-            "Each comparison pairs the runs with the same seed (same data "
-            "order and initial weights) and tests the mean difference A − B "
-            "with a two-sided paired t-test. p (Holm) is corrected for all "
-            "comparisons in this table; 'n.s.' = not significant at 0.05, "
-            "'n/a' = fewer than 2 pairs. Method vs method uses each method's "
-            "best setting by mean validation accuracy.", ""]
-  if comps:
-    lines.append(md_table(
-        ("kind", "student", "A", "B", "pairs", "mean A", "mean B", "A − B",
-         "95% CI of A − B", "p", "p (Holm)", "significant"),
-        [(c["kind"].replace("_", " "), c["student"], c["a"], c["b"],
-          c["n_pairs"], _fmt(c["mean_a"]), _fmt(c["mean_b"]),
-          _fmt(c["diff"], 4),
-          "–" if math.isnan(c["diff_ci95_low"]) else
-          f"[{c['diff_ci95_low']:.4f}, {c['diff_ci95_high']:.4f}]",
-          _fmt(c["p"], 4), _fmt(c["p_holm"], 4), c["significant"])
-         for c in comps]))
-  else:
-    lines.append("No comparison: the study has no scratch cells and one method.")
-  lines += ["", "## Deployment check", "",
-            f"Budget: ≥ {min_fps:g} frames/s at batch 1 and < {max_mb:g} MB "
-            f"(float32 weights). Measured on this machine's CPU ({cpu_name()}); "
-            "speed-up = teacher ms / student ms on the same machine. "
-            "Accuracy: the student's best setting by validation accuracy."
-            + ("" if timing else " Timing was not run (--no_timing): "
-               "FLOPs ratios only."), ""]
+  return lines
+
+
+def _md_comparisons(comps):
+  lines = ["", "## Paired comparisons", "",
+           "Each comparison pairs the runs with the same seed (same data "
+           "order and initial weights) and tests the mean difference A − B "
+           "with a two-sided paired t-test. p (Holm) is corrected for all "
+           "comparisons in this table; 'n.s.' = not significant at 0.05, "
+           "'n/a' = fewer than 2 pairs. Method vs method uses each method's "
+           "best setting by mean validation accuracy.", ""]
+  if not comps:
+    return lines + ["No comparison: the study has no scratch cells and one method."]
+  lines.append(md_table(
+      ("kind", "student", "A", "B", "pairs", "mean A", "mean B", "A − B",
+       "95% CI of A − B", "p", "p (Holm)", "significant"),
+      [(c["kind"].replace("_", " "), c["student"], c["a"], c["b"],
+        c["n_pairs"], _fmt(c["mean_a"]), _fmt(c["mean_b"]),
+        _fmt(c["diff"], 4),
+        "–" if math.isnan(c["diff_ci95_low"]) else
+        f"[{c['diff_ci95_low']:.4f}, {c['diff_ci95_high']:.4f}]",
+        _fmt(c["p"], 4), _fmt(c["p_holm"], 4), c["significant"])
+       for c in comps]))
+  return lines
+
+
+def _md_deployment(deploy, *, min_fps, max_mb, timing):
+  lines = ["", "## Deployment check", "",
+           f"Budget: ≥ {min_fps:g} frames/s at batch 1 and < {max_mb:g} MB "
+           f"(float32 weights). Measured on this machine's CPU "
+           f"({deployment.cpu_name()}); "
+           "speed-up = teacher ms / student ms on the same machine. "
+           "Accuracy: the student's best setting by validation accuracy."
+           + ("" if timing else " Timing was not run (--no_timing): "
+              "FLOPs ratios only."), ""]
   lines.append(md_table(
       ("model", "role", "params", "MB", "GFLOPs", "ms/frame", "frames/s",
        "speed-up", "FLOPs ratio", "size ratio", "test acc", "rel. acc",
@@ -509,8 +299,17 @@ def render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
         "–" if math.isnan(d["relative_accuracy"]) else f"{100 * d['relative_accuracy']:.1f}%",
         "–" if d["role"] == "teacher" and d["meets_budget"] == "no" else d["meets_budget"])
        for d in deploy]))
+  return lines
+
+
+def render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
+                    deploy, figure_names, *, min_fps, max_mb, timing):
+  lines = _md_intro(study_dir, rows, teacher, unfinished)
+  lines += _md_results(summary)
+  lines += _md_comparisons(comps)
+  lines += _md_deployment(deploy, min_fps=min_fps, max_mb=max_mb, timing=timing)
   lines += ["", "## Figures", ""]
-  lines += [f"![{name}]({name})" for name in figures]
+  lines += [f"![{name}]({name})" for name in figure_names]
   return "\n".join(lines) + "\n"
 
 
@@ -518,38 +317,32 @@ def make_report(study_dir: str, out_dir: str | None = None, *,
                 min_fps: float = 30.0, max_mb: float = 50.0,
                 timing: bool = True, profile_fn=None) -> dict:
   """Writes the report files; returns {'rows', 'summary', 'comparisons',
-  'deployment', 'figures', 'out_dir'}. `profile_fn(name, classes, size,
-  timing)` -> {'gflops', 'latency_ms'} replaces the model profiler (tests)."""
+  'deployment', 'figures', 'out_dir', 'markdown'}. `profile_fn(name, classes,
+  size, timing)` -> {'gflops', 'latency_ms'} replaces the model profiler
+  (tests)."""
   if min_fps <= 0 or max_mb <= 0:
     raise UserError(f"min_fps and max_mb must be > 0, got {min_fps}, {max_mb}")
   rows, teacher, unfinished = gather(study_dir)
   out_dir = out_dir or os.path.join(study_dir, "report")
   os.makedirs(out_dir, exist_ok=True)
   summary = summarize_settings(rows)
+  best = best_settings(summary)
   comps = compare(summary)
-  deploy = deployment(summary, teacher, rows, out_dir, min_fps=min_fps,
-                      max_mb=max_mb, timing=timing, profile_fn=profile_fn)
-  write_csv(os.path.join(out_dir, "results.csv"), rows)
-  write_csv(os.path.join(out_dir, "summary.csv"), summary)
-  write_csv(os.path.join(out_dir, "comparisons.csv"), comps)
-  write_csv(os.path.join(out_dir, "deployment.csv"), deploy)
-  import matplotlib
-  if "matplotlib.pyplot" not in sys.modules:  # headless unless already set up
-    matplotlib.use("Agg")
-  figures = ["accuracy_per_student.png", "accuracy_vs_speedup.png"]
-  plot_accuracy_per_student(summary, teacher, os.path.join(out_dir, figures[0]))
-  plot_accuracy_vs_speedup(deploy, os.path.join(out_dir, figures[1]))
-  if plot_t_alpha_heatmap(summary, os.path.join(out_dir, "t_alpha_heatmap.png")):
-    figures.append("t_alpha_heatmap.png")
-  plot_training_curves(rows, os.path.join(out_dir, "training_curves.png"))
-  figures.append("training_curves.png")
+  deploy = deployment.check(best, teacher, rows, out_dir, min_fps=min_fps,
+                            max_mb=max_mb, timing=timing, profile_fn=profile_fn)
+  for name, table in (("results", rows), ("summary", summary),
+                      ("comparisons", comps), ("deployment", deploy)):
+    write_csv(os.path.join(out_dir, f"{name}.csv"), table)
+  names = figures.write_figures(out_dir, rows=rows, summary=summary, best=best,
+                                teacher=teacher, deploy=deploy,
+                                t_methods=T_METHODS)
   md = render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
-                       deploy, figures, min_fps=min_fps, max_mb=max_mb,
+                       deploy, names, min_fps=min_fps, max_mb=max_mb,
                        timing=timing)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(md)
   return {"rows": rows, "summary": summary, "comparisons": comps,
-          "deployment": deploy, "figures": figures, "out_dir": out_dir,
+          "deployment": deploy, "figures": names, "out_dir": out_dir,
           "markdown": md}
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import config_lib, losses, train
+from kd_jax import config_lib, losses, methods, step
 from tests.test_losses import batch, np_kd
 
 
@@ -23,14 +23,11 @@ def test_temperature_step_is_gradient_ascent_scaled_by_lambda(schedule, epoch):
   c.kd.temperature_lr = mu = 0.5
   c.kd.temperature_momentum = 0.0
   c.kd.alpha = 0.8
-  tx = train.make_optimizer(c, learning_rate=0.1, num_epochs=100,
-                            steps_per_epoch=1, ctkd=True)
+  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=100,
+                           steps_per_epoch=1, ctkd=True)
   s, t, y = batch(7)
   params = {"student": jnp.asarray(s, jnp.float32), "temperature": jnp.float32(0.3)}
   opt_state = tx.init(params)
-  zero = jax.tree.map(jnp.zeros_like, params)
-  for _ in range(epoch):  # lambda advances per epoch (1 step per epoch here)
-    _, opt_state = tx.update(zero, opt_state, params)
 
   def loss(p):
     return losses.kd_loss(p["student"], jnp.asarray(t, jnp.float32), jnp.asarray(y),
@@ -38,7 +35,10 @@ def test_temperature_step_is_gradient_ascent_scaled_by_lambda(schedule, epoch):
                           alpha=0.8)
 
   grads = jax.grad(loss)(params)
-  updates, _ = tx.update(grads, opt_state, params)
+  # The train step scales the temperature's gradient by lambda(epoch).
+  scaled = step.scale_temperature_grads(methods.KDSpec.from_config(c), grads,
+                                        epoch, schedule == "cosine")
+  updates, _ = tx.update(scaled, opt_state, params)
   new = optax.apply_updates(params, updates)
 
   # Independent reference: central finite difference of the numpy loss.
@@ -61,13 +61,15 @@ def test_temperature_step_is_gradient_ascent_scaled_by_lambda(schedule, epoch):
 def test_lambda_zero_freezes_temperature_in_first_epoch():
   c = config_lib.base_config()
   c.kd.temperature_momentum = 0.0
-  tx = train.make_optimizer(c, learning_rate=0.1, num_epochs=5,
-                            steps_per_epoch=3, ctkd=True)
+  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=5,
+                           steps_per_epoch=3, ctkd=True)
+  kd = methods.KDSpec.from_config(c)
   params = {"student": jnp.ones(3), "temperature": jnp.float32(0.0)}
   st = tx.init(params)
   g = {"student": jnp.ones(3), "temperature": jnp.float32(1.0)}
-  for step in range(3):  # epoch 0: cosine and linear lambda are 0
-    u, st = tx.update(g, st, params)
+  for cosine in (True, False):  # epoch 0: cosine and linear lambda are 0
+    u, _ = tx.update(step.scale_temperature_grads(kd, g, 0, cosine), st, params)
     assert float(u["temperature"]) == 0.0
-  u, st = tx.update(g, st, params)  # epoch 1: lambda > 0 -> ascent (+)
-  assert float(u["temperature"]) > 0.0
+    # epoch 1: lambda > 0 -> ascent (+)
+    u, _ = tx.update(step.scale_temperature_grads(kd, g, 1, cosine), st, params)
+    assert float(u["temperature"]) > 0.0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kd_jax import data, export, models, predict, train
+from kd_jax import data, export, models, predict, step, train
 from kd_jax.config_lib import UserError
 from tests import helpers
 
@@ -34,7 +34,7 @@ def subclass_run(tmp_path_factory):
 
 
 def _in_process_probs(c, workdir, stage, images_NxSxSx3):
-  """The training code's view: restored variables, train._preprocess, the
+  """The training code's view: restored variables, step.Preprocess, the
   model in eval mode, class grouping, softmax."""
   variables = helpers.restore_raw(
       os.path.join(workdir, stage, "checkpoints", "best"), "model")[1]
@@ -42,10 +42,10 @@ def _in_process_probs(c, workdir, stage, images_NxSxSx3):
   k = variables["params"]["head"]["kernel"].shape[-1] if "head" in variables[
       "params"] else None
   model = models.get_model(meta["model"], num_classes=k or meta["num_classes"])
-  x = train._preprocess(c, jnp.asarray(images_NxSxSx3))
+  x = step.Preprocess.from_config(c)(jnp.asarray(images_NxSxSx3))
   logits = model.apply(variables, x, train=False)
   subclasses = logits.shape[-1] // meta["num_classes"]
-  return np.asarray(jax.nn.softmax(train.class_logits(logits, subclasses)))
+  return np.asarray(jax.nn.softmax(step.class_logits(logits, subclasses)))
 
 
 def _three_channels(images_NxHxWx1):

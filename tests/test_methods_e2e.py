@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, data, models, sharding, train
+from kd_jax import checkpointing, data, methods, models, sharding, stage, step, train
 from kd_jax.config_lib import UserError
 from tests import helpers
 
@@ -27,7 +27,7 @@ def _best(workdir, stage):
 
 def _test_logits(c, model_name, variables, ds, outputs):
   model = models.get_model(model_name, num_classes=outputs)
-  x = train._preprocess(c, jnp.asarray(ds.test.images))
+  x = step.Preprocess.from_config(c)(jnp.asarray(ds.test.images))
   return np.asarray(model.apply(variables, x, train=False), np.float64)
 
 
@@ -58,8 +58,8 @@ def test_two_stage_fitnets_hint_stage_feeds_kd_stage(tmp_path):
   # ... trained the layers up to the guided layer and left the head alone
   # (no gradient reaches it; no weight decay).
   mesh = sharding.make_mesh()
-  teacher = train._load_teacher(c, ds, mesh, workdir)
-  fresh = train.Stage(c, role="hint", model_name="tiny_cnn", method="hint",
+  teacher = train.load_frozen(c, ds, mesh, workdir)
+  fresh = stage.Stage(c, role="hint", model_name="tiny_cnn", method="hint",
                       stage_dir=str(tmp_path / "unused"), num_epochs=1,
                       learning_rate=c.learning_rate, ds=ds, mesh=mesh,
                       teacher=teacher, hint=("block1", "block1"))
@@ -69,7 +69,7 @@ def test_two_stage_fitnets_hint_stage_feeds_kd_stage(tmp_path):
   assert np.array_equal(init_p["head"]["kernel"], hint_vars["params"]["head"]["kernel"])
   assert not np.allclose(init_p["conv1"]["kernel"], hint_vars["params"]["conv1"]["kernel"])
   # Stage 2 starts exactly from stage 1's weights.
-  stage2 = train.Stage(c, role="student", model_name="tiny_cnn",
+  stage2 = stage.Stage(c, role="student", model_name="tiny_cnn",
                        method="fitnets", stage_dir=str(tmp_path / "unused2"),
                        num_epochs=1, learning_rate=c.learning_rate, ds=ds,
                        mesh=mesh, teacher=teacher,
@@ -183,11 +183,13 @@ def test_instance_ctkd_temperature_is_per_example_and_reversed(tmp_path):
   # a unit gradient moves them by +lr * lambda, the student by -lr.
   c.kd.lambda_min, c.kd.temperature_momentum, c.optimizer = 0.5, 0.0, "sgd"
   c.momentum = 0.0
-  tx = train.make_optimizer(c, learning_rate=0.1, num_epochs=1,
+  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=1,
                             steps_per_epoch=10, ctkd=True)
   params = {"student": {"w": jnp.ones(3)},
             "temperature": {"hidden": {"kernel": jnp.ones((2, 2))}}}
-  grads = jax.tree.map(jnp.ones_like, params)
+  grads = step.scale_temperature_grads(
+      methods.KDSpec.from_config(c), jax.tree.map(jnp.ones_like, params),
+      epoch=0, cosine=True)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["student"]["w"], -0.1)
   np.testing.assert_allclose(updates["temperature"]["hidden"]["kernel"],
@@ -198,9 +200,9 @@ def test_fitnets_config_layer_pair_matches_at_echo_size():
   """configs/fitnets_*: guided stage3 and hint block3 are both 14x14 at 112 px
   (VGG16 halves the size 3 times by block3, MobileNetV3-small by stage3)."""
   c = helpers.load_config("fitnets_mobilenet_v3_small.py")
-  s, t = train.hint_shapes(c, 4)
+  s, t = stage.hint_shapes(c, 4)
   assert s == (1, 14, 14, 24) and t == (1, 14, 14, 256)
   tiny = helpers.load_config("fitnets_mobilenet_v3_small.py", "runlocal")
   assert tiny.teacher.name == "vgg_cifar"
-  s, t = train.hint_shapes(tiny, 4)  # 32 px: 4x4 both
+  s, t = stage.hint_shapes(tiny, 4)  # 32 px: 4x4 both
   assert s[1:3] == t[1:3] == (4, 4)

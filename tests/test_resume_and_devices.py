@@ -81,7 +81,8 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
 sys.path.insert(0, {repo!r})
 from tests import helpers
-from kd_jax import data, models, sharding, train
+from kd_jax import data, models, sharding, stage, train
+from kd_jax import step as step_lib
 
 # 1) A whole tiny run (teacher + vanilla KD student) on every device.
 #    SGD keeps updates linear in the gradient (Adam's g/sqrt(v) turns float
@@ -101,18 +102,19 @@ c = helpers.tiny_config("dataset=digits,student=resnet18,method=none")
 c.optimizer = "sgd"
 ds = data.load(c)
 model = models.get_model("resnet18", num_classes=10)
-tx = train.make_optimizer(c, learning_rate=0.05, num_epochs=1, steps_per_epoch=4,
-                          ctkd=False)
-step = train.make_train_step(c, model, "none", tx, steps_per_epoch=4)
-images, labels = next(data.train_batches(ds.train, global_batch=16, seed=0, epoch=0,
-                                         num_steps=1, image_size=28))
+tx = step_lib.make_optimizer(c, learning_rate=0.05, num_epochs=1,
+                             steps_per_epoch=4, ctkd=False)
+step = step_lib.make_train_step(
+    step_lib.make_spec(c, model, "none", steps_per_epoch=4), tx)
+host = next(data.train_batches(ds.train, global_batch=16, seed=0, epoch=0,
+                               num_steps=1, image_size=28))
 mesh = sharding.make_mesh()
-p, bs = train.init_variables(model, c, mesh, jax.random.PRNGKey(0))
+p, bs = stage.init_variables(model, c, mesh, jax.random.PRNGKey(0))
 p, bs = {{"student": p}}, {{"student": bs}}
-st = train.TrainState(jnp.int32(0), p, bs, tx.init(p))
+st = step_lib.new_train_state(tx, p, bs)
 repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-new, _ = jax.jit(step, in_shardings=(repl, bsh, repl))(
-    st, sharding.global_batch((images, labels), mesh), None)
+new, _ = jax.jit(step, in_shardings=(repl, bsh, repl, repl))(
+    st, sharding.global_batch(host, mesh), step_lib.hyperparams(c), None)
 for path, v in jax.tree_util.tree_flatten_with_path(
     jax.device_get({{"params": new.params, "batch_stats": new.batch_stats}}))[0]:
   flat["bn_step/" + "/".join(str(k) for k in path)] = np.asarray(v)

@@ -1,12 +1,13 @@
 """Vectorised sweeps: a vmapped group of cells equals the same cells run one
 by one, writes the same files, resumes, and a study can ask for it."""
+import glob
 import os
 
 import jax
 import numpy as np
 import pytest
 
-from kd_jax import study, sweep, train
+from kd_jax import data, sharding, study, sweep, teacher_cache, train
 from kd_jax.config_lib import UserError
 from tests import helpers
 
@@ -27,29 +28,59 @@ def _cells(teacher_dir, method, cells, **extra):
          "data_seed": 0, **extra}) for a in cells]
 
 
+def _poison_teacher_cache(config, teacher_dir, rows):
+  """Computes the teacher cache of `config` and writes NaN into the cached
+  training logits of `rows`: a teacher that fails on a few inputs."""
+  ds = data.load(config)
+  mesh = sharding.make_mesh()
+  teacher = train.load_frozen(config, ds, mesh, teacher_dir)
+  teacher_cache.load_or_compute(config, ds, type(teacher.model).__name__,
+                                teacher, mesh)
+  (path,) = glob.glob(os.path.join(config.teacher.cache_dir, "*", "train.npy"))
+  logits = np.load(path)
+  logits[rows] = np.nan
+  np.save(path, logits)
+
+
 def _params(workdir):
   return helpers.restore_raw(
       os.path.join(workdir, "student", "checkpoints", "best"), "model")[1]
 
 
-@pytest.mark.parametrize("method,cells,chunk,flip", [
+@pytest.mark.parametrize("method,cells,chunk,flip,extra", [
     # both cells in one vmap call (what GPUs run)
-    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, False),
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, False, {}),
     # one cell per call (the CPU default), cached teacher logits
-    ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"], 0, False),
+    ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"], 0, False, {}),
     # one cell per call with augmentation: no cache, one live teacher
     # forward per step shared by both calls
-    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 1, True),
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 1, True, {}),
+    # bf16 compute in both, with the live teacher (also in bf16)
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, True,
+     {"mixed_precision": True}),
+    ("dkd", ["T=2,seed=0", "T=4,seed=1"], 2, False, {"mixed_precision": True}),
+    # the non-finite guard: the teacher's cached logits are NaN for a few
+    # training images, so the steps whose batch holds one are skipped
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, False,
+     {"nan_policy": "skip"}),
 ])
 def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, cells,
-                                               chunk, flip):
+                                               chunk, flip, extra):
   configs = _cells(teacher_dir, method, cells, **{
       "kd.lambda_min": 0.3, "dataset.random_flip": flip,
-      "teacher.cache_dir": str(tmp_path / "cache")})  # off with augmentation
+      "teacher.cache_dir": str(tmp_path / "cache"), **extra})  # off with augmentation
+  if "nan_policy" in extra:
+    _poison_teacher_cache(configs[0], teacher_dir, rows=[3, 70])
   separate = [train.train_and_evaluate(c, str(tmp_path / f"sep{i}"))
               for i, c in enumerate(configs)]
   vmapped = sweep.train_group(configs, [str(tmp_path / f"vm{i}") for i in range(2)],
                               vmap_chunk=chunk)
+  skipped = [r["stages"]["student"]["skipped_nonfinite_steps"] for r in separate]
+  assert skipped == [r["stages"]["student"]["skipped_nonfinite_steps"]
+                     for r in vmapped]
+  if "nan_policy" in extra:  # some steps skipped, not all
+    assert 0 < skipped[0] < separate[0]["stages"]["student"]["steps"]
+    assert skipped[0] == skipped[1]
   for i in range(2):
     a, b = _params(str(tmp_path / f"sep{i}")), _params(str(tmp_path / f"vm{i}"))
     assert jax.tree.structure(a) == jax.tree.structure(b)

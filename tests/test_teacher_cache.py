@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import data, models, sharding, teacher_cache, train
+from kd_jax import data, models, sharding, stage, step, teacher_cache, train
 from tests import helpers
 
 
@@ -43,11 +43,11 @@ def test_cache_holds_the_teachers_logits_for_every_example(runs):
   (key_dir,) = os.listdir(c.teacher.cache_dir)
   ds = data.load(c)
   mesh = sharding.make_mesh()
-  teacher = train._load_teacher(c, ds, mesh, workdir)
+  teacher = train.load_frozen(c, ds, mesh, workdir)
   for name in teacher_cache.SPLITS:
     cached = np.load(os.path.join(c.teacher.cache_dir, key_dir, name + ".npy"))
     split = getattr(ds, name)
-    x = train._preprocess(c, jnp.asarray(split.images))
+    x = step.Preprocess.from_config(c)(jnp.asarray(split.images))
     direct = np.asarray(teacher.model.apply(teacher.variables, x, train=False))
     assert cached.shape == (len(split), 10)
     np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-5)
@@ -60,7 +60,7 @@ def test_cache_key_changes_with_teacher_data_and_preprocessing(runs):
   c, workdir, _ = out["cached"]
   ds = data.load(c)
   mesh = sharding.make_mesh()
-  teacher = train._load_teacher(c, ds, mesh, workdir)
+  teacher = train.load_frozen(c, ds, mesh, workdir)
   key = teacher_cache.cache_key(c, ds, "SimpleCNN", teacher)
   assert key == teacher_cache.cache_key(c, data.load(c), "SimpleCNN", teacher)
   other_teacher = teacher._replace(variables=jax.tree.map(
@@ -124,8 +124,8 @@ def test_cached_hint_features_give_the_same_fitnets_student(tmp_path, stages):
   (key_dir,) = os.listdir(cache)
   feats = np.load(os.path.join(cache, key_dir, "train.hint-block1.npy"))
   ds = data.load(cached_c)
-  teacher = train._load_teacher(cached_c, ds, sharding.make_mesh(), teacher_dir)
-  x = train._preprocess(cached_c, jnp.asarray(ds.train.images))
+  teacher = train.load_frozen(cached_c, ds, sharding.make_mesh(), teacher_dir)
+  x = step.Preprocess.from_config(cached_c)(jnp.asarray(ds.train.images))
   direct = np.asarray(models.apply_with_features(
       teacher.model, teacher.variables, x, train=False)[1]["block1"])
   assert feats.shape == direct.shape and feats.shape[0] == len(ds.train)
@@ -139,15 +139,14 @@ def test_bf16_training_keeps_f32_params_and_tracks_f32_loss(tmp_path):
   losses = {}
   for mp in (False, True):
     c.mixed_precision = mp
-    stage = train.Stage(c, role="student", model_name="tiny_cnn", method="none",
-                        stage_dir=str(tmp_path / "unused"), num_epochs=1,
-                        learning_rate=c.learning_rate, ds=ds, mesh=mesh)
-    tx, state = stage.init_state()
-    step = jax.jit(train.make_train_step(c, stage.model, "none", tx,
-                                         steps_per_epoch=4))
+    run = stage.Stage(c, role="student", model_name="tiny_cnn", method="none",
+                      stage_dir=str(tmp_path / "unused"), num_epochs=1,
+                      learning_rate=c.learning_rate, ds=ds, mesh=mesh)
+    tx, state = run.init_state()
+    train_step = jax.jit(step.make_train_step(run.spec(), tx))
     batch = next(data.train_batches(ds.train, global_batch=16, seed=0, epoch=0,
                                     num_steps=1, image_size=28))
-    new, m = step(state, batch, None)
+    new, m = train_step(state, batch, step.hyperparams(c), None)
     losses[mp] = float(m["loss"])
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
   # bf16 has an 8-bit mantissa: the loss agrees to ~1e-2, not bitwise.

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn.metrics import f1_score
 
-from kd_jax import config_lib, data, models, sharding, train
+from kd_jax import config_lib, data, models, sharding, stage, train
 from kd_jax.config_lib import UserError
 from tests import helpers
 
@@ -186,14 +186,14 @@ def test_init_is_compiled_once_per_model_and_size_and_gives_models_init():
   c = config_lib.base_config()
   c.dataset.image_size = 28
   mesh = sharding.make_mesh()
-  first = train.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
-  n = len(train._INITS)
-  again = train.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
-  assert len(train._INITS) == n  # the same compiled function, no new entry
+  first = stage.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
+  n = len(stage.COMPILED_INITS)
+  again = stage.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
+  assert len(stage.COMPILED_INITS) == n  # the same compiled function, no new entry
   rng = jax.random.PRNGKey(5)
   ref = models.init(models.get_model("mlp_small", num_classes=3), rng, 28)
   for got in (first(rng)[0], again(rng)[0]):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref["params"])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  train.make_init(models.get_model("mlp_small", num_classes=4), c, mesh)
-  assert len(train._INITS) == n + 1  # another class count: another entry
+  stage.make_init(models.get_model("mlp_small", num_classes=4), c, mesh)
+  assert len(stage.COMPILED_INITS) == n + 1  # another class count: another entry

@@ -1,0 +1,171 @@
+"""The figures of a study report (matplotlib, PNG):
+
+  accuracy_per_student.png  test accuracy per student and method (best
+                            setting, mean ± std over seeds), teacher as a line
+  accuracy_vs_speedup.png   accuracy relative to the teacher vs CPU speed-up,
+                            point size = model MB
+  t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
+  training_curves.png       validation accuracy per epoch, mean over seeds
+
+Inputs are the tables of `kd_jax.report` (rows, settings, best settings) and
+of `kd_jax.deployment`; matplotlib is imported only when a figure is drawn.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+
+def method_label(method):
+  """The method's display name: 'none' trains from scratch."""
+  return "scratch" if method == "none" else method
+
+
+def _save(fig, path):
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _bars(ax, best, students, methods):
+  """One bar group per student, one bar per method with std error bars."""
+  width = 0.8 / max(len(methods), 1)
+  for j, m in enumerate(methods):
+    xs, ys, es = [], [], []
+    for i, st in enumerate(students):
+      if (st, m) in best:
+        s = best[(st, m)]
+        xs.append(i + (j - (len(methods) - 1) / 2) * width)
+        ys.append(s["test_accuracy_mean"])
+        es.append(0 if math.isnan(s["test_accuracy_std"]) else s["test_accuracy_std"])
+    ax.bar(xs, ys, width, yerr=es, capsize=3, label=method_label(m))
+
+
+def plot_accuracy_per_student(best, teacher, path):
+  """`best`: {(student, method): best setting}, in the summary's order."""
+  import matplotlib.pyplot as plt
+  students = list(dict.fromkeys(st for st, _ in best))
+  methods = list(dict.fromkeys(m for _, m in best))
+  methods.sort(key=lambda m: m != "none")  # scratch first
+  fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(students) * max(1, len(methods) / 3)), 4))
+  _bars(ax, best, students, methods)
+  if teacher is not None:
+    ax.axhline(teacher["test"]["accuracy"], color="k", ls="--",
+               label=f"teacher ({teacher['model']})")
+  ax.set_xticks(range(len(students)), students, rotation=15)
+  ax.set_ylabel("test accuracy (mean ± std over seeds)")
+  ax.set_title("Best setting per method (picked on validation accuracy)",
+               fontsize=10)
+  ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def plot_accuracy_vs_speedup(deploy, path):
+  """Falls back to the FLOPs ratio on the x axis when a student is untimed."""
+  import matplotlib.pyplot as plt
+  students = [d for d in deploy if d["role"] == "student"]
+  timed = all(not math.isnan(d["speedup_vs_teacher"]) for d in students)
+  xkey = "speedup_vs_teacher" if timed else "flops_ratio_vs_teacher"
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  mbs = [d["size_mb"] for d in deploy]
+  scale = 600 / max(mbs) if mbs else 1
+  for d in deploy:
+    x = 1.0 if d["role"] == "teacher" else d[xkey]
+    y = 100 * d["relative_accuracy"]
+    if math.isnan(x) or math.isnan(y):
+      continue
+    ax.scatter([x], [y], s=max(20, d["size_mb"] * scale), alpha=0.5,
+               marker="s" if d["role"] == "teacher" else "o")
+    ax.annotate(f"{d['model']}\n{d['size_mb']:.1f} MB", (x, y), fontsize=7,
+                ha="center", va="bottom")
+  ax.set_xscale("log")
+  ax.set_xlabel("CPU inference speed-up vs teacher (batch 1)" if timed
+                else "FLOPs ratio vs teacher (no timing run)")
+  ax.set_ylabel("test accuracy relative to the teacher (%)")
+  ax.set_title("Accuracy vs speed-up (point size = model MB)")
+  ax.margins(0.2)
+  _save(fig, path)
+
+
+def _heatmap_panel(fig, ax, student, method, settings):
+  import numpy as np
+  ts = sorted({float(s["temperature"]) for s in settings})
+  als = sorted({float(s["alpha"]) for s in settings})
+  grid = np.full((len(als), len(ts)), np.nan)
+  for s in settings:
+    grid[als.index(float(s["alpha"])), ts.index(float(s["temperature"]))] = (
+        s["test_accuracy_mean"])
+  im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+  mid = (np.nanmin(grid) + np.nanmax(grid)) / 2
+  for (i, j), v in np.ndenumerate(grid):
+    if not np.isnan(v):  # dark text on the bright (high) cells
+      ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
+              color="k" if v > mid else "w")
+  ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
+  ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
+  ax.set_xlabel("T")
+  ax.set_ylabel("alpha")
+  ax.set_title(f"{student} ({method})", fontsize=9)
+  fig.colorbar(im, ax=ax, shrink=0.8)
+
+
+def plot_t_alpha_heatmap(summary, path, methods) -> bool:
+  """Mean test accuracy over (T, alpha) per (student, method) for the
+  `methods` with a fixed T and alpha; False (no file) if no setting has them."""
+  import matplotlib.pyplot as plt
+  panels: dict = {}
+  for s in summary:
+    if s["method"] in methods and s["temperature"] != "":
+      panels.setdefault((s["student"], s["method"]), []).append(s)
+  if not panels:
+    return False
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8),
+                           squeeze=False)
+  for ax, ((student, method), settings) in zip(axes[0], panels.items()):
+    _heatmap_panel(fig, ax, student, method, settings)
+  fig.suptitle("Mean test accuracy over seeds")
+  _save(fig, path)
+  return True
+
+
+def plot_training_curves(rows, path):
+  import matplotlib.pyplot as plt
+  students = list(dict.fromkeys(r["student"] for r in rows))
+  fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 3.8),
+                           squeeze=False)
+  for ax, student in zip(axes[0], students):
+    curves: dict = {}
+    for r in rows:
+      if r["student"] == student:
+        for h in r["history"]:
+          curves.setdefault(r["setting"], {}).setdefault(h["epoch"], []).append(
+              h["accuracy"])
+    for setting, by_epoch in curves.items():
+      epochs = sorted(by_epoch)
+      ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs],
+              marker="o", ms=3, label=setting, lw=1)
+    ax.set_title(student, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (mean over seeds)")
+    ax.legend(fontsize=6)
+  _save(fig, path)
+
+
+def write_figures(out_dir, *, rows, summary, best, teacher, deploy,
+                  t_methods) -> list:
+  """Draws every figure into out_dir; returns the file names written, in
+  the report's order (the heatmap only where a setting has T and alpha)."""
+  import matplotlib
+  if "matplotlib.pyplot" not in sys.modules:  # headless unless already set up
+    matplotlib.use("Agg")
+  figures = ["accuracy_per_student.png", "accuracy_vs_speedup.png"]
+  plot_accuracy_per_student(best, teacher, os.path.join(out_dir, figures[0]))
+  plot_accuracy_vs_speedup(deploy, os.path.join(out_dir, figures[1]))
+  if plot_t_alpha_heatmap(summary, os.path.join(out_dir, "t_alpha_heatmap.png"),
+                          t_methods):
+    figures.append("t_alpha_heatmap.png")
+  plot_training_curves(rows, os.path.join(out_dir, "training_curves.png"))
+  figures.append("training_curves.png")
+  return figures

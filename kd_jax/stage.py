@@ -1,0 +1,519 @@
+"""One training stage: the epoch loop and the bookkeeping it shares with
+sweeps.
+
+`Stage` trains one model (teacher, assistant, hint stage, KD or scratch
+student, or a DML cohort led by the student) with the pure step of step.py,
+jitted over the ('data',) mesh. `Tracker` holds what one trained model
+needs around the step, whether it trains alone or as one cell of a vmapped
+sweep (sweep.py): the loop position, metric flushing and the non-finite
+policy, evaluation at the epoch end, early stopping, the checkpoint cadence
+and the results dict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_jax import checkpointing, data, kd_modules, losses, methods, metrics
+from kd_jax import models, preemption, reporting, sharding, step as step_lib
+from kd_jax import teacher_cache
+from kd_jax.config_lib import UserError
+
+
+def param_count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def size_mb(variables, bytes_per_value=4) -> float:
+  """Saved inference variables (params + BN stats), float32, in MB (1e6 B)."""
+  return param_count(variables) * bytes_per_value / 1e6
+
+
+COMPILED_INITS = {}  # (model, image size, mesh) -> jitted init: compiled once per process
+
+
+def make_init(model, config, mesh):
+  """`rng -> (params, batch_stats)`, compiled once per model, image size and
+  mesh in a process: a sweep's cells (and a study's in-process cells) share
+  one compilation, which takes seconds for a mobile net on a CPU."""
+  key = (repr(model), config.dataset.image_size, mesh)
+  fn = COMPILED_INITS.get(key)
+  if fn is None:
+    size = config.dataset.image_size
+    fn = COMPILED_INITS[key] = jax.jit(lambda r: models.init(model, r, size),
+                               out_shardings=sharding.replicated(mesh))
+
+  def init(rng):
+    variables = fn(rng)
+    return variables["params"], variables.get("batch_stats", {})
+  return init
+
+
+def init_variables(model, config, mesh, rng):
+  return make_init(model, config, mesh)(rng)
+
+
+def init_rng(config, role):
+  """Scratch and KD students start from the same weights (a paired
+  comparison: only the teacher's signal differs)."""
+  role_key = {"teacher": 1, "student": 2, "scratch": 2, "hint": 2}.get(role, 3)
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), role_key)
+
+
+def inference_variables(state):
+  return step_lib.model_variables(state.params["student"],
+                                  state.batch_stats["student"])
+
+
+def hint_shapes(config, num_classes):
+  """Shapes of the student's guided and the teacher's hint feature, checked:
+  both names must exist and the spatial sizes must agree (the 1x1 adapter
+  only maps channels)."""
+  k, size = config.kd, config.dataset.image_size
+
+  def feature_shape(name, layer, what):
+    feats = models.feature_shapes(name, num_classes, size)
+    if layer not in feats:
+      raise UserError(f"config.kd.{what}={layer!r} is not a feature of "
+                      f"{name}; allowed: {', '.join(feats)}")
+    return feats[layer]
+
+  s_shape = feature_shape(config.student.name, k.hint_student_layer,
+                          "hint_student_layer")
+  t_shape = feature_shape(config.teacher.name, k.hint_teacher_layer,
+                          "hint_teacher_layer")
+  if len(s_shape) != len(t_shape) or s_shape[1:-1] != t_shape[1:-1]:
+    raise UserError(
+        f"hint layers do not match in spatial size at {size}px: student "
+        f"{config.student.name}.{k.hint_student_layer} is "
+        f"{'x'.join(map(str, s_shape[1:]))}, teacher {config.teacher.name}."
+        f"{k.hint_teacher_layer} is {'x'.join(map(str, t_shape[1:]))} "
+        "(pick layers with equal height and width)")
+  return s_shape, t_shape
+
+
+def evaluate(eval_jit, variables, teacher_vars, split, config, mesh,
+             has_teacher):
+  acc = None
+  for batch in data.eval_batches(
+      split, global_batch=config.eval_batch_size,
+      image_size=config.dataset.image_size,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    m = eval_jit(variables, teacher_vars, sharding.global_batch(batch, mesh))
+    acc = m if acc is None else acc.merge(m)
+  return metrics.summarize(jax.device_get(acc), has_teacher)
+
+
+def with_teacher_cache(config, ds, teacher, mesh, role, hint_layer=None):
+  """(dataset, used): the dataset with the teacher's cached logits (and the
+  FitNets hint feature of the train split) attached when the cache is on
+  and usable."""
+  ok, why = teacher_cache.usable(config)
+  if teacher is None or not ok:
+    if teacher is not None and config.teacher.cache_dir:
+      reporting.log(f"[{role}] teacher cache not used: {why}")
+    return ds, False
+  name = type(teacher.model).__name__
+  logits = teacher_cache.load_or_compute(config, ds, name, teacher, mesh)
+  out = dataclasses.replace(ds, **{
+      split: dataclasses.replace(getattr(ds, split), teacher_logits=logits[split])
+      for split in teacher_cache.SPLITS})
+  if hint_layer:
+    feats = teacher_cache.load_or_compute_features(config, ds, name, teacher,
+                                                   mesh, hint_layer)
+    out = dataclasses.replace(out, train=dataclasses.replace(
+        out.train, teacher_features=feats))
+  return out, True
+
+
+def fingerprint(config, ds, role, model_name) -> str:
+  """What a stage's 'latest' checkpoint belongs to: the config, the stage
+  and the data. A resumed stage refuses another stage's checkpoint."""
+  h = hashlib.blake2b(digest_size=8)
+  h.update(json.dumps([json.loads(config.to_json()), role, model_name],
+                      sort_keys=True).encode())
+  h.update(data.digest(ds).encode())
+  return h.hexdigest()
+
+
+def new_loop() -> dict:
+  return {"epoch": 0, "step_in_epoch": 0, "best_val": -1.0, "best_epoch": -1,
+          "bad_epochs": 0, "history": [], "train_seconds": 0.0,
+          "stopped": False}
+
+
+def mid_epoch_save_due(config, loop, step, steps_per_epoch) -> bool:
+  """A 'latest' checkpoint every `checkpoint_every_steps` inside an epoch
+  (the epoch end saves one anyway)."""
+  every = config.checkpoint_every_steps
+  return bool(loop["step_in_epoch"] < steps_per_epoch and every
+              and step % every == 0)
+
+
+class Tracker:
+  """Everything around the step for one trained model: loop position,
+  metrics, checkpoints, the epoch-end decisions and the results dict."""
+
+  def __init__(self, config, ds, *, role, model_name, method, stage_dir,
+               fingerprint_, subclasses=1, select_best=True):
+    self.config, self.ds, self.role = config, ds, role
+    self.model_name, self.method, self.stage_dir = model_name, method, stage_dir
+    self.subclasses, self.select_best = subclasses, select_best
+    self.fingerprint = fingerprint_
+    self.primary = jax.process_index() == 0
+    self.loop = new_loop()
+    self.skipped_steps = 0
+    self.last_train_metrics = {}
+    self.improved = False  # whether the last epoch was the best so far
+    self.t0 = time.time()
+    os.makedirs(stage_dir, exist_ok=True)
+    self.ckpt = checkpointing.StageCheckpoints(stage_dir)
+    self.writer = metrics.create_writer(os.path.join(stage_dir, "logs"),
+                                        self.primary)
+
+  def meta(self) -> dict:
+    ds = self.ds
+    return {**self.loop, "model": self.model_name, "role": self.role,
+            "num_classes": ds.num_classes, "subclasses": self.subclasses,
+            "image_size": self.config.dataset.image_size, "dataset": ds.name,
+            "class_names": list(ds.class_names),
+            "fingerprint": self.fingerprint}
+
+  def restore(self, like_state, sharding_):
+    """The latest checkpoint's state (and loop position), or None."""
+    restored = self.ckpt.restore_latest(like_state, sharding_,
+                                        fingerprint=self.fingerprint)
+    if restored is None:
+      return None
+    state, loop = restored
+    self.loop = {**new_loop(), **loop}
+    return state
+
+  def save_latest(self, step, state):
+    self.ckpt.save_latest(step, state, self.meta())
+
+  @property
+  def learned_temperature(self) -> bool:
+    return methods.get(self.method).learns_temperature
+
+  def flush(self, rows, step, progress=None) -> dict:
+    """Writes `rows` (host metrics of the steps up to `step`, one dict per
+    step) and returns their mean; applies config.nan_policy to the steps
+    whose update was dropped as non-finite. With `progress`, also the
+    training rate and the console line."""
+    first = step - len(rows) + 1
+    bad = [first + i for i, r in enumerate(rows) if not r["finite"]]
+    rows = [{k: v for k, v in r.items() if k != "finite"} for r in rows]
+    if bad and self.config.nan_policy == "stop":
+      good = self.ckpt.latest.latest_step()
+      raise UserError(
+          f"[{self.role}] non-finite loss or gradient at step {bad[0]}: "
+          "stopped (the update was not applied); last good checkpoint: "
+          + (f"step {good} in {self.stage_dir}/checkpoints/latest"
+             if good is not None else "none yet")
+          + "; config.nan_policy='skip' skips such steps")
+    if bad:
+      self.skipped_steps += len(bad)
+      reporting.log(f"[{self.role}] skipped {len(bad)} step(s) with a "
+                    f"non-finite loss or gradient (steps {bad[:5]})")
+      rows = [r for i, r in enumerate(rows) if first + i not in bad] or rows
+    if self.learned_temperature:  # the learned T (batch mean), every step
+      for i, r in enumerate(rows):
+        self.writer.write_scalars(first + i, {"temperature": r["temperature"]})
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    if not self.learned_temperature:
+      mean.pop("temperature")
+    self.last_train_metrics = mean
+    scalars = {f"train_{k}": v for k, v in mean.items()}
+    if progress is not None:
+      scalars["steps_per_second"] = progress.update(step, mean["loss"])
+      progress.print(step, mean)
+    self.writer.write_scalars(step, scalars)
+    return mean
+
+  def end_epoch(self, step, val, state, variables) -> bool:
+    """Records the epoch's validation metrics, saves the best and the
+    latest checkpoints; returns whether the stage stops early."""
+    epoch = self.loop["epoch"]
+    scalars = {k: v for k, v in val.items() if k != "confusion"}
+    self.writer.write_scalars(step, {f"val_{k}": v for k, v in scalars.items()}
+                              | {"epoch": epoch + 1})
+    self.loop["history"].append({"epoch": epoch + 1, "step": step, **scalars})
+    # A hint stage (FitNets stage 1) has no trained head: it keeps its last
+    # epoch instead of selecting on validation accuracy.
+    improved = (val["accuracy"] > self.loop["best_val"]
+                if self.select_best else True)
+    if improved:
+      self.loop.update(best_val=val["accuracy"], best_epoch=epoch + 1,
+                       bad_epochs=0)
+    else:
+      self.loop["bad_epochs"] += 1
+    patience = self.config.early_stopping_patience if self.select_best else 0
+    if patience and self.loop["bad_epochs"] >= patience:
+      self.loop["stopped"] = True  # a resumed run stops too
+    self.loop.update(epoch=epoch + 1, step_in_epoch=0)
+    if improved:
+      self.ckpt.save_best(step, variables, self.meta())
+    self.save_latest(step, state)
+    self.improved = improved
+    return self.loop["stopped"]
+
+  def result(self, *, step, test, best_vars, teacher=None, cache_used=False,
+             state=None) -> dict:
+    """The stage's results.json (written by `finish`)."""
+    loop, c = self.loop, self.config
+    res = {
+        "role": self.role, "model": self.model_name, "method": self.method,
+        "dataset": self.ds.name, "num_classes": self.ds.num_classes,
+        "image_size": c.dataset.image_size,
+        "params": param_count(best_vars["params"]),
+        "size_mb": size_mb(best_vars), "test": test,
+        "best_val_accuracy": loop["best_val"], "best_epoch": loop["best_epoch"],
+        "epochs_run": len(loop["history"]), "steps": step,
+        "history": loop["history"], "train_seconds": loop["train_seconds"],
+        "wall_seconds_this_process": time.time() - self.t0,
+        "train_images_per_second": (
+            step * c.batch_size / max(loop["train_seconds"], 1e-9)),
+        "checkpoint": os.path.abspath(
+            os.path.join(self.stage_dir, "checkpoints", "best")),
+        "teacher_cache": cache_used,
+        "skipped_nonfinite_steps": self.skipped_steps,
+    }
+    if teacher is not None:
+      res["teacher_checkpoint"] = teacher.path
+    if state is not None and methods.get(self.method).temperature == "learned":
+      res["final_temperature"] = float(losses.ctkd_temperature(
+          state.params["temperature"], t_start=c.kd.t_start, t_end=c.kd.t_end))
+    if self.last_train_metrics:
+      res["final_train_metrics"] = self.last_train_metrics
+    return res
+
+  def finish(self, res) -> dict:
+    if self.primary:
+      reporting.write_json(os.path.join(self.stage_dir, "results.json"), res)
+    self.ckpt.close()
+    self.writer.close()
+    return res
+
+
+class Stage:
+  """One training run of one model (teacher, assistant, hint stage, KD
+  student, scratch student, or a DML cohort led by the student)."""
+
+  def __init__(self, config, *, role, model_name, method, stage_dir,
+               num_epochs, learning_rate, ds, mesh,
+               teacher: step_lib.Frozen | None = None, subclasses=1,
+               init_from="", select_best=True, peers=(), hint=None):
+    self.config, self.role, self.method = config, role, method
+    self.model_name, self.stage_dir = model_name, stage_dir
+    self.num_epochs, self.learning_rate = num_epochs, learning_rate
+    self.ds, self.mesh, self.teacher = ds, mesh, teacher
+    self.teacher_vars = teacher.variables if teacher is not None else None
+    self.subclasses = subclasses
+    self.init_from = init_from  # a model checkpoint the student starts from
+    self.select_best = select_best  # False: keep the last epoch, no early stop
+    self.hint = hint
+    self.model = models.get_model(model_name,
+                                  num_classes=ds.num_classes * subclasses)
+    # DML cohort: [(params key, model name, module)]
+    self.peers = [(f"peer{i + 1}", name,
+                   models.get_model(name, num_classes=ds.num_classes))
+                  for i, name in enumerate(peers)]
+    self.spe = data.steps_per_epoch(len(ds.train), config.batch_size,
+                                    config.max_steps_per_epoch)
+    self.adapter = self.temperature_module = None
+    if hint:
+      self.adapter = kd_modules.HintAdapter(
+          hint_shapes(config, ds.num_classes)[1][-1])
+    if methods.get(method).temperature == "instance":
+      k = config.kd
+      self.temperature_module = kd_modules.InstanceTemperature(
+          hidden=k.temperature_hidden, t_start=k.t_start, t_end=k.t_end)
+
+  def spec(self) -> step_lib.StepSpec:
+    t = self.teacher
+    return step_lib.make_spec(
+        self.config, self.model, self.method, steps_per_epoch=self.spe,
+        teacher=t.model if t is not None else None,
+        teacher_subclasses=t.subclasses if t is not None else 1,
+        subclasses=self.subclasses,
+        peers=[(k, m) for k, _, m in self.peers], hint=self.hint,
+        adapter=self.adapter, temperature_module=self.temperature_module)
+
+  def _student_variables(self, rng):
+    if not self.init_from:
+      return init_variables(self.model, self.config, self.mesh, rng)
+    c = self.config
+    like = models.init_shapes(self.model_name, self.ds.num_classes,
+                              c.dataset.image_size)
+    init_vars, _ = checkpointing.load_teacher(
+        self.init_from, expected_model=self.model_name,
+        num_classes=self.ds.num_classes, image_size=c.dataset.image_size,
+        like_variables=like, sharding=sharding.replicated(self.mesh))
+    return init_vars["params"], init_vars.get("batch_stats", {})
+
+  def init_state(self):
+    """(optimizer, initial TrainState): fresh weights, or the weights of
+    `init_from` (FitNets stage 2 starts from stage 1's student)."""
+    config, mesh = self.config, self.mesh
+    repl = sharding.replicated(mesh)
+    tx = step_lib.make_optimizer(
+        config, learning_rate=self.learning_rate, num_epochs=self.num_epochs,
+        steps_per_epoch=self.spe,
+        ctkd=methods.get(self.method).learns_temperature)
+    rng = init_rng(config, self.role)
+    s_params, s_stats = self._student_variables(rng)
+    params, batch_stats = {"student": s_params}, {"student": s_stats}
+    for i, (key, _, module) in enumerate(self.peers):
+      params[key], batch_stats[key] = init_variables(
+          module, config, mesh, jax.random.fold_in(rng, 100 + i))
+    if methods.get(self.method).temperature == "learned":
+      params["temperature"] = jnp.float32(config.kd.init_raw)
+    if self.temperature_module is not None:
+      z = jnp.zeros((1, self.ds.num_classes * self.subclasses), jnp.float32)
+      params["temperature"] = jax.jit(
+          lambda r: self.temperature_module.init(r, z, z)["params"],
+          out_shardings=repl)(jax.random.fold_in(rng, 7))
+    if self.adapter is not None:
+      s_shape = hint_shapes(config, self.ds.num_classes)[0]
+      f = jnp.zeros((1,) + s_shape[1:], jnp.float32)
+      params["adapter"] = jax.jit(lambda r: self.adapter.init(r, f)["params"],
+                                  out_shardings=repl)(jax.random.fold_in(rng, 8))
+    state = jax.jit(functools.partial(step_lib.new_train_state, tx),
+                    out_shardings=repl)(params, batch_stats)
+    return tx, state
+
+  @property
+  def results_path(self):
+    return os.path.join(self.stage_dir, "results.json")
+
+  def run(self) -> dict:
+    if os.path.exists(self.results_path):
+      with open(self.results_path) as f:
+        res = json.load(f)
+      reporting.log(f"[{self.role}] already finished: test accuracy "
+                    f"{res['test']['accuracy']:.4f} (from {self.results_path})")
+      return res
+    return self._train()
+
+  def _train(self) -> dict:
+    """The epoch loop."""
+    config, mesh, spe = self.config, self.mesh, self.spe
+    ds, cache_used = with_teacher_cache(
+        config, self.ds, self.teacher, mesh, self.role,
+        self.hint[1] if self.hint else None)
+    tr = Tracker(config, ds, role=self.role, model_name=self.model_name,
+                 method=self.method, stage_dir=self.stage_dir,
+                 fingerprint_=fingerprint(config, self.ds, self.role,
+                                          self.model_name),
+                 subclasses=self.subclasses, select_best=self.select_best)
+    tx, state = self.init_state()
+    repl = sharding.replicated(mesh)
+    restored = tr.restore(state, repl)
+    if restored is not None:
+      state = restored
+      reporting.log(f"[{self.role}] resumed from step {int(state.step)} (epoch "
+                    f"{tr.loop['epoch'] + 1}, batch {tr.loop['step_in_epoch']})")
+    spec = self.spec()
+    step_jit = jax.jit(step_lib.make_train_step(spec, tx),
+                       in_shardings=(repl, sharding.batch_sharding(mesh), repl,
+                                     repl),
+                       out_shardings=(repl, repl), donate_argnums=0)
+    hp = jax.device_put(step_lib.hyperparams(config), repl)
+    eval_jit = jax.jit(step_lib.make_eval_step(
+        spec.preprocess, self.model, subclasses=self.subclasses,
+        teacher=spec.teacher, teacher_subclasses=spec.teacher_subclasses))
+    has_teacher = self.teacher is not None
+    # The step on the host: reading state.step would wait for the device
+    # every step and stop the host from preparing the next batches.
+    step = int(state.step)
+    progress = reporting.Progress(self.role, self.model_name,
+                                  self.num_epochs * spe, step, spe)
+    loop = tr.loop
+
+    def flush(pending):
+      tr.flush(jax.device_get(pending), step, progress)
+
+    while loop["epoch"] < self.num_epochs and not loop["stopped"]:
+      pending = []
+      batches = data.train_batches(
+          ds.train, global_batch=config.batch_size, seed=spec.data_seed,
+          epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
+          image_size=config.dataset.image_size,
+          process_index=jax.process_index(), process_count=jax.process_count())
+      t_epoch = time.time()
+      for host_batch in batches:
+        batch = sharding.global_batch(host_batch, mesh)
+        state, step_metrics = step_jit(state, batch, hp, self.teacher_vars)
+        pending.append(step_metrics)
+        loop["step_in_epoch"] += 1
+        step += 1
+        if len(pending) >= config.log_every_steps:
+          flush(pending)
+          pending = []
+        if preemption.requested(step, config.log_every_steps):
+          loop["train_seconds"] += time.time() - t_epoch
+          if pending:
+            flush(pending)
+          tr.save_latest(step, state)
+          tr.ckpt.wait()
+          tr.writer.flush()
+          raise preemption.Preempted(
+              f"[{self.role}] SIGTERM: saved a checkpoint at step {step} in "
+              f"{self.stage_dir}/checkpoints/latest; rerun the same command "
+              "to resume")
+        if mid_epoch_save_due(config, loop, step, spe):
+          loop["train_seconds"] += time.time() - t_epoch
+          t_epoch = time.time()
+          tr.save_latest(step, state)
+      if pending:
+        flush(pending)
+      loop["train_seconds"] += time.time() - t_epoch
+      variables = inference_variables(state)
+      val = evaluate(eval_jit, variables, self.teacher_vars, ds.val, config,
+                     mesh, has_teacher)
+      stop = tr.end_epoch(step, val, state, variables)
+      reporting.log(f"[{self.role} {self.model_name}] epoch {loop['epoch']}/"
+                    f"{self.num_epochs}: val acc {val['accuracy']:.4f} "
+                    f"macro-F1 {val['macro_f1']:.4f}"
+                    + (" (best)" if tr.improved else ""))
+      if stop:
+        reporting.log(f"[{self.role}] early stop: no val improvement for "
+                      f"{config.early_stopping_patience} epochs")
+
+    tr.ckpt.wait()
+    tr.writer.flush()
+    best_vars, _ = tr.ckpt.restore_best(inference_variables(state), repl)
+    test = evaluate(eval_jit, best_vars, self.teacher_vars, ds.test, config,
+                    mesh, has_teacher)
+    res = tr.result(step=step, test=test, best_vars=best_vars,
+                    teacher=self.teacher, cache_used=cache_used, state=state)
+    if self.init_from:
+      res["init_from"] = os.path.abspath(self.init_from)
+    if self.peers:
+      res["cohort"] = self._cohort_results(state, test)
+    return tr.finish(res)
+
+  def _cohort_results(self, state, test):
+    """DML: every cohort member's test metrics, from the final state."""
+    out = [{"model": self.model_name, "test": test}]
+    preprocess = step_lib.Preprocess.from_config(self.config)
+    for key, name, module in self.peers:
+      peer_vars = step_lib.model_variables(state.params[key],
+                                           state.batch_stats[key])
+      peer_test = evaluate(jax.jit(step_lib.make_eval_step(preprocess, module)),
+                           peer_vars, None, self.ds.test, self.config,
+                           self.mesh, False)
+      out.append({"model": name, "test": peer_test, "source": "final state",
+                  "params": param_count(peer_vars["params"]),
+                  "size_mb": size_mb(peer_vars)})
+    return out
+

@@ -1,0 +1,363 @@
+"""The pure train and eval steps: no I/O, no config inside a jitted function.
+
+  train_step(state, batch, hp, teacher_vars) -> (state, metrics)
+
+`StepSpec` holds the static choices (modules, method, preprocessing,
+mixed precision, the static numbers of config.kd); `hp` holds the
+hyperparameters a sweep varies, as arrays: temperature, alpha, the CTKD
+lambda schedule (`cosine`) and the seed of the initial weights and dropout.
+A single run jits `train_step`; a sweep jits `jax.vmap(train_step)` over
+stacked states and hyperparameters, so both run the same code (mixed
+precision, the non-finite guard, logit standardisation).
+
+A batch is a dict: `image` (uint8 `[B, H, W, C]`), `label` (`[B]`) and,
+where the teacher's outputs are cached or computed once for several cells,
+`teacher_logits` and (FitNets) `hint`. Without them a step with a teacher
+runs the frozen teacher in inference mode on the same augmented batch.
+The teacher's variables are an argument of the step, never part of the
+state, so they are never saved with the student.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from kd_jax import data, losses, methods, metrics, models
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  # {'student': ...} plus, by method: 'temperature' (CTKD raw scalar or the
+  # instance-wise MLP), 'adapter' (FitNets), 'peer<i>' (DML cohort).
+  params: Any
+  batch_stats: Any  # {'student': ..., 'peer<i>': ...}
+  opt_state: Any
+
+
+class Frozen(NamedTuple):
+  """A frozen model a stage learns from (teacher or assistant)."""
+  model: Any
+  variables: Any
+  subclasses: int = 1  # logits per class (subclass distillation)
+  path: str = ""  # the checkpoint it was loaded from
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """uint8 images -> normalised float32 `[B, S, S, 3]`, augmented when the
+  step passes a key (evaluation and the teacher cache pass none)."""
+  image_size: int
+  normalization: str = "half"
+  random_crop: bool = False
+  random_flip: bool = False
+  crop_padding: int = 4
+
+  @classmethod
+  def from_config(cls, config) -> "Preprocess":
+    d = config.dataset
+    return cls(int(d.image_size), str(d.normalization), bool(d.random_crop),
+               bool(d.random_flip), int(d.crop_padding))
+
+  def __call__(self, images, rng=None):
+    return data.preprocess(
+        images, image_size=self.image_size, normalization=self.normalization,
+        rng=rng, random_crop=self.random_crop, random_flip=self.random_flip,
+        crop_padding=self.crop_padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  method: str  # a key of methods.METHODS
+  student: Any  # flax module
+  preprocess: Preprocess
+  kd: methods.KDSpec
+  steps_per_epoch: int
+  data_seed: int = 0  # augmentation; the weights' and dropout's seed is hp
+  teacher: Any = None  # the frozen teacher's module
+  teacher_subclasses: int = 1
+  subclasses: int = 1  # the student's logits per class
+  peers: tuple = ()  # DML: ((params key, module), ...) beside the student
+  hint: tuple | None = None  # FitNets: (student layer, teacher layer)
+  adapter: Any = None  # FitNets' 1x1 adapter module
+  temperature_module: Any = None  # instance-wise CTKD's MLP
+  mixed_precision: bool = False  # bf16 compute; f32 params, stats and loss
+
+
+def data_seed(config) -> int:
+  """Seed of the data order and augmentation (config.data_seed, or seed)."""
+  return config.data_seed if config.data_seed >= 0 else config.seed
+
+
+def make_spec(config, student, method: str, *, steps_per_epoch, teacher=None,
+              teacher_subclasses=1, subclasses=1, peers=(), hint=None,
+              adapter=None, temperature_module=None) -> StepSpec:
+  """The static part of a run's step, read from `config` once, outside jit."""
+  return StepSpec(
+      method=method, student=student,
+      preprocess=Preprocess.from_config(config),
+      kd=methods.KDSpec.from_config(config), steps_per_epoch=steps_per_epoch,
+      data_seed=data_seed(config), teacher=teacher,
+      teacher_subclasses=teacher_subclasses, subclasses=subclasses,
+      peers=tuple(peers), hint=tuple(hint) if hint else None, adapter=adapter,
+      temperature_module=temperature_module,
+      mixed_precision=bool(config.mixed_precision))
+
+
+def hyperparams(config) -> dict:
+  """The per-cell hyperparameters the step takes as arrays."""
+  return {"temperature": jnp.float32(config.kd.temperature),
+          "alpha": jnp.float32(config.kd.alpha),
+          "cosine": jnp.bool_(config.kd.schedule == "cosine"),
+          "seed": jnp.int32(config.seed)}
+
+
+def stack_hyperparams(configs) -> dict:
+  return jax.tree.map(lambda *xs: jnp.stack(xs),
+                      *[hyperparams(c) for c in configs])
+
+
+def step_rngs(seed, step):
+  """(augmentation key, dropout key) of one step; `seed` may be traced."""
+  return jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), step))
+
+
+def model_variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {
+      "params": params}
+
+
+def class_logits(logits_BxK, subclasses: int):
+  return (losses.subclass_to_class_logits(logits_BxK, subclasses)
+          if subclasses > 1 else logits_BxK)
+
+
+def to_bf16(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.bfloat16)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def to_f32(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.float32)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def new_train_state(tx, params, batch_stats) -> TrainState:
+  return TrainState(jnp.int32(0), params, batch_stats, tx.init(params))
+
+
+# ------------------------------------------------------------- optimizer
+
+
+def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
+                   ctkd: bool):
+  """The student's optimizer (also for adapters and DML peers); with a
+  learned temperature (CTKD) a multi_transform whose 'temperature' part
+  ascends the loss: update = +mu * g, where the step has already scaled g
+  by the curriculum's lambda (Li et al. 2023, eq. 6; `scale_temperature_grads`)."""
+  total = max(1, num_epochs * steps_per_epoch)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  lr = optax.warmup_cosine_decay_schedule(
+      0.0 if warmup else learning_rate, learning_rate, warmup, total)
+  if config.optimizer == "adam":
+    student_tx = optax.adamw(lr, weight_decay=config.weight_decay)
+  else:
+    student_tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                             optax.sgd(lr, momentum=config.momentum))
+  transforms = {"student": student_tx}
+  if ctkd:
+    kd = config.kd
+    transforms["temperature"] = optax.chain(
+        optax.scale(-1.0),  # gradient reversal: the temperature maximises L
+        optax.sgd(kd.temperature_lr, momentum=kd.temperature_momentum or None))
+  return optax.multi_transform(transforms, lambda params: {
+      k: "temperature" if k == "temperature" else "student" for k in params})
+
+
+def ctkd_lambda(kd: methods.KDSpec, epoch, cosine):
+  """CTKD's curriculum weight at `epoch`; `cosine` (an array: sweeps vary
+  it per cell) picks the cosine or the linear schedule."""
+  kw = dict(lambda_min=kd.lambda_min, lambda_max=kd.lambda_max,
+            epoch_cap=kd.epoch_cap)
+  return jnp.where(cosine,
+                   losses.curriculum_lambda(epoch, schedule="cosine", **kw),
+                   losses.curriculum_lambda(epoch, schedule="linear", **kw))
+
+
+def scale_temperature_grads(kd: methods.KDSpec, grads, epoch, cosine):
+  lam = ctkd_lambda(kd, epoch, cosine)
+  return dict(grads, temperature=jax.tree.map(lambda g: g * lam,
+                                              grads["temperature"]))
+
+
+# ------------------------------------------------------------------ steps
+
+
+def augmented(spec: StepSpec, images, step):
+  """The step's input: `images` preprocessed with the step's augmentation."""
+  return spec.preprocess(images, step_rngs(spec.data_seed, step)[0])
+
+
+def teacher_outputs(spec: StepSpec, teacher_vars, x):
+  """(logits, hint feature or None) of the frozen teacher, inference mode."""
+  if spec.hint:
+    logits, feats, _ = models.apply_with_features(
+        spec.teacher, teacher_vars, x, train=False)
+    return logits, feats[spec.hint[1]]
+  if spec.mixed_precision:
+    return to_f32(spec.teacher.apply(*to_bf16((teacher_vars, x)),
+                                     train=False)), None
+  return spec.teacher.apply(teacher_vars, x, train=False), None
+
+
+def live_teacher_logits(spec: StepSpec, teacher_vars, images, step):
+  """The teacher's logits for the step's batch, exactly as `train_step`
+  computes them (a sweep computes them once for all of its cells)."""
+  return teacher_outputs(spec, teacher_vars, augmented(spec, images, step))[0]
+
+
+def _teacher_signal(spec, batch, teacher_vars, x):
+  if "teacher_logits" in batch:
+    hint = batch.get("hint")
+    return (jax.lax.stop_gradient(batch["teacher_logits"]),
+            None if hint is None else jax.lax.stop_gradient(hint))
+  if spec.teacher is None:
+    return None, None
+  logits, feature = teacher_outputs(spec, teacher_vars, x)
+  return (jax.lax.stop_gradient(logits),
+          None if feature is None else jax.lax.stop_gradient(feature))
+
+
+def _forward(spec, module, params, batch_stats, x, rng):
+  """Train-mode forward: (logits, features, new batch stats), in f32."""
+  variables, inputs = model_variables(params, batch_stats), x
+  if spec.mixed_precision:
+    variables, inputs = to_bf16((variables, x))
+  logits, feats, new = models.apply_with_features(
+      module, variables, inputs, train=True, mutable=("batch_stats",),
+      rngs={"dropout": rng})
+  stats = new.get("batch_stats", {})
+  if spec.mixed_precision:
+    logits, feats, stats = to_f32((logits, feats, stats))
+  return logits, feats, stats
+
+
+def _temperature(spec, method, params, hp, t_logits, s_logits):
+  if method.temperature == "learned":
+    return losses.ctkd_temperature(params["temperature"],
+                                   t_start=spec.kd.t_start, t_end=spec.kd.t_end)
+  if method.temperature == "instance":
+    return spec.temperature_module.apply({"params": params["temperature"]},
+                                         t_logits, s_logits)
+  if method.temperature == "one":
+    return jnp.float32(1.0)
+  return hp["temperature"]
+
+
+def _loss(spec, method, inputs, hp, params):
+  """(loss, (student logits, new batch stats, mean T, extra metrics))."""
+  x, labels_B, t_logits, t_feature, batch_stats, epoch, rng = inputs
+  s_logits, s_feats, stats = _forward(spec, spec.student, params["student"],
+                                      batch_stats["student"], x, rng)
+  new_stats, aux, logits_in = {"student": stats}, {}, s_logits
+  temperature = _temperature(spec, method, params, hp, t_logits, s_logits)
+  if method.cohort:
+    cohort = [s_logits]
+    for i, (key, module) in enumerate(spec.peers):
+      p_logits, _, new_stats[key] = _forward(
+          spec, module, params[key], batch_stats[key], x,
+          jax.random.fold_in(rng, i + 1))
+      cohort.append(p_logits)
+    aux["peer_accuracy"] = jnp.mean(jnp.stack(
+        [jnp.mean(jnp.argmax(z, -1) == labels_B) for z in cohort[1:]]))
+    logits_in = jnp.stack(cohort)
+  loss = method.loss(spec.kd, logits_in, t_logits, labels_B,
+                     temperature=temperature, alpha=hp["alpha"], epoch=epoch)
+  if spec.hint:
+    adapted = spec.adapter.apply({"params": params["adapter"]},
+                                 s_feats[spec.hint[0]])
+    aux["hint_loss"] = h = losses.hint_loss(adapted, t_feature)
+    loss = loss + (h if method.hint_only else spec.kd.hint_weight * h)
+  return loss, (s_logits, new_stats, jnp.mean(temperature), aux)
+
+
+def _all_finite(loss, grads):
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  # One scalar for every select of the guard, out of a `cond` XLA does not
+  # fuse: otherwise it copies the and-chain over the leaves into each select
+  # fusion, and the step's HLO grows with the square of the leaf count.
+  return jax.lax.cond(finite, lambda: jnp.bool_(True), lambda: jnp.bool_(False))
+
+
+def _metrics(spec, loss, logits, labels_B, t_logits, temperature, aux, finite):
+  pred_B = jnp.argmax(class_logits(logits, spec.subclasses), -1)
+  out = {"loss": loss, "accuracy": jnp.mean(pred_B == labels_B),
+         "temperature": temperature, **aux}
+  if t_logits is not None:
+    out["agreement"] = jnp.mean(pred_B == jnp.argmax(
+        class_logits(t_logits, spec.teacher_subclasses), -1))
+  out["finite"] = finite.astype(jnp.float32)
+  return out
+
+
+def make_train_step(spec: StepSpec, tx):
+  """The pure `train_step(state, batch, hp, teacher_vars)`."""
+  method = methods.get(spec.method)
+
+  def train_step(state: TrainState, batch, hp, teacher_vars):
+    x = augmented(spec, batch["image"], state.step)
+    labels_B = batch["label"]
+    t_logits, t_feature = _teacher_signal(spec, batch, teacher_vars, x)
+    epoch = state.step // spec.steps_per_epoch
+    rng = step_rngs(hp["seed"], state.step)[1]
+    inputs = (x, labels_B, t_logits, t_feature, state.batch_stats, epoch, rng)
+    (loss, (logits, batch_stats, temperature, aux)), grads = (
+        jax.value_and_grad(functools.partial(_loss, spec, method, inputs, hp),
+                           has_aux=True)(state.params))
+    if method.learns_temperature:
+      grads = scale_temperature_grads(spec.kd, grads, epoch, hp["cosine"])
+    finite = _all_finite(loss, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(state.step + 1,
+                           optax.apply_updates(state.params, updates),
+                           batch_stats, opt_state)
+    # A non-finite step changes nothing (config.nan_policy decides, on the
+    # host, whether the run stops or goes on): the state stays the last good
+    # one, only its step counter moves on.
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                             new_state, state).replace(step=state.step + 1)
+    return new_state, _metrics(spec, loss, logits, labels_B, t_logits,
+                               temperature, aux, finite)
+
+  return train_step
+
+
+def make_eval_step(preprocess: Preprocess, model, *, subclasses=1,
+                   teacher=None, teacher_subclasses=1):
+  """`eval_step(variables, teacher_vars, batch)` in float32; `batch` has
+  `image`, `label`, `mask` and, cached, `teacher_logits`."""
+  def eval_step(variables, teacher_vars, batch):
+    x = preprocess(batch["image"])
+    logits_BxC = class_logits(model.apply(variables, x, train=False),
+                              subclasses)
+    labels_B, mask_B = batch["label"], batch["mask"]
+    if teacher is not None:
+      t_raw = (batch["teacher_logits"] if "teacher_logits" in batch else
+               teacher.apply(teacher_vars, x, train=False))
+      t_logits = class_logits(t_raw, teacher_subclasses)
+      agree_B = (jnp.argmax(logits_BxC, -1) == jnp.argmax(t_logits, -1))
+    else:
+      agree_B = jnp.zeros_like(mask_B)
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC,
+                                                             labels_B)
+    return metrics.EvalMetrics.single_from_model_output(
+        logits=logits_BxC, labels=labels_B, mask=mask_B, loss=loss_B,
+        agree=agree_B.astype(jnp.float32))
+  return eval_step
