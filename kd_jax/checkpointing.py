@@ -9,9 +9,11 @@ A stage directory holds two managers:
                               This is what a later run loads as a teacher.
 Each checkpoint is a `Composite` of an array item and a JSON `meta` item.
 'latest' stores the train state packed: its leaves concatenated into one flat
-array per dtype (item `packed_state`), because Orbax's cost is per array
-(~1.8 ms each here: 0.9 s for a MobileNetV3 train state of 497 leaves, 0.1 s
-packed); checkpoints written unpacked (item `state`) still restore.
+array per dtype (item `packed_state`), because Orbax's cost is per array and a
+train state has hundreds of leaves (measurements: benchmarks/RESULTS.md).
+Its meta may carry the caller's stage `fingerprint` (what the stage trains);
+a resume whose fingerprint differs is refused instead of silently continuing
+another experiment's state.
 Orbax writes into a temporary directory and renames it when complete, so an
 interrupted save never replaces the previous checkpoint.
 The frozen teacher is never part of a student's checkpoint.
@@ -82,6 +84,7 @@ def _unpack_fn(treedef, specs, sharding):
 
 
 LAYOUT = "packed_layout"  # meta key of a packed state's leaf paths/shapes
+FINGERPRINT = "fingerprint"  # meta key of the caller's stage fingerprint
 
 
 def read_packed_state(manager_dir: str):
@@ -104,6 +107,20 @@ def read_packed_state(manager_dir: str):
       node = node.setdefault(name, {})
     node[path[-1]] = leaf
   return step, tree
+
+
+def latest_meta(stage_dir: str) -> dict | None:
+  """The meta of a stage's 'latest' checkpoint (read only), or None."""
+  root = os.path.join(stage_dir, "checkpoints", "latest")
+  if not os.path.isdir(root):
+    return None
+  mngr = ocp.CheckpointManager(
+      root, options=ocp.CheckpointManagerOptions(create=False))
+  step = mngr.latest_step()
+  meta = None if step is None else mngr.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore())).meta
+  mngr.close()
+  return meta
 
 
 class StageCheckpoints:
@@ -154,21 +171,27 @@ class StageCheckpoints:
           + (f"the previous checkpoint (step {previous}) is intact"
              if previous is not None else "no earlier checkpoint")) from None
 
-  def restore_latest(self, like_state, sharding):
-    """(state, meta) of the latest checkpoint, or None when there is none."""
+  def restore_latest(self, like_state, sharding, fingerprint=None):
+    """(state, meta) of the latest checkpoint, or None when there is none.
+
+    When both the checkpoint's meta and the caller give a `fingerprint` and
+    they differ, the checkpoint belongs to another stage setup and restoring
+    it would continue the wrong experiment: that is a `UserError`. Neither the
+    fingerprint nor the packed layout is part of the returned meta.
+    """
     step = self.latest.latest_step()
     if step is None:
       return None
-    if not os.path.isdir(os.path.join(self.latest.directory, str(step),
-                                      "packed_state")):  # written unpacked
-      out = self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(like_state, sharding)),
-          meta=ocp.args.JsonRestore()))
-      return out.state, out.meta
     leaves, treedef = jax.tree.flatten(like_state)
     specs = tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
     meta = self.latest.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore())).meta
+    saved = meta.pop(FINGERPRINT, None)
+    if saved is not None and fingerprint is not None and saved != fingerprint:
+      raise UserError(
+          f"the checkpoint of step {step} in {self.latest.directory} has stage "
+          f"fingerprint {saved!r}, this config's is {fingerprint!r}; "
+          "use another --workdir")
     if meta.pop(LAYOUT) != _layout(like_state):
       raise UserError(
           f"the checkpoint of step {step} in {self.latest.directory} holds a "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kd_jax import losses
+from kd_jax import losses, methods
 
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder")
@@ -168,21 +168,56 @@ def parse_arg(arg: str | None) -> dict:
   return out
 
 
+def _parent(config: ml_collections.ConfigDict, path: str):
+  """(the ConfigDict that holds the last key of dotted `path`, that key);
+  UserError when a key along `path` does not exist."""
+  *parents, leaf = path.split(".")
+  node = config
+  for key in parents:
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      raise UserError(f"config key {path!r} does not exist")
+    node = node[key]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise UserError(f"config key {path!r} does not exist")
+  return node, leaf
+
+
+def set_path(config: ml_collections.ConfigDict, path: str, value):
+  """Sets dotted `path` (``"kd.temperature"``) of `config` to `value` in
+  place and returns `config`. The key must already exist and `value` must fit
+  its type (UserError otherwise): a typo must not add a field that nothing
+  reads."""
+  node, leaf = _parent(config, path)
+  try:
+    node[leaf] = value
+  except TypeError as e:  # ConfigDict's type safety, e.g. a str for an int
+    raise UserError(f"config key {path!r}: {str(e).splitlines()[0]}") from None
+  return config
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """Nested dicts -> one dict of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, prefix + k + "."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None):
   """Applies a cell arg string to `config` in place; returns it."""
   for path, text in parse_arg(arg).items():
-    node = config
-    *parents, leaf = path.split(".")
-    for p in parents:
-      if p not in node:
-        raise UserError(f"config arg key {path!r} does not exist")
-      node = node[p]
-    if leaf not in node:
-      raise UserError(f"config arg key {path!r} does not exist")
     try:
-      node[leaf] = _coerce(node[leaf], text)
+      node, leaf = _parent(config, path)
+    except UserError:
+      raise UserError(f"config arg key {path!r} does not exist") from None
+    try:
+      value = _coerce(node[leaf], text)
     except ValueError as e:
       raise UserError(f"config arg {path}={text!r}: {e}") from None
+    set_path(config, path, value)
   if config.runlocal:
     make_tiny(config)
   return config
@@ -244,8 +279,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   one_of(c.dataset.name, DATASETS, "config.dataset.name")
   one_of(c.student.name, sorted(models.MODELS), "config.student.name")
-  one_of(c.kd.method, losses.METHODS, "config.kd.method")
-  if c.kd.method in losses.TEACHER_METHODS or c.scratch_baseline:
+  one_of(c.kd.method, methods.USER_METHODS, "config.kd.method")
+  if c.kd.method in methods.TEACHER_METHODS or c.scratch_baseline:
     one_of(c.teacher.name, sorted(models.MODELS), "config.teacher.name")
   one_of(c.kd.schedule, losses.SCHEDULES, "config.kd.schedule")
   one_of(c.optimizer, OPTIMIZERS, "config.optimizer")
@@ -291,7 +326,7 @@ def model_list(text: str) -> list[str]:
 
 
 def hints_enabled(c) -> bool:
-  return bool(c.kd.hint_student_layer) and c.kd.method in losses.TEACHER_METHODS
+  return bool(c.kd.hint_student_layer) and c.kd.method in methods.TEACHER_METHODS
 
 
 def subclasses(c) -> int:
@@ -314,7 +349,7 @@ def _validate_methods(c, one_of, models) -> None:
   if bool(k.hint_student_layer) != bool(k.hint_teacher_layer):
     raise UserError("set both config.kd.hint_student_layer and "
                     "config.kd.hint_teacher_layer, or neither")
-  if k.hint_student_layer and k.method not in losses.TEACHER_METHODS:
+  if k.hint_student_layer and k.method not in methods.TEACHER_METHODS:
     raise UserError(f"hint layers need a teacher; method {k.method!r} has none")
   if k.hint_student_layer and k.method == "subclass":
     raise UserError("hint layers are not supported with method 'subclass'")
@@ -328,7 +363,7 @@ def _validate_methods(c, one_of, models) -> None:
                     "positive integer (or -1: same as num_epochs)")
   for name in model_list(k.assistants):
     one_of(name, sorted(models.MODELS), "teacher assistant (config.kd.assistants)")
-  if k.assistants and k.method not in losses.TEACHER_METHODS:
+  if k.assistants and k.method not in methods.TEACHER_METHODS:
     raise UserError(f"teacher assistants need a teacher; method {k.method!r} "
                     "has none")
   if k.assistants and k.hint_student_layer:

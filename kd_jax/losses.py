@@ -4,13 +4,16 @@ Shapes: logits are `[B, C]`, labels are integer `[B]`; every loss returns a
 scalar mean over the batch. KL divergences are summed over classes and
 averaged over the batch ('batchmean').
 
-References (equation numbers are the seeds' report 002):
-  * Hinton et al. 2015, "Distilling the knowledge in a neural network" (eq. 4).
+References:
+  * Hinton et al. 2015, "Distilling the knowledge in a neural network": the
+    soft-target loss alpha T^2 KL + (1 - alpha) CE.
   * Meng et al. 2019, "Conditional teacher-student learning".
   * Li et al. 2023, "Curriculum temperature for knowledge distillation"
-    (CTKD; eqs. 5-7), global and instance-wise temperature.
+    (CTKD): adversarially learned global and instance-wise temperature,
+    with a curriculum weight on its gradient.
   * Romero et al. 2015, "FitNets: hints for thin deep nets", with the 1x1
-    adaptation layer of Chen et al. 2017 (seeds' report 003, sec. 2.4).
+    adaptation layer of Chen et al. 2017, "Learning efficient object
+    detection models with knowledge distillation".
   * Zhao et al. 2022, "Decoupled knowledge distillation" (DKD).
   * Huang et al. 2022, "Knowledge distillation from a stronger teacher" (DIST).
   * Sun et al. 2024, "Logit standardization in knowledge distillation".
@@ -84,7 +87,7 @@ def ctkd_temperature(raw, *, t_start=1.0, t_end=20.0):
 
 def curriculum_lambda(epoch, *, schedule, lambda_min=0.0, lambda_max=1.0,
                       epoch_cap=10):
-  """CTKD's curriculum weight lambda at (0-based) `epoch` (seeds' eq. 7).
+  """CTKD's curriculum weight lambda at (0-based) `epoch` (Li et al. 2023).
 
   'cosine': lmin + (lmax - lmin) * (1 + cos((1 + min(E, Ecap)/Ecap) pi)) / 2
   'linear': lmin + (lmax - lmin) * min(E, Ecap)/Ecap

@@ -144,6 +144,27 @@ def fingerprint(config, ds, role, model_name) -> str:
   return h.hexdigest()
 
 
+def check_resumable(workdir, config, ds):
+  """Refuses, before anything is written, a workdir whose unfinished stages
+  hold 'latest' checkpoints of another config or data (a run whose
+  checkpoints outlived its deleted workdir)."""
+  if not os.path.isdir(workdir):
+    return
+  for name in sorted(os.listdir(workdir)):
+    stage_dir = os.path.join(workdir, name)
+    if os.path.exists(os.path.join(stage_dir, "results.json")):
+      continue
+    meta = checkpointing.latest_meta(stage_dir)
+    if not meta or "fingerprint" not in meta:
+      continue
+    mine = fingerprint(config, ds, meta["role"], meta["model"])
+    if meta["fingerprint"] != mine:
+      raise UserError(
+          f"{stage_dir}/checkpoints/latest belongs to another run (stage "
+          f"fingerprint {meta['fingerprint']!r}, this config's is {mine!r}); "
+          "use another --workdir")
+
+
 def new_loop() -> dict:
   return {"epoch": 0, "step_in_epoch": 0, "best_val": -1.0, "best_epoch": -1,
           "bad_epochs": 0, "history": [], "train_seconds": 0.0,

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-from kd_jax import config_lib, losses
+from kd_jax import config_lib, methods
 from kd_jax.config_lib import UserError
 
 TEACHER_DIR = "teacher"
@@ -143,7 +143,7 @@ class Study:
       except UserError as e:
         raise UserError(f"cell {a!r}: {e}") from None
     kd_configs = [c for c in self.configs
-                  if c.kd.method in losses.TEACHER_METHODS]
+                  if c.kd.method in methods.TEACHER_METHODS]
     teachers = sorted({c.teacher.name for c in kd_configs})
     if len(teachers) > 1:
       raise UserError(f"{path}: cells use different teachers {teachers}; a "
@@ -162,11 +162,7 @@ class Study:
     """The cell's config as `kd_jax.main` would build it (for in-process runs)."""
     c = self.module.get_config(cell.arg or None)
     for path, value in cell.overrides.items():
-      node = c
-      *parents, leaf = path.split(".")
-      for part in parents:
-        node = node[part]
-      node[leaf] = value
+      config_lib.set_path(c, path, value)
     return c
 
   @property
@@ -191,7 +187,7 @@ class Study:
   def cells(self) -> list[Cell]:
     out = []
     for i, (arg, c) in enumerate(zip(self.cell_args, self.configs)):
-      needs = c.kd.method in losses.TEACHER_METHODS
+      needs = c.kd.method in methods.TEACHER_METHODS
       overrides = {}
       if needs and not c.teacher.checkpoint:
         overrides["teacher.checkpoint"] = os.path.join(self.teacher_workdir,
@@ -268,9 +264,8 @@ def vmap_groups(study: Study, cells) -> list[list[Cell]]:
   groups: dict = {}
   for cell in cells:
     c = study.config(cell)
-    key = (sweep.group_key(c) if c.kd.method in sweep.VMAP_METHODS
-           and not c.kd.hint_student_layer and not c.kd.assistants
-           and not c.scratch_baseline else f"single:{cell.name}")
+    key = (sweep.group_key(c) if sweep.vmap_problem(c) is None
+           else f"single:{cell.name}")
     groups.setdefault(key, []).append(cell)
   return list(groups.values())
 
@@ -345,6 +340,9 @@ def _run_vmapped(study: Study, todo, counter, vmap_chunk=0) -> int:
 
 
 def main(argv=None) -> int:
+  from kd_jax import console, cpu_runtime
+  console.quiet_native_logs()  # before anything imports TensorFlow
+  cpu_runtime.configure()  # before JAX starts a backend (--in_process, --vmap)
   p = argparse.ArgumentParser(prog="python -m kd_jax.study",
                               description="Run or inspect an ablation study.")
   p.add_argument("action", choices=("list", "run", "command", "commands",

@@ -134,6 +134,8 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
     teacher = train.load_frozen(config, ds, mesh, config.teacher.checkpoint)
     teacher_result = train.evaluate_loaded_teacher(config, ds, mesh, teacher)
   for c, w in todo:
+    stage_lib.check_resumable(w, c, ds)
+  for c, w in todo:
     os.makedirs(w, exist_ok=True)
     if jax.process_index() == 0:
       reporting.write_json(os.path.join(w, "config.json"), json.loads(c.to_json()))
@@ -184,124 +186,149 @@ def _init_cells(todo, model, ds, mesh, tx):
   return trackers, states
 
 
-def _train_cells(todo, ds, mesh, teacher, chunk):
-  """The sweep's epoch loop over its cells."""
+class _Cells:
+  """A group's stacked train states in chunks of `cs` cells (one vmapped
+  call per chunk and step), with each cell's tracker."""
+
+  def __init__(self, trackers, states, configs, cs, step_fn):
+    self.trackers, self.cs, self.step_fn = trackers, cs, step_fn
+    self.starts = range(0, len(trackers), cs)
+    self.chunks = [_stack(states[i:i + cs]) for i in self.starts]
+    hp = step_lib.stack_hyperparams(configs)
+    self.hp = [jax.tree.map(lambda a, i=i: a[i:i + cs], hp) for i in self.starts]
+
+  def cell(self, k):
+    return _slice(self.chunks[k // self.cs], k % self.cs)
+
+  def step(self, batch, teacher_vars):
+    """One train step of every cell; returns the [K] metrics."""
+    active = jnp.asarray([not t.loop["stopped"] for t in self.trackers])
+    out = [self.step_fn(ch, h, active[i:i + self.cs], batch, teacher_vars)
+           for ch, h, i in zip(self.chunks, self.hp, self.starts)]
+    self.chunks = [o[0] for o in out]
+    for tr in self.trackers:
+      tr.loop["step_in_epoch"] += 1
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *[o[1] for o in out])
+
+  def save_latest(self, step):
+    for k, tr in enumerate(self.trackers):
+      tr.save_latest(step, self.cell(k))
+
+  def flush(self, pending, step, progress):
+    rows = jax.device_get(pending)  # [n steps] of {name: [K]}
+    means = [tr.flush([{n: v[k] for n, v in r.items()} for r in rows], step)
+             for k, tr in enumerate(self.trackers) if not tr.loop["stopped"]]
+    mean = {n: float(np.mean([m[n] for m in means])) for n in means[0]}
+    progress.update(step, mean["loss"])
+    progress.print(step, mean)
+
+  def end_epoch(self, step, seconds, evaluate):
+    """Validation, early stopping and checkpoints of every cell; returns
+    {cell: inference variables} of the cells whose epoch was their best."""
+    best = {}
+    for k, tr in enumerate(self.trackers):
+      state = self.cell(k)
+      if tr.loop["stopped"]:
+        tr.loop.update(epoch=tr.loop["epoch"] + 1, step_in_epoch=0)
+        tr.save_latest(step, state)
+        continue
+      tr.loop["train_seconds"] += seconds / len(self.trackers)
+      variables = stage_lib.inference_variables(state)
+      tr.end_epoch(step, evaluate(variables, k), state, variables)
+      if tr.improved:
+        best[k] = variables
+    return best
+
+
+def _setup(todo, ds, mesh, teacher, chunk):
+  """(step spec, cells, dataset with the cached teacher logits, cache used,
+  steps per epoch) of a group."""
   configs = [c for c, _ in todo]
   config = configs[0]
-  k_cells = len(configs)
   model = models.get_model(config.student.name, num_classes=ds.num_classes)
   spe = data.steps_per_epoch(len(ds.train), config.batch_size,
                              config.max_steps_per_epoch)
-  num_epochs = config.num_epochs
-  repl = sharding.replicated(mesh)
   tx = step_lib.make_optimizer(
-      config, learning_rate=config.learning_rate, num_epochs=num_epochs,
-      steps_per_epoch=spe,
+      config, learning_rate=config.learning_rate,
+      num_epochs=config.num_epochs, steps_per_epoch=spe,
       ctkd=methods.get(config.kd.method).learns_temperature)
-  ds_steps, cache_used = stage_lib.with_teacher_cache(config, ds, teacher,
-                                                      mesh, "sweep")
-  trackers, states = _init_cells(todo, model, ds, mesh, tx)
+  ds, cache_used = stage_lib.with_teacher_cache(config, ds, teacher, mesh,
+                                                "sweep")
   spec = step_lib.make_spec(config, model, config.kd.method,
                             steps_per_epoch=spe,
                             teacher=teacher.model if teacher else None)
-  cs = vmap_chunk(chunk, k_cells)
-  starts = range(0, k_cells, cs)
-  chunks = [_stack(states[i:i + cs]) for i in starts]
-  hp = step_lib.stack_hyperparams(configs)
-  hp_chunks = [jax.tree.map(lambda a, i=i: a[i:i + cs], hp) for i in starts]
-  step_fn = jax.jit(make_sweep_step(spec, tx), donate_argnums=0)
+  cells = _Cells(*_init_cells(todo, model, ds, mesh, tx), configs,
+                 vmap_chunk(chunk, len(configs)),
+                 jax.jit(make_sweep_step(spec, tx), donate_argnums=0))
+  return spec, cells, ds, cache_used, spe
+
+
+def _train_cells(todo, ds, mesh, teacher, chunk):
+  """The sweep's epoch loop over its cells."""
+  configs = [c for c, _ in todo]
+  config, k_cells = configs[0], len(configs)
+  spec, cells, ds, cache_used, spe = _setup(todo, ds, mesh, teacher, chunk)
   teacher_fn = (jax.jit(lambda v, im, s: step_lib.live_teacher_logits(
       spec, v, im, s)) if teacher is not None and not cache_used else None)
-  eval_jit = jax.jit(step_lib.make_eval_step(spec.preprocess, model,
-                                             teacher=spec.teacher))
   teacher_vars = teacher.variables if teacher is not None else None
-  loop0 = trackers[0].loop
-  step = loop0["epoch"] * spe + loop0["step_in_epoch"]
+  eval_jit = jax.jit(step_lib.make_eval_step(spec.preprocess, spec.student,
+                                             teacher=spec.teacher))
+  evaluate = lambda variables, k, split="val": stage_lib.evaluate(
+      eval_jit, variables, teacher_vars, getattr(ds, split), configs[k], mesh,
+      teacher is not None)
+  loop = cells.trackers[0].loop  # every cell is at the same position
+  step = loop["epoch"] * spe + loop["step_in_epoch"]
   progress = reporting.Progress(f"sweep x{k_cells}", config.student.name,
-                                num_epochs * spe, step, spe)
-  best = [None] * k_cells  # inference variables of each cell's best epoch
-
-  def cell(k):
-    return _slice(chunks[k // cs], k % cs)
-
-  def save_all_latest():
-    for k, tr in enumerate(trackers):
-      tr.save_latest(step, cell(k))
-
-  def flush(pending):
-    rows = jax.device_get(pending)  # [n steps] of {name: [K]}
-    means = [tr.flush([{n: v[k] for n, v in r.items()} for r in rows], step)
-             for k, tr in enumerate(trackers) if not tr.loop["stopped"]]
-    all_mean = {n: float(np.mean([m[n] for m in means])) for n in means[0]}
-    progress.update(step, all_mean["loss"])
-    progress.print(step, all_mean)
-
-  while (trackers[0].loop["epoch"] < num_epochs
-         and not all(t.loop["stopped"] for t in trackers)):
-    active = jnp.asarray([not t.loop["stopped"] for t in trackers])
+                                config.num_epochs * spe, step, spe)
+  best = {}  # cell -> inference variables of its best epoch
+  while (loop["epoch"] < config.num_epochs
+         and not all(t.loop["stopped"] for t in cells.trackers)):
     t_epoch, pending = time.time(), []
     for host_batch in data.train_batches(
-        ds_steps.train, global_batch=config.batch_size, seed=spec.data_seed,
-        epoch=trackers[0].loop["epoch"], num_steps=spe,
-        start_step=trackers[0].loop["step_in_epoch"],
+        ds.train, global_batch=config.batch_size, seed=spec.data_seed,
+        epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
         image_size=config.dataset.image_size,
         process_index=jax.process_index(), process_count=jax.process_count()):
       batch = sharding.global_batch(host_batch, mesh)
       if teacher_fn is not None:  # once per step, not once per chunk
         batch["teacher_logits"] = teacher_fn(teacher_vars, batch["image"],
                                              jnp.int32(step))
-      out = [step_fn(ch, h, active[i:i + cs], batch, teacher_vars)
-             for ch, h, i in zip(chunks, hp_chunks, starts)]
-      chunks = [o[0] for o in out]
-      pending.append(jax.tree.map(lambda *xs: jnp.concatenate(xs),
-                                  *[o[1] for o in out]))
+      pending.append(cells.step(batch, teacher_vars))
       step += 1
-      for tr in trackers:
-        tr.loop["step_in_epoch"] += 1
       if len(pending) >= config.log_every_steps:
-        flush(pending)
+        cells.flush(pending, step, progress)
         pending = []
       if preemption.requested(step, config.log_every_steps):
         if pending:
-          flush(pending)
-        save_all_latest()
+          cells.flush(pending, step, progress)
+        cells.save_latest(step)
         raise preemption.Preempted(
             f"[sweep] SIGTERM: saved every cell's checkpoint at step {step}; "
             "rerun the same command to resume")
-      if stage_lib.mid_epoch_save_due(config, trackers[0].loop, step, spe):
-        save_all_latest()
+      if stage_lib.mid_epoch_save_due(config, loop, step, spe):
+        cells.save_latest(step)
     if pending:
-      flush(pending)
-    seconds = time.time() - t_epoch
-    for k, tr in enumerate(trackers):
-      if tr.loop["stopped"]:
-        tr.loop.update(epoch=tr.loop["epoch"] + 1, step_in_epoch=0)
-        tr.save_latest(step, cell(k))
-        continue
-      tr.loop["train_seconds"] += seconds / k_cells
-      state = cell(k)
-      variables = stage_lib.inference_variables(state)
-      val = stage_lib.evaluate(eval_jit, variables, teacher_vars, ds_steps.val,
-                               configs[k], mesh, teacher is not None)
-      tr.end_epoch(step, val, state, variables)
-      if tr.improved:
-        best[k] = variables  # the test evaluation needs no restore
+      cells.flush(pending, step, progress)
+    best.update(cells.end_epoch(step, time.time() - t_epoch, evaluate))
     reporting.log(f"[sweep x{k_cells} {config.student.name}] epoch "
-                  f"{trackers[0].loop['epoch']}/{num_epochs}: val acc " + " ".join(
-                      f"{t.loop['history'][-1]['accuracy']:.4f}" for t in trackers))
+                  f"{loop['epoch']}/{config.num_epochs}: val acc " + " ".join(
+                      f"{t.loop['history'][-1]['accuracy']:.4f}"
+                      for t in cells.trackers))
+  return [_cell_result(cells, k, step, best.get(k), evaluate, teacher,
+                       cache_used, sharding.replicated(mesh))
+          for k in range(k_cells)]
 
-  rows = []
-  for k, tr in enumerate(trackers):
-    tr.ckpt.wait()
-    state = cell(k)
-    best_vars = best[k]
-    if best_vars is None:  # the best epoch ran before a resume
-      best_vars, _ = tr.ckpt.restore_best(
-          stage_lib.inference_variables(state), repl)
-    test = stage_lib.evaluate(eval_jit, best_vars, teacher_vars, ds_steps.test,
-                              configs[k], mesh, teacher is not None)
-    res = tr.result(step=step, test=test, best_vars=best_vars, teacher=teacher,
-                    cache_used=cache_used, state=state)
-    res["vmapped_with"] = k_cells
-    rows.append(tr.finish(res))
-  return rows
+
+def _cell_result(cells, k, step, best_vars, evaluate, teacher, cache_used,
+                 repl):
+  tr = cells.trackers[k]
+  tr.ckpt.wait()
+  state = cells.cell(k)
+  if best_vars is None:  # the best epoch ran before a resume
+    best_vars, _ = tr.ckpt.restore_best(stage_lib.inference_variables(state),
+                                        repl)
+  res = tr.result(step=step, test=evaluate(best_vars, k, "test"),
+                  best_vars=best_vars, teacher=teacher, cache_used=cache_used,
+                  state=state)
+  res["vmapped_with"] = len(cells.trackers)
+  return tr.finish(res)

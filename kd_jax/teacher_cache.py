@@ -78,11 +78,11 @@ def _over_split(config, fn, variables, split, mesh) -> np.ndarray:
     return fn(variables, x)
   fwd_jit = jax.jit(fwd)
   out = []
-  for images, _, _ in data.eval_batches(
+  for host_batch in data.eval_batches(
       split, global_batch=config.eval_batch_size,
       image_size=config.dataset.image_size,
       process_index=jax.process_index(), process_count=jax.process_count()):
-    batch = sharding.global_batch((images,), mesh)[0]
+    batch = sharding.global_batch(host_batch["image"], mesh)
     y = fwd_jit(variables, batch)
     out.append(np.asarray(multihost_utils.process_allgather(y, tiled=True)))
   return np.concatenate(out)[:len(split)].astype(np.float32)

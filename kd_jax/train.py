@@ -96,6 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     teacher = load_frozen(config, ds, mesh, config.teacher.checkpoint,
                           subclasses=groups)
   check_workdir(workdir, config, overwrite)
+  stage_lib.check_resumable(workdir, config, ds)
   # --- nothing above this line writes to the workdir ---
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:

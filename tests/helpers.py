@@ -15,13 +15,10 @@ def tiny_config(arg="", **overrides):
   """The quickstart config in tiny mode (what tests and Colab use)."""
   sys.path.insert(0, REPO)
   from configs import quickstart
+  from kd_jax import config_lib
   c = quickstart.get_config("runlocal" + ("," + arg if arg else ""))
   for path, value in overrides.items():
-    node = c
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    config_lib.set_path(c, path, value)
   return c
 
 

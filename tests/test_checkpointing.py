@@ -1,11 +1,12 @@
 """The 'latest' checkpoint's packed train state: exact round trip, one array
-per dtype on disk, and old unpacked checkpoints still restore."""
+per dtype on disk, and a stage fingerprint that refuses another stage's
+checkpoint."""
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
+import pytest
 
 from kd_jax import checkpointing
 
@@ -54,16 +55,45 @@ def test_pack_makes_one_flat_array_per_dtype():
       "float32": (19,), "int32": (6,), "bfloat16": (4,)}
 
 
-def test_unpacked_checkpoints_from_before_still_restore(tmp_path):
+def test_a_matching_fingerprint_restores_and_is_not_in_meta(tmp_path):
   state = _state()
   ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
-  # The layout written before packing: the state tree as item 'state'.
-  ck.latest.save(5, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"epoch": 2})))
-  ck.latest.wait_until_finished()
-  restored, meta = ck.restore_latest(_zeros_like(state), None)
+  ck.save_latest(5, state, {"epoch": 2, "fingerprint": "abc123"})
+  ck.close()
+  ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  restored, meta = ck.restore_latest(_zeros_like(state), None,
+                                     fingerprint="abc123")
   _assert_equal(restored, state)
   assert meta == {"epoch": 2}
+  ck.close()
+
+
+def test_a_different_fingerprint_is_refused_in_one_line(tmp_path):
+  state = _state()
+  ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  ck.save_latest(5, state, {"epoch": 2, "fingerprint": "abc123"})
+  with pytest.raises(checkpointing.UserError) as e:
+    ck.restore_latest(_zeros_like(state), None, fingerprint="def456")
+  msg = str(e.value)
+  assert "abc123" in msg and "def456" in msg and "\n" not in msg
+  assert "--workdir" in msg
+  assert str(tmp_path / "student" / "checkpoints" / "latest") in msg
+  ck.close()
+
+
+def test_a_checkpoint_without_a_fingerprint_restores(tmp_path):
+  state = _state()
+  ck = checkpointing.StageCheckpoints(str(tmp_path / "student"))
+  ck.save_latest(5, state, {"epoch": 2})
+  restored, meta = ck.restore_latest(_zeros_like(state), None,
+                                     fingerprint="def456")
+  _assert_equal(restored, state)
+  assert meta == {"epoch": 2}
+  # No fingerprint from the caller: a fingerprinted checkpoint restores too.
+  ck.save_latest(6, state, {"epoch": 3, "fingerprint": "abc123"})
+  restored, meta = ck.restore_latest(_zeros_like(state), None)
+  _assert_equal(restored, state)
+  assert meta == {"epoch": 3}
   ck.close()
 
 

@@ -197,3 +197,30 @@ def test_init_is_compiled_once_per_model_and_size_and_gives_models_init():
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   stage.make_init(models.get_model("mlp_small", num_classes=4), c, mesh)
   assert len(stage.COMPILED_INITS) == n + 1  # another class count: another entry
+
+
+def test_a_stage_resumes_only_its_own_checkpoint(tmp_path):
+  """A killed run whose checkpoints outlive its deleted workdir: the next
+  run in that path, on other data of the same shapes, must not resume the
+  stranger's train state."""
+  workdir = str(tmp_path / "run")
+  first = helpers.tiny_config("dataset=digits,method=none",
+                              scratch_baseline=False, num_epochs=1)
+  train.train_and_evaluate(first, workdir)
+  for path in ("config.json", "results.json", "student/results.json"):
+    os.remove(os.path.join(workdir, path))
+  other = helpers.tiny_config("dataset=digits,method=none",
+                              scratch_baseline=False, num_epochs=1,
+                              **{"dataset.train_limit": 96})
+  ds = data.load(other)
+  mine = stage.fingerprint(other, ds, "student", other.student.name)
+  with pytest.raises(UserError) as e:
+    train.train_and_evaluate(other, workdir)
+  msg = str(e.value)
+  assert "\n" not in msg and mine in msg and "use another --workdir" in msg
+  assert not os.path.exists(os.path.join(workdir, "config.json"))  # refused first
+  theirs = stage.fingerprint(first, data.load(first), "student",
+                             first.student.name)
+  assert theirs in msg and theirs != mine
+  # The same config resumes its own checkpoint (its stage results removed).
+  assert train.train_and_evaluate(first, workdir)["stages"]["student"]

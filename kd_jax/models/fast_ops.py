@@ -3,14 +3,13 @@
 XLA:CPU runs `lax.conv_general_dilated` with feature_group_count = channels
 (depthwise: MobileNet, GhostNet, ShuffleNet) and the gradient of
 `lax.reduce_window` max-pooling (select-and-scatter) far below the machine's
-speed: on the 2-core CPU of benchmarks/RESULTS.md a 3x3 depthwise conv on a
-64x28x28x96 batch takes ~100-170 ms forward, while the same sum of nine
-shifted, scaled slices takes ~4 ms, and a 2x2 max-pool's forward + backward
-on 64x32x32x88 takes ~98 ms against ~5 ms as a max of strided slices. The
-functions here compute the same values (up to float summation order for the
-convolution) from elementwise ops and reductions, which XLA fuses into single
-loops; their custom gradients equal lax's (the max-pool's goes to the first
-maximum of each window, exactly as select-and-scatter does).
+speed: the same values computed as a sum of shifted, scaled slices (depthwise
+conv) or a max of strided slices (max-pool) run an order of magnitude or more
+faster (measurements: benchmarks/RESULTS.md). The functions here compute the
+same values (up to float summation order for the convolution) from
+elementwise ops and reductions, which XLA fuses into single loops; their
+custom gradients equal lax's (the max-pool's goes to the first maximum of
+each window, exactly as select-and-scatter does).
 
 `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` (flax's
 `nn.Conv(conv_general_dilated=...)` field): depthwise NHWC/HWIO calls take
@@ -85,8 +84,8 @@ def _depthwise_kernel_grad(x_BxHxWxC, g_BxHoxWoxC, kh, kw, strides, padding):
   """d loss / d kernel: per tap, sum over (B, Ho, Wo) of window * g.
 
   Summed chunk by chunk of the batch in a `lax.scan`: XLA:CPU runs one
-  reduction of a shifted slice over the whole batch ~6x slower than the
-  same reductions over cache-sized chunks.
+  reduction of a shifted slice over the whole batch several times slower
+  than the same reductions over cache-sized chunks (benchmarks/RESULTS.md).
   """
   xp = _pad(x_BxHxWxC, padding)
   b, hp, wp, c = xp.shape
@@ -185,9 +184,10 @@ def _max_pool_fwd(x, window, strides, pads, in_hw):
 
 def _max_pool_bwd(window, strides, pads, in_hw, first, g_BxHoxWoxC):
   """Each output's gradient goes to the first maximum of its window (in
-  row-major window order), as select-and-scatter does. (Recomputing the
-  first-maximum masks here from x and y made XLA re-evaluate the whole mask
-  chain for each of the Kh*Kw scattered terms, inside one fused loop.)"""
+  row-major window order), as select-and-scatter does. It reads the saved
+  first-maximum index instead of recomputing the masks from x and y, because
+  XLA would re-evaluate the whole mask chain for each of the Kh*Kw scattered
+  terms inside one fused loop."""
   out_hw = first.shape[1:3]
   (pt, pb), (pl, pr) = pads
   (b, _, _, c), (h, w) = first.shape, in_hw

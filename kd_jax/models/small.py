@@ -1,26 +1,26 @@
-"""Small students from the seeds' CIFAR report (003): simple CNN, tiny CNN, MLP.
+"""Small CIFAR-scale students: simple CNN, tiny CNN, MLP.
 
-Report 003 describes the students only by structure and size:
-  * student:   "a simple CNN with two convolution-max-pooling blocks, and one
-               dense layer, totalling around 250 thousand trainable parameters"
-               (the tables say ~0.25M, the discussion says 260k);
-  * small student (multi-step KD): "one convolutional, max-pooling and dense
-               layer, totalling 130k parameters";
-  * dense-only students: "many different neural networks with only dense
-               layers", ending in a dense softmax layer like the teacher.
-It gives no widths, so they are chosen here. "One dense layer" is read as the
-classifier itself (the report counts the softmax layer among the teacher's 3
-dense layers). Convs are 3x3, stride 1, padding 1 (same size), so the student
-stages line up spatially with the VGG teacher's stages (16x16 after block1,
-8x8 after block2 at 32x32 input) for hint/guided-layer losses.
+They serve CIFAR-10/100 experiments of KD with FitNets hints and teacher
+assistants, which fix only their structure and size:
+  * student:   a simple CNN with two convolution-max-pooling blocks and one
+               dense layer, about 250-260k trainable parameters;
+  * small student (multi-step KD, teacher assistants): one convolution,
+               max-pooling and dense layer, about 130k parameters;
+  * dense-only students: networks of dense layers only, ending in a dense
+               softmax layer like the teacher (`vgg_cifar`).
+The widths are chosen here. "One dense layer" is the classifier itself (the
+teacher's 3 dense layers count its softmax layer too). Convs are 3x3,
+stride 1, padding 1 (same size), so the student stages line up spatially with
+the VGG teacher's stages (16x16 after block1, 8x8 after block2 at 32x32
+input) for hint/guided-layer losses.
 
   simple_cnn (SimpleCNN): conv3x3(88)-ReLU-maxpool2 -> conv3x3(176)-ReLU-maxpool2
       -> flatten -> Dense(C). Widths double per block (VGG-style) with the
       base width a multiple of 8 whose count is closest to 250k. At 32x32x3,
       C=10: 2,464 + 139,568 + (8*8*176*10 + 10 = 112,650) = 254,682
-      (between the report's 250k and 260k).
+      (within the 250-260k target).
   tiny_cnn (TinyCNN): conv3x3(50)-ReLU-maxpool2 -> flatten -> Dense(C). The
-      width whose count is closest to the report's 130,000. At 32x32x3, C=10:
+      width whose count is closest to the 130,000 target. At 32x32x3, C=10:
       1,400 + (16*16*50*10 + 10 = 128,010) = 129,410.
   mlp (MLP): flatten -> Dense(128)-ReLU -> Dense(C). At 32x32x3, C=10:
       393,344 + 1,290 = 394,634.

@@ -1,4 +1,4 @@
-"""VGG family: torchvision-compatible `vgg16` / `vgg16_bn` and the report's CIFAR teacher.
+"""VGG family: torchvision-compatible `vgg16` / `vgg16_bn` and a VGG-style CIFAR teacher.
 
 Layout (NHWC, float32 in, logits out):
 
@@ -10,11 +10,12 @@ Layout (NHWC, float32 in, logits out):
              Trainable params at C=1000: 138,357,544 (= torchvision).
   vgg16_bn (VGG16BN): the same with conv -> BatchNorm -> ReLU (the conv keeps its bias,
              as torchvision does). Params at C=1000: 138,365,992 (= torchvision).
-  vgg_cifar (VGGCifar): the VGG-style CIFAR teacher of seed report 003 ("11 convolutional
-             layers, 4 max-pooling layers and 3 dense layers, around 12 million
-             trainable parameters"). The report gives no widths; this module
-             derives them VGG-style (3x3 convs, widths doubling per stage, a 2x2
-             max-pool closing each stage):
+  vgg_cifar (VGGCifar): the VGG-style CIFAR teacher of the small students
+             (small.py): 11 convolutional layers, 4 max-pooling layers and 3
+             dense layers, around 12 million trainable parameters. That spec
+             gives no widths; this module derives them VGG-style (3x3
+             convs, widths doubling per stage, a 2x2 max-pool closing each
+             stage):
                stage1: 64, 64        -> pool  (32 -> 16)
                stage2: 128, 128      -> pool  (16 -> 8)
                stage3: 256, 256, 256 -> pool  (8 -> 4)
@@ -22,7 +23,7 @@ Layout (NHWC, float32 in, logits out):
              i.e. VGG-16's first four stages with one extra 512 conv (11 convs),
              then flatten 2x2x512 = 2048 -> Dense(1024)-ReLU-Dropout(0.5) ->
              Dense(512)-ReLU-Dropout(0.5) -> Dense(C)  (3 dense layers).
-             No BatchNorm (the report mentions none). Params at 32x32x3, C=10:
+             No BatchNorm. Params at 32x32x3, C=10:
                convs 9,995,072 + dense 2,098,176 + 524,800 + 5,130 = 12,623,178.
              Before the dense head the 2x2x512 map goes through the same
              torch-exact adaptive average pool, to 2x2: the identity at 32x32
@@ -158,7 +159,7 @@ class VGG16BN(VGG):
 
 
 class VGGCifar(VGG):
-  """Seed report 003's CIFAR teacher (11 conv, 4 max-pool, 3 dense; see module doc)."""
+  """The VGG-style CIFAR teacher (11 conv, 4 max-pool, 3 dense; see module doc)."""
   cfg: Sequence[Union[int, str]] = CFG_CIFAR
   batch_norm: bool = False
   pool_size: tuple[int, int] = (2, 2)
