@@ -29,7 +29,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kd_jax import config_lib, data, models, sharding, train  # noqa: E402
+from kd_jax import config_lib, cpu_runtime, data, models, sharding, stage  # noqa: E402
+from kd_jax import step as step_lib  # noqa: E402
 from kd_step_vs_torch import CASES, median_step_time  # noqa: E402
 
 
@@ -62,18 +63,19 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
   teacher_model = models.get_model(teacher_name, num_classes=classes)
   t_vars = jax.device_put(models.init(teacher_model, jax.random.PRNGKey(1), size),
                           sharding.replicated(mesh))
-  teacher = train.Frozen(teacher_model, t_vars)
-  tx = train.make_optimizer(c, learning_rate=1e-3, num_epochs=1,
-                            steps_per_epoch=1000, ctkd=False)
-  p, bs = train.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  repl = sharding.replicated(mesh)
+  tx = step_lib.make_optimizer(c, learning_rate=1e-3, num_epochs=1,
+                               steps_per_epoch=1000, ctkd=False)
+  p, bs = stage.init_variables(student, c, mesh, jax.random.PRNGKey(0))
   params = {"student": p}
   # Built as the trainer does (committed, replicated like the step's output),
   # so the step does not compile a second time on its second call.
-  state = jax.jit(lambda p, b: train.TrainState(jnp.int32(0), p, b, tx.init(p)),
-                  out_shardings=sharding.replicated(mesh))(params, {"student": bs})
-  step = jax.jit(train.make_train_step(c, student, "vanilla", tx,
-                                       steps_per_epoch=1000, teacher=teacher),
-                 donate_argnums=0)
+  state = jax.jit(lambda p, b: step_lib.new_train_state(tx, p, b),
+                  out_shardings=repl)(params, {"student": bs})
+  hp = jax.device_put(step_lib.hyperparams(c), repl)
+  spec = step_lib.make_spec(c, student, "vanilla", steps_per_epoch=1000,
+                            teacher=teacher_model)
+  step = jax.jit(step_lib.make_train_step(spec, tx), donate_argnums=0)
   rng = np.random.default_rng(0)
   n = batch * 8
   split = data.Split(rng.integers(0, classes, n).astype(np.int32),
@@ -81,17 +83,17 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
   host = next(data.train_batches(split, global_batch=batch, seed=0, epoch=0,
                                  num_steps=1, image_size=size))
   dev_batch = sharding.global_batch(host, mesh)
-  cost = step.lower(state, dev_batch, t_vars).compile().cost_analysis()
+  cost = step.lower(state, dev_batch, hp, t_vars).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   for _ in range(3):
-    state, m = step(state, dev_batch, t_vars)
+    state, m = step(state, dev_batch, hp, t_vars)
   jax.block_until_ready(state)
 
   def on_device():
     nonlocal state
     for _ in range(steps):
-      state, _ = step(state, dev_batch, t_vars)
+      state, _ = step(state, dev_batch, hp, t_vars)
     jax.block_until_ready(state)
 
   def pipeline():
@@ -99,7 +101,7 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
     for e in range(10**6):
       for hb in data.train_batches(split, global_batch=batch, seed=0, epoch=e,
                                    num_steps=8, image_size=size):
-        state, _ = step(state, sharding.global_batch(hb, mesh), t_vars)
+        state, _ = step(state, sharding.global_batch(hb, mesh), hp, t_vars)
         pipeline.count += 1
         if pipeline.count >= steps:
           jax.block_until_ready(state)
@@ -165,6 +167,7 @@ def main():
   p.add_argument("--cases", default="echo,cifar")
   p.add_argument("--json", default="")
   args = p.parse_args()
+  cpu_runtime.configure()  # as kd_jax's commands run; before the backend starts
   dev = jax.devices()[0]
   ceil = ceilings()
   print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}")

@@ -103,9 +103,9 @@ def host_data(batch, size, classes):
 
 def jax_case(case, batch, steps, warmup):
   import jax
-  import jax.numpy as jnp
 
-  from kd_jax import config_lib, data, models, sharding, train
+  from kd_jax import config_lib, data, models, sharding, stage
+  from kd_jax import step as step_lib
   from kd_jax.models import profile
 
   tname, sname, size, classes = CASES[case]
@@ -117,18 +117,18 @@ def jax_case(case, batch, steps, warmup):
   teacher_model = models.get_model(tname, num_classes=classes)
   t_vars = jax.device_put(profile.random_variables(tname, classes, size, seed=1),
                           sharding.replicated(mesh))
-  teacher = train.Frozen(teacher_model, t_vars)
-  tx = train.make_optimizer(c, learning_rate=LR, num_epochs=1,
-                            steps_per_epoch=1000, ctkd=False)
-  p, bs = train.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  repl = sharding.replicated(mesh)
+  tx = step_lib.make_optimizer(c, learning_rate=LR, num_epochs=1,
+                               steps_per_epoch=1000, ctkd=False)
+  p, bs = stage.init_variables(student, c, mesh, jax.random.PRNGKey(0))
   # Built as the trainer does (Stage.init_state): committed and replicated
   # like the step's output, so the second call does not compile again.
-  state = jax.jit(lambda p, b: train.TrainState(jnp.int32(0), p, b, tx.init(p)),
-                  out_shardings=sharding.replicated(mesh))(
-                      {"student": p}, {"student": bs})
-  step = jax.jit(train.make_train_step(c, student, "vanilla", tx,
-                                       steps_per_epoch=1000, teacher=teacher),
-                 donate_argnums=0)
+  state = jax.jit(lambda p, b: step_lib.new_train_state(tx, p, b),
+                  out_shardings=repl)({"student": p}, {"student": bs})
+  hp = jax.device_put(step_lib.hyperparams(c), repl)
+  spec = step_lib.make_spec(c, student, "vanilla", steps_per_epoch=1000,
+                            teacher=teacher_model)
+  step = jax.jit(step_lib.make_train_step(spec, tx), donate_argnums=0)
   split = data.Split(*host_data(batch, size, classes))
 
   def host_batches():
@@ -142,7 +142,7 @@ def jax_case(case, batch, steps, warmup):
 
   def one(get_batch):
     nonlocal state
-    state, _ = step(state, get_batch(), t_vars)
+    state, _ = step(state, get_batch(), hp, t_vars)
     jax.block_until_ready(state)
 
   t_dev, faults = step_time_and_faults(lambda: one(lambda: dev_batch),
@@ -154,13 +154,14 @@ def jax_case(case, batch, steps, warmup):
   # computes them once per split, before training).
   # Not the same work as the peer's step: reported in its own column.
   t_logits = jax.jit(lambda v, x: teacher_model.apply(
-      v, train._preprocess(c, x), train=False))(t_vars, dev_batch[0])
-  cached_batch = (*dev_batch, t_logits)
+      v, step_lib.Preprocess.from_config(c)(x), train=False))(
+          t_vars, dev_batch["image"])
+  cached_batch = {**dev_batch, "teacher_logits": t_logits}
   t_cached, _ = step_time_and_faults(lambda: one(lambda: cached_batch),
                                      steps, warmup)
   return {"cached_images_per_s": batch / t_cached, "faults_per_step": faults,
-          "teacher_params": train.param_count(t_vars["params"]),
-          "student_params": train.param_count(p),
+          "teacher_params": stage.param_count(t_vars["params"]),
+          "student_params": stage.param_count(p),
           "images_per_s": batch / t_dev, "pipeline_images_per_s": batch / t_pipe}
 
 
@@ -301,11 +302,11 @@ def rate(x):
   return f"{x:.1f}" if x else "-"
 
 
-def report(args, jax_rows, tr):
+def report(args, jax_rows, tr, host_memory_reuse):
   import flax
   import jax
 
-  from kd_jax.report import cpu_name
+  from kd_jax.deployment import cpu_name
 
   torch_info = (f"torch {tr['torch']} (torchvision {tr['torchvision']}, "
                 f"{tr['threads']} threads"
@@ -350,9 +351,8 @@ def report(args, jax_rows, tr):
       print(f"| {case} | {name} | {r[key]:,} | {torch_count} |")
   # Page faults: a step that gets fresh memory from the OS pays for every
   # page it touches (see kd_jax/cpu_runtime.py).
-  import kd_jax
   print(f"\nMinor page faults per timed step (most over the rounds; kd_jax "
-        f"host-memory reuse {'on' if kd_jax.HOST_MEMORY_REUSE else 'off'}):\n")
+        f"host-memory reuse {'on' if host_memory_reuse else 'off'}):\n")
   print("| case | kd_jax on-device | torch ready |")
   print("|---|---|---|")
   for case, r in jax_rows.items():
@@ -387,6 +387,8 @@ def main():
     torch_worker(args)
     return
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from kd_jax import cpu_runtime
+  host_memory_reuse = cpu_runtime.configure()  # as kd_jax's commands run
   jax_rounds, torch_rounds = [], []
   for r in range(args.rounds):
     rows = {}
@@ -405,7 +407,7 @@ def main():
         for case in torch_rounds[0]["cases"]})
   jax_rows = {case: best_of([rows[case] for rows in jax_rounds])
               for case in jax_rounds[0]}
-  report(args, jax_rows, tr)
+  report(args, jax_rows, tr, host_memory_reuse)
   report_rounds(jax_rounds, torch_rounds)
 
 

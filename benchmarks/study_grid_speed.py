@@ -37,8 +37,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from kd_jax import study  # noqa: E402
-from kd_jax.report import cpu_name  # noqa: E402
+from kd_jax import cpu_runtime, study  # noqa: E402
+from kd_jax.deployment import cpu_name  # noqa: E402
 from kd_step_vs_torch import CASES  # noqa: E402
 
 
@@ -56,6 +56,7 @@ def main():
   p.add_argument("--cells", type=int, default=0, help="first N cells only (0: all)")
   p.add_argument("--out", default="")
   args = p.parse_args()
+  cpu_runtime.configure()  # the vmapped cells run here, as in kd_jax.study
   teacher, student, px, _ = CASES[args.pair]
   batch, teacher_epochs = PAIRS[args.pair]
   arg = (f"teacher.name={teacher},student.name={student},"

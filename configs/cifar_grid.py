@@ -1,4 +1,4 @@
-"""The T x alpha grid of the seeds' report 003 on CIFAR-10: T in {2, 4, ..., 14}
+"""The T x alpha grid of vanilla KD (Hinton et al. 2015) on CIFAR-10: T in {2, 4, ..., 14}
 x alpha in {0.3, 0.5, 0.7, 0.9} = 28 vanilla-KD cells per seed, plus a
 scratch cell per seed; teacher vgg_cifar, student simple_cnn, 32 px.
 CIFAR comes from a prepared TFDS directory (nothing downloads at run time):

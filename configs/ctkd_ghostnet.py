@@ -1,6 +1,6 @@
-"""Echo-study cell: ghostnet_100 student, KD method 'ctkd' (seeds' report 002 recipe).
+"""Echo-study cell: ghostnet_100 student, KD method 'ctkd' .
 
-Defaults follow the report: VGG16 teacher, 112 px, batch 256, 20 epochs with
+The echo-view recipe: VGG16 teacher, 112 px, batch 256, 20 epochs with
 early stopping. Point it at your frames with
   --config.dataset.name=folder --config.dataset.data_dir=/path/to/echo
 and name a cell with the arg string, e.g. `configs/ctkd_ghostnet.py:T=2,alpha=0.5,seed=1`;

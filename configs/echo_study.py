@@ -1,9 +1,9 @@
-"""The echo-view ablation study of the seeds' report 002, with seeds.
+"""The echo-view ablation study (4 echocardiography views), with seeds.
 
 4 students (MobileNetV3-small/large, ShuffleNetV2 1.0, GhostNet) x {scratch,
 vanilla KD at T = 2, 4, 8, conditional KD at T = 4, CTKD with cosine and
 linear lambda} (alpha = 0.5) x 3 seeds = 84 cells, one shared VGG16 teacher,
-112 px, the report's recipe (batch 256, 20 epochs, early stopping). Point it
+112 px, the echo-view recipe (batch 256, 20 epochs, early stopping). Point it
 at the frames: --arg=dataset.name=folder,dataset.data_dir=/data/echo
 
   python -m kd_jax.study run configs/echo_study.py --arg=dataset.name=folder,dataset.data_dir=/data/echo
@@ -21,7 +21,7 @@ SETTINGS = ("method=none",
 
 
 def get_config(arg=None):
-  c = config_lib.base_config()  # the report's recipe (VGG16 teacher, 112 px)
+  c = config_lib.base_config()  # the echo-view recipe (VGG16 teacher, 112 px)
   c.kd.alpha = 0.5
   return config_lib.apply_arg(c, arg)
 

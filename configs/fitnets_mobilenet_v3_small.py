@@ -1,4 +1,4 @@
-"""FitNets hints + KD: VGG16 teacher -> mobilenet_v3_small (seeds' report 003).
+"""FitNets hints + KD: VGG16 teacher -> mobilenet_v3_small (Romero et al. 2015).
 
 The student's guided layer `stage3` (14x14x24 at 112 px) is matched to the
 teacher's hint layer `block3` (14x14x256) through a 1x1-conv adaptation layer

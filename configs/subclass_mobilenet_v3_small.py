@@ -1,4 +1,4 @@
-"""Subclass distillation (Mueller, Kornblith, Hinton 2020; seeds' report 001).
+"""Subclass distillation (Mueller, Kornblith, Hinton 2020).
 
 The VGG16 teacher has num_classes * subclasses logits (class logit = log-sum-
 exp of its group) and is trained with CE on the classes + the auxiliary

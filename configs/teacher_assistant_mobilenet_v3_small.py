@@ -1,4 +1,4 @@
-"""Teacher-assistant chain (Mirzadeh et al.; seeds' reports 003, 004):
+"""Teacher-assistant chain (Mirzadeh et al. 2020):
 VGG16 -> ResNet18 (assistant) -> mobilenet_v3_small, each link vanilla KD.
 
 Each link is a full distillation run in `<workdir>/assistant1_resnet18/`

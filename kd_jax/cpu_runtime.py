@@ -1,24 +1,22 @@
 """How kd_jax runs on JAX's CPU backend: XLA:CPU flags and host-memory reuse.
 
-`configure()` runs once on `import kd_jax`, before JAX starts its CPU
-backend. Each part leaves alone whatever the user set themselves.
+`configure()` applies both; kd_jax's commands call it before JAX starts a
+backend (importing kd_jax changes nothing), and so does a notebook or script
+that trains with kd_jax. Each part leaves alone whatever the user set
+themselves. Measurements: benchmarks/RESULTS.md (the KD-step section).
 
 1. XLA:CPU flags, added to XLA_FLAGS (a flag already named there is kept as
    the user set it):
      --xla_cpu_experimental_ynn_fusion_type= : no YNNPACK fusions. With them
-       on (this jaxlib's default) the KD steps of
-       benchmarks/kd_step_vs_torch.py ran 10-30% slower on the project's CPU
-       (VGG16 forward at 112 px, batch 64: 2.2-2.4 s with, 1.8 s without;
-       simple_cnn's update 107 vs 92 ms; see benchmarks/RESULTS.md).
+       on (this jaxlib's default) kd_jax's train and eval steps run slower on
+       the CPU.
 
 2. Host-memory reuse (Linux with glibc). XLA:CPU allocates each execution's
-   temporary buffer -- every intermediate activation of a train step, 103 MB
-   for the CIFAR KD step at batch 64, 447 MB for the echo one -- with malloc
-   and frees it when the step ends. glibc serves blocks that large with a
-   fresh mmap, and a worker thread's arena can serve nothing over 64 MB any
-   other way, so every step page-faults its whole temporary buffer in again
-   (25,480 faults per CIFAR step, ~2.7 us each on the project's VM). kd_jax
-   therefore
+   temporary buffer (every intermediate activation of a train step, often
+   hundreds of MB) with malloc and frees it when the step ends. glibc serves
+   blocks that large with a fresh mmap, and a worker thread's arena can
+   serve nothing over 64 MB any other way, so without this every step
+   page-faults its whole temporary buffer in again. `configure()` therefore
      (a) runs single-device CPU computations on the calling thread
          (`jax_cpu_enable_async_dispatch=False`), so the buffer comes from
          glibc's main arena, and
@@ -27,11 +25,10 @@ backend. Each part leaves alone whatever the user set themselves.
          mallopt(M_TRIM_THRESHOLD, -1).
    Once the heap holds a step's buffers (the first few steps: the previous
    step's buffer may be freed just after its result is ready) a train step
-   faults in almost no pages (CIFAR step: 40-150 instead of 25,480) and the
-   CIFAR KD step runs 10-17% faster on that VM. The price: the process keeps
-   its peak heap until it exits (as jemalloc/tcmalloc would). Forcing every
-   thread onto the main arena (M_ARENA_MAX=1) was tried and rejected:
-   Eigen's convolution kernels then spent 17% of the echo step in malloc.
+   faults in almost no pages. The price: the process keeps its peak heap
+   until it exits (as jemalloc/tcmalloc would). The other threads keep
+   their own arenas: with every thread on the main arena (M_ARENA_MAX=1)
+   Eigen's convolution kernels spend much of a step in malloc.
    Skipped when KD_JAX_CPU_MEMORY=system, when the user set glibc malloc
    options themselves (MALLOC_* variables, glibc.malloc tunables) or
    JAX_CPU_ENABLE_ASYNC_DISPATCH, and on other C libraries. Multi-device CPU
@@ -98,10 +95,20 @@ def reuse_host_memory(environ=os.environ, platform=sys.platform):
   return True
 
 
+_configured = []  # configure()'s result, once it has run
+
+
 def configure():
-  add_cpu_xla_flags()
-  try:
-    return reuse_host_memory()
-  except ValueError as e:  # a bad KD_JAX_CPU_MEMORY: say so, change nothing
-    print(f"kd_jax: {e}; host memory left to the system", file=sys.stderr)
-    return False
+  """Applies the module docstring's parts 1 and 2; returns whether host
+  memory is reused. Call it before JAX starts a backend (its first
+  computation or device query); a second call does nothing and returns the
+  first call's result."""
+  if not _configured:
+    add_cpu_xla_flags()
+    try:
+      reuse = reuse_host_memory()
+    except ValueError as e:  # a bad KD_JAX_CPU_MEMORY: say so, change nothing
+      print(f"kd_jax: {e}; host memory left to the system", file=sys.stderr)
+      reuse = False
+    _configured.append(reuse)
+  return _configured[0]

@@ -21,12 +21,18 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
+from kd_jax import console
 
-from kd_jax import checkpointing, data, losses, models, reporting, train
-from kd_jax.config_lib import UserError
-from kd_jax.predict import MAGIC  # the reader owns the file format
+if __name__ == "__main__":  # the command: before TensorFlow or JAX is imported
+  console.quiet_native_logs()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from kd_jax import checkpointing, cpu_runtime, data, losses, models  # noqa: E402
+from kd_jax import reporting, stage as stage_lib  # noqa: E402
+from kd_jax.config_lib import UserError  # noqa: E402
+from kd_jax.predict import MAGIC  # noqa: E402  (the reader owns the file format)
 
 
 def load_inference(workdir: str, stage: str = "student"):
@@ -68,7 +74,7 @@ def load_inference(workdir: str, stage: str = "student"):
           "input_dtype": "uint8", "normalization": normalization,
           "dataset": meta.get("dataset", ""),
           "checkpoint": checkpointing.resolve_model_dir(stage_dir),
-          "params": train.param_count(variables["params"]),
+          "params": stage_lib.param_count(variables["params"]),
           "jax_version": jax.__version__}
   return infer, info
 
@@ -119,4 +125,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts a backend
   sys.exit(main())

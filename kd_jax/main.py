@@ -7,10 +7,16 @@ stderr, before anything in the workdir is written.
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from kd_jax import console
 
-from kd_jax.config_lib import UserError
+if __name__ == "__main__":  # the command: before TensorFlow or JAX is imported
+  console.quiet_native_logs()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from kd_jax import cpu_runtime  # noqa: E402
+from kd_jax.config_lib import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -35,7 +41,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  from kd_jax import sharding, train  # heavy imports after flag parsing
+  from kd_jax import preemption, sharding, train  # heavy: after flag parsing
   try:
     sharding.maybe_initialize_distributed()
     workdir = FLAGS.workdir or default_workdir(
@@ -44,7 +50,7 @@ def main(argv):
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)
     sys.exit(2)
-  except train.Preempted as e:  # SIGTERM: checkpoint saved, resumable
+  except preemption.Preempted as e:  # SIGTERM: checkpoint saved, resumable
     print(f"kd_jax: preempted: {e}", file=sys.stderr)
     sys.exit(143)
   except Exception as e:  # pylint: disable=broad-except
@@ -102,4 +108,5 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts a backend
   app.run(main, flags_parser=parse_flags)

@@ -15,7 +15,12 @@ import json
 import os
 import sys
 
-import numpy as np
+from kd_jax import console
+
+if __name__ == "__main__":  # the command: before JAX is imported
+  console.quiet_native_logs()
+
+import numpy as np  # noqa: E402
 
 MAGIC = b"KDJAXEXP1\n"  # the file format's first bytes (kd_jax/export.py writes it)
 
@@ -94,4 +99,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  from kd_jax import cpu_runtime
+  cpu_runtime.configure()  # before JAX starts a backend
   sys.exit(main())

@@ -36,8 +36,13 @@ import os
 import re
 import sys
 
-from kd_jax import deployment, figures, stats
-from kd_jax.config_lib import UserError
+from kd_jax import console
+
+if __name__ == "__main__":  # the command: before TensorFlow or JAX is imported
+  console.quiet_native_logs()
+
+from kd_jax import deployment, figures, stats  # noqa: E402
+from kd_jax.config_lib import UserError  # noqa: E402
 
 NOT_CELLS = {"teacher", "report", "logs", "teacher_cache"}
 T_METHODS = {"vanilla", "conditional", "dkd", "dist", "subclass", "fitnets"}
@@ -368,4 +373,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  from kd_jax import cpu_runtime
+  cpu_runtime.configure()  # before JAX starts a backend (profiling)
   sys.exit(main())

@@ -47,7 +47,8 @@ def test_memory_reuse_leaves_the_users_settings_alone(environ, platform, why):
 # on every call.
 _FAULTS = textwrap.dedent("""
     import json, resource
-    import kd_jax
+    from kd_jax import cpu_runtime
+    reuse = cpu_runtime.configure()  # what kd_jax's commands call first
     import jax, jax.numpy as jnp
     f = jax.jit(lambda x, w: (x @ w).sum())
     x, w = jnp.ones((16384, 8)), jnp.ones((8, 2048))
@@ -60,16 +61,19 @@ _FAULTS = textwrap.dedent("""
       r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       f(x, w).block_until_ready()
       faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
-    print(json.dumps({"reuse": kd_jax.HOST_MEMORY_REUSE, "temp": temp,
+    print(json.dumps({"reuse": reuse, "temp": temp,
                       "faults": faults, "value": value}))
 """)
 
 
 def _python(code, **env):
   """Runs code in a fresh CPU-only Python without the caller's glibc malloc
-  settings (they would switch kd_jax's host-memory reuse off)."""
+  or host-memory settings (they would switch kd_jax's host-memory reuse
+  off)."""
   environ = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+             if not k.startswith("MALLOC_") and k not in (
+                 "GLIBC_TUNABLES", "KD_JAX_CPU_MEMORY",
+                 "JAX_CPU_ENABLE_ASYNC_DISPATCH")}
   environ.update(JAX_PLATFORMS="cpu", **env)
   return subprocess.run([sys.executable, "-c", code], env=environ,
                         capture_output=True, text=True, timeout=300, check=True)
@@ -79,13 +83,51 @@ def _run_faults(**env):
   return json.loads(_python(_FAULTS, **env).stdout.strip().splitlines()[-1])
 
 
+# What a process looks like after `prelude`, then after configure() (twice).
+_STATE = textwrap.dedent("""
+    import json, os, sys
+    {prelude}
+    import jax
+    def state():
+      return {{"env": dict(os.environ),
+               "async": jax.config.read("jax_cpu_enable_async_dispatch")}}
+    out = {{"imported": state()}}
+    from kd_jax import cpu_runtime
+    out["reuse"] = [cpu_runtime.configure(), cpu_runtime.configure()]
+    out["configured"] = state()
+    print(json.dumps(out))
+""")
+
+
+def _state(prelude):
+  out = _python(_STATE.format(prelude=prelude),
+                XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_kd_jax_leaves_the_process_alone_and_configure_sets_it_up():
+  plain = _state("import flax, optax")["imported"]  # JAX's own defaults
+  state = _state("import kd_jax, kd_jax.losses, kd_jax.models")
+  imported, configured = state["imported"], state["configured"]
+  assert plain["env"]["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+  assert imported == plain  # every variable and the dispatch option as JAX has them
+  linux = sys.platform.startswith("linux")
+  assert state["reuse"] == [linux, linux]  # a second call changes nothing
+  assert configured["env"]["XLA_FLAGS"].split() == [
+      "--xla_force_host_platform_device_count=1", *cpu_runtime.CPU_XLA_FLAGS]
+  assert configured["async"] is (not linux) and plain["async"] is True
+  del configured["env"]["XLA_FLAGS"], plain["env"]["XLA_FLAGS"]
+  assert configured["env"] == plain["env"]
+
+
 def test_a_bad_opt_out_value_is_named_in_one_line_and_changes_nothing():
   with pytest.raises(ValueError, match=r"KD_JAX_CPU_MEMORY='off' is not "
                      r"allowed; allowed: 'reuse' \(the default\) or 'system'"):
     cpu_runtime.memory_reuse_blocked({"KD_JAX_CPU_MEMORY": "off"}, "linux")
-  out = _python("import kd_jax; print(kd_jax.HOST_MEMORY_REUSE)",
+  out = _python("from kd_jax import cpu_runtime; "
+                "print(cpu_runtime.configure(), cpu_runtime.configure())",
                 KD_JAX_CPU_MEMORY="off")
-  assert out.stdout.strip() == "False"
+  assert out.stdout.strip() == "False False"
   assert out.stderr.strip().splitlines() == [
       "kd_jax: KD_JAX_CPU_MEMORY='off' is not allowed; allowed: 'reuse' "
       "(the default) or 'system'; host memory left to the system"]

@@ -129,14 +129,14 @@ def test_subclass_teacher_and_student_have_grouped_heads(tmp_path):
   assert student_vars["params"]["head"]["kernel"].shape[-1] == 30
   assert _best(workdir, "scratch")["params"]["head"]["kernel"].shape[-1] == 10
   # Evaluated on the classes: class logit = log-sum-exp of its 3 subclasses.
-  for stage, name, variables in (("teacher", c.teacher.name, teacher_vars),
-                                 ("student", c.student.name, student_vars)):
+  for role, name, variables in (("teacher", c.teacher.name, teacher_vars),
+                                ("student", c.student.name, student_vars)):
     z = _test_logits(c, name, variables, ds, 30).reshape(-1, 10, 3)
     m = z.max(-1, keepdims=True)
     cls = (m[..., 0] + np.log(np.exp(z - m).sum(-1))).argmax(-1)
-    res = helpers.read_json(os.path.join(workdir, stage, "results.json"))
+    res = helpers.read_json(os.path.join(workdir, role, "results.json"))
     assert res["test"]["accuracy"] == pytest.approx(
-        np.mean(cls == ds.test.labels), abs=1e-6), stage
+        np.mean(cls == ds.test.labels), abs=1e-6), role
   # A subclass teacher is refused where a plain (1 logit per class) one is
   # expected, by its metadata.
   with pytest.raises(UserError, match="3 logits per class"):

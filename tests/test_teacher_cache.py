@@ -112,12 +112,12 @@ def test_cached_hint_features_give_the_same_fitnets_student(tmp_path, stages):
   cached = train.train_and_evaluate(cached_c, str(tmp_path / "cached"))
   assert cached["rows"][1:] == live["rows"][1:]  # hint/student rows
   stage_names = ["hint", "student"] if stages == 2 else ["student"]
-  for stage in stage_names:
-    res = helpers.read_json(tmp_path / "cached" / stage / "results.json")
-    assert res["teacher_cache"] is True, stage
-    a = helpers.restore_raw(str(tmp_path / "live" / stage / "checkpoints" / "latest"),
+  for name in stage_names:
+    res = helpers.read_json(tmp_path / "cached" / name / "results.json")
+    assert res["teacher_cache"] is True, name
+    a = helpers.restore_raw(str(tmp_path / "live" / name / "checkpoints" / "latest"),
                             "state")[1]["params"]
-    b = helpers.restore_raw(str(tmp_path / "cached" / stage / "checkpoints" / "latest"),
+    b = helpers.restore_raw(str(tmp_path / "cached" / name / "checkpoints" / "latest"),
                             "state")[1]["params"]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
