@@ -147,10 +147,10 @@ def fingerprint(config, ds, role, model_name) -> str:
 def check_resumable(workdir, config, ds):
   """Refuses, before anything is written, a workdir whose unfinished stages
   hold 'latest' checkpoints of another config or data (a run whose
-  checkpoints outlived its deleted workdir)."""
-  if not os.path.isdir(workdir):
-    return
-  for name in sorted(os.listdir(workdir)):
+  checkpoints outlived its deleted workdir). Several processes check
+  together and wait for each other, so that none looks at a stage directory
+  another one has already started writing."""
+  for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else ():
     stage_dir = os.path.join(workdir, name)
     if os.path.exists(os.path.join(stage_dir, "results.json")):
       continue
@@ -163,6 +163,9 @@ def check_resumable(workdir, config, ds):
           f"{stage_dir}/checkpoints/latest belongs to another run (stage "
           f"fingerprint {meta['fingerprint']!r}, this config's is {mine!r}); "
           "use another --workdir")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("kd_jax_check_resumable")
 
 
 def new_loop() -> dict:
