@@ -44,17 +44,6 @@ def _hash_tree(h, tree):
     h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
 
 
-def _hash_split(h, split: data.Split):
-  h.update(np.ascontiguousarray(split.labels).tobytes())
-  if split.images is not None:
-    h.update(str(split.images.shape).encode())
-    h.update(np.ascontiguousarray(split.images).tobytes())
-  else:
-    for p in split.paths:
-      st = os.stat(p)
-      h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-
-
 def cache_key(config, ds, teacher_name, teacher) -> str:
   h = hashlib.blake2b(digest_size=16)
   h.update(json.dumps({
@@ -65,7 +54,7 @@ def cache_key(config, ds, teacher_name, teacher) -> str:
   _hash_tree(h, teacher.variables)
   for name in SPLITS:
     h.update(name.encode())
-    _hash_split(h, getattr(ds, name))
+    data.hash_split(h, getattr(ds, name))
   return h.hexdigest()
 
 
