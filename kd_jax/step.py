@@ -287,13 +287,30 @@ def _loss(spec, method, inputs, hp, params):
   return loss, (s_logits, new_stats, jnp.mean(temperature), aux)
 
 
+@jax.custom_batching.custom_vmap
+def _materialized(flag):
+  """`flag`, out of a `cond` XLA does not fuse: otherwise it copies the
+  and-chain over the gradient leaves into each select of the guard, and the
+  step's HLO grows with the square of the leaf count."""
+  return jax.lax.cond(flag, lambda: jnp.bool_(True), lambda: jnp.bool_(False))
+
+
+@_materialized.def_vmap
+def _materialized_vmap(axis_size, in_batched, flag_K):
+  del axis_size
+  if not in_batched[0]:
+    return _materialized(flag_K), False
+  # Under vmap a `cond` on the [K] flags would become a select; this one's
+  # predicate is unbatched (always true, but not foldable by XLA) and its
+  # branches differ, so that XLA keeps the conditional.
+  always = jnp.sum(flag_K.astype(jnp.float32)) >= 0.0
+  return jax.lax.cond(always, lambda f: f, jnp.logical_not, flag_K), True
+
+
 def _all_finite(loss, grads):
   finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
       [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-  # One scalar for every select of the guard, out of a `cond` XLA does not
-  # fuse: otherwise it copies the and-chain over the leaves into each select
-  # fusion, and the step's HLO grows with the square of the leaf count.
-  return jax.lax.cond(finite, lambda: jnp.bool_(True), lambda: jnp.bool_(False))
+  return _materialized(finite)
 
 
 def _metrics(spec, loss, logits, labels_B, t_logits, temperature, aux, finite):
