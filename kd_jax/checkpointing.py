@@ -226,14 +226,20 @@ def restore_model(manager, like_variables, sharding):
   return out.model, out.meta
 
 
+# A run workdir's stages, in the order a model is taken from it: a KD run's
+# teacher, else the run's own model (`kd.method=none` trains `student/`).
+RUN_STAGES = ("teacher", "student", "scratch")
+
+
 def resolve_model_dir(path: str) -> str:
   """Accepts a run workdir, a stage dir, or the 'best' manager dir itself."""
-  for cand in (os.path.join(path, "teacher", "checkpoints", "best"),
-               os.path.join(path, "checkpoints", "best"), path):
+  cands = [os.path.join(path, s, "checkpoints", "best") for s in RUN_STAGES]
+  for cand in cands + [os.path.join(path, "checkpoints", "best"), path]:
     if os.path.isdir(cand) and any(n.isdigit() for n in os.listdir(cand)):
       return os.path.abspath(cand)
   raise UserError(f"no kd_jax model checkpoint in {path!r} (expected a run "
-                  "workdir, a stage dir, or its checkpoints/best directory)")
+                  f"workdir with a {'/, '.join(RUN_STAGES)}/ stage, a stage "
+                  "dir, or its checkpoints/best directory)")
 
 
 def read_model_meta(path: str) -> tuple[ocp.CheckpointManager, dict]:

@@ -9,6 +9,8 @@ by tests and Colab).
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from kd_jax import losses, methods
@@ -16,7 +18,8 @@ from kd_jax import losses, methods
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder")
 OPTIMIZERS = ("adam", "sgd")
-NORMALIZATIONS = ("half", "imagenet")
+NORMALIZATIONS = ("auto", "half", "imagenet")
+WEIGHT_SOURCES = ("torchvision", "timm", "keras")
 NAN_POLICIES = ("stop", "skip")
 CORRUPT_IMAGES = ("refuse", "skip")
 
@@ -57,7 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   d.val_fraction = 0.1  # held out of train when the source has no val split
   d.train_limit = 0  # use only the first N training examples (0 = all)
   d.eval_limit = 0
-  d.normalization = "half"
+  # 'auto': what imported weights were trained with (ImageNet mean/std for
+  # torchvision/timm, [-1, 1] for Keras), else 'half' ([-1, 1]).
+  d.normalization = "auto"
   d.random_crop = False
   d.random_flip = False
   d.crop_padding = 4
@@ -65,7 +70,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.teacher = t = ml_collections.ConfigDict()
   t.name = "vgg16"
-  t.checkpoint = ""  # Orbax checkpoint dir; '' = train the teacher first
+  # The frozen teacher, used as is: a kd_jax run (workdir, stage dir or
+  # checkpoints/best) or a weight file 'torchvision:PATH' / 'timm:PATH' /
+  # 'keras:PATH'; '' = train the teacher first (in workdir/teacher).
+  t.checkpoint = ""
+  # Weights the teacher's own training starts from (same forms as
+  # checkpoint); a head with another class count is re-initialised.
+  t.init_from = ""
+  # Precomputed teacher logits (.npz: 'paths' or 'indices' and per split
+  # '<split>_logits'): distil without any teacher forward pass.
+  t.logits = ""
   t.num_epochs = -1  # -1: same as num_epochs
   t.learning_rate = -1.0  # -1: same as learning_rate
   # Teacher-output cache (teacher_cache.py): '' = off; a directory = compute
@@ -74,6 +88,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.student = s = ml_collections.ConfigDict()
   s.name = "mobilenet_v3_small"
+  s.init_from = ""  # weights the student (and scratch) start from
+
+  # Two-phase fine-tuning of every stage that starts from `init_from`
+  # weights: first `frozen_epochs` epochs train the classifier head only
+  # (backbone frozen, its BatchNorm in inference mode) at `frozen_lr`, then
+  # the remaining epochs train all layers at the stage's learning rate.
+  c.finetune = f = ml_collections.ConfigDict()
+  f.frozen_epochs = 0
+  f.frozen_lr = 1e-3
 
   c.kd = k = ml_collections.ConfigDict()
   k.method = "vanilla"
@@ -195,6 +218,11 @@ def set_path(config: ml_collections.ConfigDict, path: str, value):
   return config
 
 
+def get_path(config: ml_collections.ConfigDict, path: str):
+  node, leaf = _parent(config, path)
+  return node[leaf]
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
   """Nested dicts -> one dict of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
   out = {}
@@ -244,7 +272,8 @@ def make_tiny(c: ml_collections.ConfigDict):
   # The student is kept; a big teacher (VGG16: 138M params) is swapped for a
   # small CNN so a tiny run takes seconds on a CPU. With hint layers the
   # swap keeps the family, so the teacher's feature names still exist.
-  if not c.teacher.checkpoint and c.teacher.name not in TINY_TEACHERS:
+  if (not (c.teacher.checkpoint or c.teacher.init_from or c.teacher.logits)
+      and c.teacher.name not in TINY_TEACHERS):
     c.teacher.name = (TINY_HINT_TEACHERS.get(c.teacher.name, "simple_cnn")
                       if c.kd.hint_teacher_layer else "simple_cnn")
   c.kd.assistants = ",".join(
@@ -269,7 +298,8 @@ def teacher_lr(c) -> float:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises UserError naming the bad value and what is allowed."""
+  """Raises UserError naming the bad value and what is allowed; then fixes
+  `dataset.normalization='auto'` to its value (`auto_normalization`)."""
   from kd_jax import models  # late: keeps configs importable without flax
 
   def one_of(value, allowed, what):
@@ -316,9 +346,67 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.kd.epoch_cap <= 0:
       raise UserError(f"config.kd.epoch_cap={c.kd.epoch_cap} must be > 0")
   _validate_methods(c, one_of, models)
+  _validate_weights(c)
+  if c.dataset.normalization == "auto":
+    c.dataset.normalization = auto_normalization(c)
   if c.dataset.name == "folder" and not c.dataset.data_dir:
     raise UserError("config.dataset.name='folder' needs "
                     "config.dataset.data_dir=<root with train/ and test/>")
+
+
+def _validate_weight_spec(spec, what):
+  head, sep, path = spec.partition(":")
+  if sep and head in WEIGHT_SOURCES and not path:
+    raise UserError(f"{what}={spec!r} names no file")
+  if sep and head in WEIGHT_SOURCES and not os.path.isfile(path):
+    raise UserError(f"{what}={spec!r}: no such file {path!r}")
+  if spec and not sep and not os.path.exists(spec):
+    raise UserError(f"{what}={spec!r} does not exist (allowed: a kd_jax "
+                    f"workdir or checkpoint, or {'|'.join(WEIGHT_SOURCES)}"
+                    ":PATH)")
+
+
+def _validate_weights(c):
+  for what in ("teacher.checkpoint", "teacher.init_from", "student.init_from"):
+    _validate_weight_spec(get_path(c, what), f"config.{what}")
+  if c.teacher.logits and c.teacher.checkpoint:
+    raise UserError("config.teacher.logits and config.teacher.checkpoint are "
+                    "two teachers; set one")
+  if c.teacher.logits and not os.path.isfile(c.teacher.logits):
+    raise UserError(f"config.teacher.logits={c.teacher.logits!r}: no such file")
+  f = c.finetune
+  if f.frozen_epochs < 0:
+    raise UserError(f"config.finetune.frozen_epochs={f.frozen_epochs} must be "
+                    ">= 0")
+  if f.frozen_epochs and not f.frozen_lr > 0:
+    raise UserError(f"config.finetune.frozen_lr={f.frozen_lr} must be > 0")
+  for role, spec in (("teacher", c.teacher.init_from),
+                     ("student", c.student.init_from)):
+    epochs = teacher_epochs(c) if role == "teacher" else c.num_epochs
+    if spec and f.frozen_epochs >= epochs:
+      raise UserError(
+          f"config.finetune.frozen_epochs={f.frozen_epochs} leaves no epoch "
+          f"to fine-tune the whole {role} ({epochs} epochs)")
+
+
+def normalization(c) -> str:
+  """`dataset.normalization` with 'auto' resolved (`auto_normalization`)."""
+  n = c.dataset.normalization
+  return auto_normalization(c) if n == "auto" else n
+
+
+def auto_normalization(c) -> str:
+  """The normalisation imported weights expect ('half' without any); one
+  line when the teacher's and the student's weights disagree."""
+  from kd_jax import pretrained  # late: keeps configs importable without jax
+  specs = [c.teacher.checkpoint, c.teacher.init_from, c.student.init_from]
+  found = {pretrained.normalization(s) for s in specs} - {None}
+  if len(found) > 1:
+    raise UserError(
+        "the imported teacher and student weights expect different input "
+        f"normalisations ({', '.join(sorted(found))}); set "
+        "config.dataset.normalization to one of them")
+  return found.pop() if found else "half"
 
 
 def model_list(text: str) -> list[str]:

@@ -58,7 +58,10 @@ def load_inference(workdir: str, stage: str = "student"):
   variables, _ = checkpointing.restore_model(manager, like, device)
   manager.close()
   model = models.get_model(name, num_classes=outputs)
-  normalization = config["dataset"]["normalization"]
+  # The checkpoint's meta records what the model was trained on (imported
+  # weights: their framework's normalisation); older checkpoints' config.
+  normalization = meta.get("normalization",
+                           config["dataset"]["normalization"])
 
   def infer(images_BxSxSx3):
     x = data.preprocess(images_BxSxSx3, image_size=size,

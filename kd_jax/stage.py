@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpointing, data, kd_modules, losses, methods, metrics
-from kd_jax import models, preemption, reporting, sharding, step as step_lib
+from kd_jax import checkpointing, config_lib, data, kd_modules, losses
+from kd_jax import methods, metrics
+from kd_jax import models, preemption, pretrained, reporting, sharding
+from kd_jax import step as step_lib
 from kd_jax import teacher_cache
 from kd_jax.config_lib import UserError
 
@@ -208,6 +210,7 @@ class Tracker:
     return {**self.loop, "model": self.model_name, "role": self.role,
             "num_classes": ds.num_classes, "subclasses": self.subclasses,
             "image_size": self.config.dataset.image_size, "dataset": ds.name,
+            "normalization": config_lib.normalization(self.config),
             "class_names": list(ds.class_names),
             "fingerprint": self.fingerprint}
 
@@ -335,14 +338,17 @@ class Stage:
   def __init__(self, config, *, role, model_name, method, stage_dir,
                num_epochs, learning_rate, ds, mesh,
                teacher: step_lib.Frozen | None = None, subclasses=1,
-               init_from="", select_best=True, peers=(), hint=None):
+               init_from="", select_best=True, peers=(), hint=None,
+               frozen_epochs=0):
     self.config, self.role, self.method = config, role, method
     self.model_name, self.stage_dir = model_name, stage_dir
     self.num_epochs, self.learning_rate = num_epochs, learning_rate
     self.ds, self.mesh, self.teacher = ds, mesh, teacher
     self.teacher_vars = teacher.variables if teacher is not None else None
     self.subclasses = subclasses
-    self.init_from = init_from  # a model checkpoint the student starts from
+    self.init_from = init_from  # weights the model starts from (pretrained.py)
+    # Two-phase fine-tuning: the first `frozen_epochs` train the head only.
+    self.frozen_epochs = frozen_epochs
     self.select_best = select_best  # False: keep the last epoch, no early stop
     self.hint = hint
     self.model = models.get_model(model_name,
@@ -373,26 +379,33 @@ class Stage:
         adapter=self.adapter, temperature_module=self.temperature_module)
 
   def _student_variables(self, rng):
+    fresh = init_variables(self.model, self.config, self.mesh, rng)
     if not self.init_from:
-      return init_variables(self.model, self.config, self.mesh, rng)
-    c = self.config
-    like = models.init_shapes(self.model_name, self.ds.num_classes,
-                              c.dataset.image_size)
-    init_vars, _ = checkpointing.load_teacher(
-        self.init_from, expected_model=self.model_name,
-        num_classes=self.ds.num_classes, image_size=c.dataset.image_size,
-        like_variables=like, sharding=sharding.replicated(self.mesh))
-    return init_vars["params"], init_vars.get("batch_stats", {})
+      return fresh
+    return pretrained.initial_variables(
+        self.init_from, model_name=self.model_name,
+        outputs=self.ds.num_classes * self.subclasses,
+        image_size=self.config.dataset.image_size,
+        fresh={"params": fresh[0], "batch_stats": fresh[1]},
+        sharding_=sharding.replicated(self.mesh), role=self.role)
+
+  def optimizers(self) -> tuple:
+    """(tx,), or with fine-tuning (frozen-phase tx, full tx): one state."""
+    ctkd = methods.get(self.method).learns_temperature
+    kw = dict(learning_rate=self.learning_rate, num_epochs=self.num_epochs,
+              steps_per_epoch=self.spe, ctkd=ctkd)
+    if not self.frozen_epochs:
+      return (step_lib.make_optimizer(self.config, **kw),)
+    head = models.head_mask(self.model_name, self.ds.num_classes *
+                            self.subclasses, self.config.dataset.image_size)
+    return step_lib.finetune_optimizers(self.config, head["params"], **kw)
 
   def init_state(self):
     """(optimizer, initial TrainState): fresh weights, or the weights of
     `init_from` (FitNets stage 2 starts from stage 1's student)."""
     config, mesh = self.config, self.mesh
     repl = sharding.replicated(mesh)
-    tx = step_lib.make_optimizer(
-        config, learning_rate=self.learning_rate, num_epochs=self.num_epochs,
-        steps_per_epoch=self.spe,
-        ctkd=methods.get(self.method).learns_temperature)
+    tx = self.optimizers()[-1]
     rng = init_rng(config, self.role)
     s_params, s_stats = self._student_variables(rng)
     params, batch_stats = {"student": s_params}, {"student": s_stats}
@@ -414,6 +427,17 @@ class Stage:
     state = jax.jit(functools.partial(step_lib.new_train_state, tx),
                     out_shardings=repl)(params, batch_stats)
     return tx, state
+
+  def step_fns(self, spec, repl) -> list:
+    """The jitted train step of each phase (one without fine-tuning)."""
+    specs = [spec]
+    if self.frozen_epochs:
+      specs = [dataclasses.replace(spec, frozen_backbone=True), spec]
+    return [jax.jit(step_lib.make_train_step(sp, tx),
+                    in_shardings=(repl, sharding.batch_sharding(self.mesh),
+                                  repl, repl),
+                    out_shardings=(repl, repl), donate_argnums=0)
+            for sp, tx in zip(specs, self.optimizers())]
 
   @property
   def results_path(self):
@@ -439,7 +463,7 @@ class Stage:
                  fingerprint_=fingerprint(config, self.ds, self.role,
                                           self.model_name),
                  subclasses=self.subclasses, select_best=self.select_best)
-    tx, state = self.init_state()
+    _, state = self.init_state()
     repl = sharding.replicated(mesh)
     restored = tr.restore(state, repl)
     if restored is not None:
@@ -447,10 +471,7 @@ class Stage:
       reporting.log(f"[{self.role}] resumed from step {int(state.step)} (epoch "
                     f"{tr.loop['epoch'] + 1}, batch {tr.loop['step_in_epoch']})")
     spec = self.spec()
-    step_jit = jax.jit(step_lib.make_train_step(spec, tx),
-                       in_shardings=(repl, sharding.batch_sharding(mesh), repl,
-                                     repl),
-                       out_shardings=(repl, repl), donate_argnums=0)
+    step_jits = self.step_fns(spec, repl)
     hp = jax.device_put(step_lib.hyperparams(config), repl)
     eval_jit = jax.jit(step_lib.make_eval_step(
         spec.preprocess, self.model, subclasses=self.subclasses,
@@ -468,6 +489,12 @@ class Stage:
 
     while loop["epoch"] < self.num_epochs and not loop["stopped"]:
       pending = []
+      step_jit = step_jits[-1]
+      if loop["epoch"] < self.frozen_epochs:
+        step_jit = step_jits[0]
+        reporting.log(f"[{self.role}] fine-tuning epoch {loop['epoch'] + 1}/"
+                      f"{self.frozen_epochs}: head only, backbone frozen, lr "
+                      f"{config.finetune.frozen_lr:g}")
       batches = data.train_batches(
           ds.train, global_batch=config.batch_size, seed=spec.data_seed,
           epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],

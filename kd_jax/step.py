@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kd_jax import data, losses, methods, metrics, models
+from kd_jax import config_lib, data, losses, methods, metrics, models
 
 
 @flax.struct.dataclass
@@ -62,7 +62,8 @@ class Preprocess:
   @classmethod
   def from_config(cls, config) -> "Preprocess":
     d = config.dataset
-    return cls(int(d.image_size), str(d.normalization), bool(d.random_crop),
+    return cls(int(d.image_size), config_lib.normalization(config),
+               bool(d.random_crop),
                bool(d.random_flip), int(d.crop_padding))
 
   def __call__(self, images, rng=None):
@@ -88,6 +89,10 @@ class StepSpec:
   adapter: Any = None  # FitNets' 1x1 adapter module
   temperature_module: Any = None  # instance-wise CTKD's MLP
   mixed_precision: bool = False  # bf16 compute; f32 params, stats and loss
+  # Fine-tuning's first phase: the model runs in inference mode (BatchNorm
+  # on its running statistics, which stay as they are; no dropout) and the
+  # optimizer (`finetune_optimizers`) updates the head only.
+  frozen_backbone: bool = False
 
 
 def data_seed(config) -> int:
@@ -180,6 +185,42 @@ def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
       k: "temperature" if k == "temperature" else "student" for k in params})
 
 
+def phase_view(txs, active: int):
+  """One optimizer state for all of `txs` (the same tree whichever phase a
+  checkpoint is saved in, so a run resumes across phase boundaries); the
+  update runs `txs[active]` on its own part and leaves the others as they
+  are, so each phase starts from a fresh state (as Keras' re-compile)."""
+  def init(params):
+    return tuple(tx.init(params) for tx in txs)
+
+  def update(grads, state, params=None):
+    updates, part = txs[active].update(grads, state[active], params)
+    return updates, state[:active] + (part,) + state[active + 1:]
+  return optax.GradientTransformation(init, update)
+
+
+def finetune_optimizers(config, head_mask, *, learning_rate, num_epochs,
+                        steps_per_epoch, ctkd: bool):
+  """(frozen-phase tx, full-phase tx), sharing one state (`phase_view`).
+  The frozen phase trains the leaves `head_mask` marks in the model's params
+  (and any non-model params: a learned temperature, an adapter) at
+  `finetune.frozen_lr`; every other model leaf gets a zero update."""
+  f = config.finetune
+  frozen = optax.multi_transform(
+      {"train": make_optimizer(config, learning_rate=f.frozen_lr,
+                               num_epochs=f.frozen_epochs,
+                               steps_per_epoch=steps_per_epoch, ctkd=ctkd),
+       "frozen": optax.set_to_zero()},
+      lambda params: {k: jax.tree.map(
+          lambda h: "train" if h else "frozen", head_mask) if k == "student"
+          else jax.tree.map(lambda _: "train", v) for k, v in params.items()})
+  full = make_optimizer(config, learning_rate=learning_rate,
+                        num_epochs=num_epochs - f.frozen_epochs,
+                        steps_per_epoch=steps_per_epoch, ctkd=ctkd)
+  txs = (frozen, full)
+  return phase_view(txs, 0), phase_view(txs, 1)
+
+
 def ctkd_lambda(kd: methods.KDSpec, epoch, cosine):
   """CTKD's curriculum weight at `epoch`; `cosine` (an array: sweeps vary
   it per cell) picks the cosine or the linear schedule."""
@@ -239,12 +280,14 @@ def _forward(spec, module, params, batch_stats, x, rng):
   variables, inputs = model_variables(params, batch_stats), x
   if spec.mixed_precision:
     variables, inputs = to_bf16((variables, x))
+  train = not spec.frozen_backbone
   logits, feats, new = models.apply_with_features(
-      module, variables, inputs, train=True, mutable=("batch_stats",),
-      rngs={"dropout": rng})
-  stats = new.get("batch_stats", {})
+      module, variables, inputs, train=train,
+      mutable=("batch_stats",) if train else (), rngs={"dropout": rng})
+  stats = new.get("batch_stats", {}) if train else batch_stats
   if spec.mixed_precision:
-    logits, feats, stats = to_f32((logits, feats, stats))
+    logits, feats = to_f32((logits, feats))
+    stats = to_f32(stats) if train else stats
   return logits, feats, stats
 
 

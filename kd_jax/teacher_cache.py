@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from kd_jax import data, models, reporting, sharding
+from kd_jax import config_lib, data, models, reporting, sharding
 
 SPLITS = ("train", "val", "test")
 
@@ -49,7 +49,7 @@ def cache_key(config, ds, teacher_name, teacher) -> str:
   h.update(json.dumps({
       "teacher": teacher_name, "subclasses": teacher.subclasses,
       "image_size": config.dataset.image_size,
-      "normalization": config.dataset.normalization,
+      "normalization": config_lib.normalization(config),
   }, sort_keys=True).encode())
   _hash_tree(h, teacher.variables)
   for name in SPLITS:
@@ -63,7 +63,7 @@ def _over_split(config, fn, variables, split, mesh) -> np.ndarray:
   order, as float32 (jitted, over evaluation batches)."""
   def fwd(variables, images):
     x = data.preprocess(images, image_size=config.dataset.image_size,
-                        normalization=config.dataset.normalization)
+                        normalization=config_lib.normalization(config))
     return fn(variables, x)
   fwd_jit = jax.jit(fwd)
   out = []
@@ -131,7 +131,7 @@ def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:
     reporting.write_json(os.path.join(root, "meta.json"), {
         "teacher": teacher_name, "teacher_checkpoint": teacher.path,
         "dataset": ds.name, "image_size": config.dataset.image_size,
-        "normalization": config.dataset.normalization,
+        "normalization": config_lib.normalization(config),
         "splits": {n: list(out[n].shape) for n in SPLITS}})
   reporting.log(f"teacher cache {root}: "
                 + (f"computed {', '.join(computed)}" if computed else "hit"))

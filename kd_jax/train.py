@@ -26,7 +26,8 @@ import jax
 import ml_collections
 
 from kd_jax import checkpointing, config_lib, data, methods, models
-from kd_jax import preemption, reporting, sharding, stage as stage_lib
+from kd_jax import pretrained, preemption, reporting, sharding
+from kd_jax import stage as stage_lib
 from kd_jax import step as step_lib
 from kd_jax.config_lib import UserError
 from kd_jax.stage import Stage
@@ -34,17 +35,24 @@ from kd_jax.stage import Stage
 
 def load_frozen(config, ds, mesh, path, name=None,
                 subclasses=1) -> step_lib.Frozen:
-  """A frozen model (teacher or assistant) from a kd_jax model checkpoint."""
+  """A frozen model (teacher or assistant) from a kd_jax model checkpoint or
+  a foreign weight file (`torchvision:PATH`, `timm:PATH`, `keras:PATH`)."""
   name = name or config.teacher.name
   outputs = ds.num_classes * subclasses
   model = models.get_model(name, num_classes=outputs)
+  if pretrained.foreign_source(path):
+    variables, where = pretrained.frozen_variables(
+        path, model_name=name, outputs=outputs,
+        sharding_=sharding.replicated(mesh))
+    return step_lib.Frozen(model, variables, subclasses, where)
   like = models.init_shapes(name, outputs, config.dataset.image_size)
   variables, _ = checkpointing.load_teacher(
       path, expected_model=name, num_classes=ds.num_classes,
       image_size=config.dataset.image_size, like_variables=like,
       sharding=sharding.replicated(mesh), subclasses=subclasses)
-  return step_lib.Frozen(model, variables, subclasses,
-                         checkpointing.resolve_model_dir(path))
+  where = checkpointing.resolve_model_dir(path)
+  reporting.log(f"[teacher] {name} loaded from {where}")
+  return step_lib.Frozen(model, variables, subclasses, where)
 
 
 def check_workdir(workdir, config, overwrite=False):
@@ -112,6 +120,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         config, role="teacher", model_name=config.teacher.name,
         method="subclass_teacher" if groups > 1 else "none",
         stage_dir=os.path.join(workdir, "teacher"), subclasses=groups,
+        init_from=config.teacher.init_from,
+        frozen_epochs=finetune_epochs(config, config.teacher.init_from),
         num_epochs=config_lib.teacher_epochs(config),
         learning_rate=config_lib.teacher_lr(config), **common).run()
     teacher = load_frozen(config, ds, mesh, os.path.join(workdir, "teacher"),
@@ -132,29 +142,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     teacher = load_frozen(config, ds, mesh, link_dir, name=name,
                           subclasses=groups)
   hint = (kd.hint_student_layer, kd.hint_teacher_layer) if hints else None
-  init_from = ""
+  init_from = s_init = config.student.init_from
+  s_frozen = finetune_epochs(config, s_init)
   if hints and kd.hint_stages == 2:
     hint_dir = os.path.join(workdir, "hint")
     rows.append(Stage(config, role="hint", model_name=config.student.name,
                       method="hint", stage_dir=hint_dir, teacher=teacher,
-                      hint=hint, select_best=False,
+                      hint=hint, select_best=False, init_from=s_init,
                       num_epochs=config_lib.hint_epochs(config),
                       learning_rate=config.learning_rate, **common).run())
     init_from, hint = hint_dir, None  # stage 2: KD from the hint weights
+    s_frozen = 0
   if config.scratch_baseline and (needs_teacher or method.cohort):
     rows.append(Stage(config, role="scratch", model_name=config.student.name,
                       method="none", stage_dir=os.path.join(workdir, "scratch"),
-                      teacher=teacher, **student_run).run())
+                      teacher=teacher, init_from=s_init,
+                      frozen_epochs=finetune_epochs(config, s_init),
+                      **student_run).run())
   rows.append(Stage(config, role="student", model_name=config.student.name,
                     method=kd.method, stage_dir=os.path.join(workdir, "student"),
                     teacher=teacher, subclasses=groups, init_from=init_from,
                     hint=hint, peers=config_lib.peers(config),
+                    frozen_epochs=s_frozen,
                     **student_run).run())
   summary = reporting.summarize_run(config, ds, rows)
   if jax.process_index() == 0:
     reporting.write_json(os.path.join(workdir, "results.json"), summary)
   reporting.log("\n" + reporting.format_table(summary["rows"]))
   return summary
+
+
+def finetune_epochs(config, init_from) -> int:
+  """Fine-tuning's frozen epochs for a stage starting from `init_from`."""
+  return config.finetune.frozen_epochs if init_from else 0
 
 
 def evaluate_loaded_teacher(config, ds, mesh, teacher):
@@ -164,7 +184,9 @@ def evaluate_loaded_teacher(config, ds, mesh, teacher):
       subclasses=teacher.subclasses))
   test = stage_lib.evaluate(eval_jit, t_vars, None, ds.test, config, mesh,
                             False)
-  return {"role": "teacher", "model": config.teacher.name, "method": "loaded",
+  imported = pretrained.foreign_source(config.teacher.checkpoint)
+  return {"role": "teacher", "model": config.teacher.name,
+          "method": f"imported ({imported})" if imported else "loaded",
           "params": stage_lib.param_count(t_vars["params"]),
           "size_mb": stage_lib.size_mb(t_vars),
-          "test": test, "checkpoint": os.path.abspath(config.teacher.checkpoint)}
+          "test": test, "checkpoint": teacher.path}

@@ -37,7 +37,8 @@ MODELS: dict[str, Callable[..., Any]] = {
 def _register_optional():
   """Families that live in their own files; each adds its names here."""
   import importlib
-  for mod_name in ("vgg", "resnet", "mobilenet", "shufflenet", "ghostnet"):
+  for mod_name in ("vgg", "resnet", "mobilenet", "shufflenet", "ghostnet",
+                   "keras_apps"):
     try:
       mod = importlib.import_module(f"kd_jax.models.{mod_name}")
     except ModuleNotFoundError as e:  # family not written yet
@@ -119,3 +120,14 @@ def flatten_sown(tree, prefix=""):
     else:
       out.update(flatten_sown(v, prefix + k + "/"))
   return out
+
+
+from kd_jax.models.convert import import_weights  # noqa: E402  (the public entry point)
+
+
+def head_mask(name: str, num_classes: int, image_size: int) -> dict:
+  """Variables tree of bools: True for the leaves whose shape depends on the
+  class count (the classifier head), which a new task re-initialises."""
+  a = init_shapes(name, num_classes, image_size)
+  b = init_shapes(name, num_classes + 1, image_size)
+  return jax.tree.map(lambda x, y: x.shape != y.shape, a, b)

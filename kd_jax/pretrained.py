@@ -1,0 +1,111 @@
+"""Where a model's weights come from when it does not start from scratch.
+
+A weight spec is `torchvision:PATH`, `timm:PATH`, `keras:PATH` (a weight
+file of another framework, `models/convert.py`), a bare weight file (its
+framework inferred from the suffix), or a kd_jax run: a workdir, a stage
+directory or a `checkpoints/best` directory.
+  * `frozen(...)`: the frozen teacher of `teacher.checkpoint`, used as is
+    (its head must already have the data's class count).
+  * `initial_variables(...)`: the starting point of `*.init_from`; a head
+    with another class count is re-initialised (one log line).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from kd_jax import checkpointing, models, reporting
+from kd_jax.config_lib import UserError
+from kd_jax.models import convert
+
+
+def foreign_source(spec: str) -> str | None:
+  """The framework of a foreign weight file spec, or None for a kd_jax run."""
+  if not spec:
+    return None
+  source, path = convert.parse_spec(spec)
+  if source is not None:
+    return source
+  if os.path.isfile(path) and path.lower().endswith(
+      convert.TORCH_SUFFIXES + convert.KERAS_SUFFIXES):
+    return convert.infer_source(path)
+  return None
+
+
+def normalization(spec: str) -> str | None:
+  """The input normalisation the weights of `spec` were trained with
+  (None: a kd_jax run, whose config says it)."""
+  source = foreign_source(spec)
+  return convert.NORMALIZATION[source] if source else None
+
+
+def _import(spec, model_name, outputs):
+  source, path = convert.parse_spec(spec)
+  try:
+    return convert.import_weights_full(model_name, path, num_classes=outputs,
+                                       source=source)
+  except convert.WeightImportError as e:
+    raise UserError(f"{spec}: {e}") from None
+
+
+def _put(variables, sharding_):
+  return jax.device_put(jax.tree.map(np.asarray, variables), sharding_)
+
+
+def frozen_variables(spec, *, model_name, outputs, sharding_, role="teacher"):
+  """(variables, source path) of a foreign file used as a frozen model."""
+  result = _import(spec, model_name, outputs)
+  if result.head_reinitialised:
+    raise UserError(
+        f"{role} weights {spec} have no {outputs}-output classifier for "
+        f"{model_name}; a frozen {role} needs one (use {role}.init_from to "
+        "fine-tune it first)")
+  reporting.log(f"[{role}] {model_name} imported from {result.source} weights "
+                f"{convert.parse_spec(spec)[1]}")
+  return _put(result.variables, sharding_), os.path.abspath(
+      convert.parse_spec(spec)[1])
+
+
+def _kd_jax_variables(path, model_name, outputs, image_size, sharding_, role):
+  """A kd_jax checkpoint's variables for `model_name`; leaves whose shape
+  depends on the class count (the head) are fresh when the counts differ."""
+  _, meta = checkpointing.read_model_meta(path)
+  if meta.get("model") != model_name:
+    raise UserError(f"{role}.init_from={path} holds a {meta.get('model')!r}, "
+                    f"not a {model_name!r}")
+  saved = meta["num_classes"] * meta.get("subclasses", 1)
+  like = models.init_shapes(model_name, saved, image_size)
+  variables, _ = checkpointing.load_teacher(
+      path, expected_model=model_name, num_classes=meta["num_classes"],
+      image_size=meta["image_size"], like_variables=like,
+      sharding=sharding_, subclasses=meta.get("subclasses", 1))
+  return variables, saved != outputs
+
+
+def initial_variables(spec, *, model_name, outputs, image_size, fresh,
+                      sharding_, role):
+  """(params, batch_stats) a stage starts from. `fresh` is the model's
+  newly initialised variables, whose head is kept where the class count of
+  the weights differs."""
+  if foreign_source(spec):
+    result = _import(spec, model_name, outputs)
+    variables, reinit = result.variables, result.head_reinitialised
+    where = f"{result.source} weights {convert.parse_spec(spec)[1]}"
+  else:
+    variables, reinit = _kd_jax_variables(spec, model_name, outputs,
+                                          image_size, sharding_, role)
+    where = f"kd_jax checkpoint {checkpointing.resolve_model_dir(spec)}"
+  if reinit:
+    head = models.head_mask(model_name, outputs, image_size)
+    fresh = jax.device_get(fresh)
+    variables = jax.device_get(variables)
+    variables = jax.tree.map(lambda is_head, f, v: f if is_head else v,
+                             head, fresh, dict(variables))
+  reporting.log(f"[{role}] {model_name} starts from {where}"
+                + (f"; its head is re-initialised for {outputs} outputs"
+                   if reinit else ""))
+  variables = _put(variables, sharding_)
+  return variables["params"], variables.get("batch_stats", {})
+
