@@ -372,6 +372,11 @@ def _validate_weights(c):
   if c.teacher.logits and c.teacher.checkpoint:
     raise UserError("config.teacher.logits and config.teacher.checkpoint are "
                     "two teachers; set one")
+  if c.teacher.logits and (c.kd.hint_student_layer or c.kd.assistants
+                           or c.kd.method == "subclass"):
+    raise UserError("config.teacher.logits holds the teacher's logits only: "
+                    "hint layers, teacher assistants and subclass "
+                    "distillation need the teacher model (teacher.checkpoint)")
   if c.teacher.logits and not os.path.isfile(c.teacher.logits):
     raise UserError(f"config.teacher.logits={c.teacher.logits!r}: no such file")
   f = c.finetune

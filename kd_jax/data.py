@@ -62,6 +62,9 @@ class Split:
   # [N, h, w, c]: the teacher's cached hint feature (FitNets; `hint` in
   # train batches; may be a read-only memory map).
   teacher_features: np.ndarray | None = None
+  # int [N]: each example's index in its source's own split (in-memory
+  # sources; `teacher_logits.py` looks logits up by it).
+  index: np.ndarray | None = None
 
   def __len__(self):
     return len(self.labels)
@@ -69,7 +72,8 @@ class Split:
   def take(self, idx):
     pick = lambda a: None if a is None else a[idx]
     return Split(self.labels[idx], pick(self.images), pick(self.paths),
-                 pick(self.teacher_logits), pick(self.teacher_features))
+                 pick(self.teacher_logits), pick(self.teacher_features),
+                 pick(self.index))
 
 
 @dataclasses.dataclass
@@ -275,8 +279,9 @@ def load(config) -> Dataset:
     else:
       raise UserError(f"unknown dataset {name!r}")
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
-    train, val = _holdout(Split(ytr, xtr), dc.val_fraction or 0.1)
-    test = Split(yte, xte)
+    train, val = _holdout(Split(ytr, xtr, index=np.arange(len(ytr))),
+                          dc.val_fraction or 0.1)
+    test = Split(yte, xte, index=np.arange(len(yte)))
     shape = tuple(xtr.shape[1:])
   if dc.train_limit:
     train = train.take(np.arange(min(dc.train_limit, len(train))))

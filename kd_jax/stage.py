@@ -476,7 +476,8 @@ class Stage:
     eval_jit = jax.jit(step_lib.make_eval_step(
         spec.preprocess, self.model, subclasses=self.subclasses,
         teacher=spec.teacher, teacher_subclasses=spec.teacher_subclasses))
-    has_teacher = self.teacher is not None
+    # A teacher model, or only its logits (`teacher.logits`) in the data.
+    has_teacher = self.teacher is not None or ds.train.teacher_logits is not None
     # The step on the host: reading state.step would wait for the device
     # every step and stop the host from preparing the next batches.
     step = int(state.step)

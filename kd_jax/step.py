@@ -408,7 +408,7 @@ def make_eval_step(preprocess: Preprocess, model, *, subclasses=1,
     logits_BxC = class_logits(model.apply(variables, x, train=False),
                               subclasses)
     labels_B, mask_B = batch["label"], batch["mask"]
-    if teacher is not None:
+    if teacher is not None or "teacher_logits" in batch:
       t_raw = (batch["teacher_logits"] if "teacher_logits" in batch else
                teacher.apply(teacher_vars, x, train=False))
       t_logits = class_logits(t_raw, teacher_subclasses)

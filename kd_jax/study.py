@@ -142,8 +142,11 @@ class Study:
         config_lib.validate(c)
       except UserError as e:
         raise UserError(f"cell {a!r}: {e}") from None
+    # Cells given a teacher (a checkpoint, a weight file or a logits file)
+    # use it: the study trains a teacher only for the others.
     kd_configs = [c for c in self.configs
-                  if c.kd.method in methods.TEACHER_METHODS]
+                  if c.kd.method in methods.TEACHER_METHODS
+                  and not (c.teacher.checkpoint or c.teacher.logits)]
     teachers = sorted({c.teacher.name for c in kd_configs})
     if len(teachers) > 1:
       raise UserError(f"{path}: cells use different teachers {teachers}; a "
@@ -187,12 +190,14 @@ class Study:
   def cells(self) -> list[Cell]:
     out = []
     for i, (arg, c) in enumerate(zip(self.cell_args, self.configs)):
-      needs = c.kd.method in methods.TEACHER_METHODS
+      distils = (c.kd.method in methods.TEACHER_METHODS
+                 and not c.teacher.logits)
+      needs = distils and not c.teacher.checkpoint  # the study's teacher
       overrides = {}
-      if needs and not c.teacher.checkpoint:
+      if needs:
         overrides["teacher.checkpoint"] = os.path.join(self.teacher_workdir,
                                                        "student")
-      if needs and self.teacher_cache and not c.teacher.cache_dir:
+      if distils and self.teacher_cache and not c.teacher.cache_dir:
         # (used when augmentation is off)
         overrides["teacher.cache_dir"] = os.path.join(self.study_dir,
                                                       "teacher_cache")

@@ -42,6 +42,8 @@ def vmap_problem(config) -> str | None:
     return f"method {config.kd.method!r} cannot be vmapped; allowed: {allowed}"
   if config.kd.hint_student_layer or config.kd.assistants:
     return "hint layers and teacher assistants cannot be vmapped"
+  if config.teacher.logits:
+    return "a teacher logits file (config.teacher.logits) is used cell by cell"
   if config.scratch_baseline:
     return ("a vmapped group trains students only: set "
             "config.scratch_baseline=False (scratch cells are method=none cells)")

@@ -27,7 +27,7 @@ import ml_collections
 
 from kd_jax import checkpointing, config_lib, data, methods, models
 from kd_jax import pretrained, preemption, reporting, sharding
-from kd_jax import stage as stage_lib
+from kd_jax import stage as stage_lib, teacher_logits
 from kd_jax import step as step_lib
 from kd_jax.config_lib import UserError
 from kd_jax.stage import Stage
@@ -100,7 +100,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     stage_lib.hint_shapes(config, ds.num_classes)  # a bad layer pair fails here
   teacher = None
   teacher_result = None
-  if needs_teacher and config.teacher.checkpoint:
+  if needs_teacher and config.teacher.logits:
+    ds = teacher_logits.attach(config, ds)
+    teacher_result = logits_teacher_result(config, ds)
+  elif needs_teacher and config.teacher.checkpoint:
     teacher = load_frozen(config, ds, mesh, config.teacher.checkpoint,
                           subclasses=groups)
   check_workdir(workdir, config, overwrite)
@@ -115,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   common = dict(ds=ds, mesh=mesh)
   student_run = dict(num_epochs=config.num_epochs,
                      learning_rate=config.learning_rate, **common)
-  if needs_teacher and teacher is None:
+  if needs_teacher and teacher is None and teacher_result is None:
     teacher_result = Stage(
         config, role="teacher", model_name=config.teacher.name,
         method="subclass_teacher" if groups > 1 else "none",
@@ -126,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         learning_rate=config_lib.teacher_lr(config), **common).run()
     teacher = load_frozen(config, ds, mesh, os.path.join(workdir, "teacher"),
                           subclasses=groups)
-  elif needs_teacher:
+  elif needs_teacher and teacher is not None:
     teacher_result = evaluate_loaded_teacher(config, ds, mesh, teacher)
 
   rows = []
@@ -170,6 +173,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     reporting.write_json(os.path.join(workdir, "results.json"), summary)
   reporting.log("\n" + reporting.format_table(summary["rows"]))
   return summary
+
+
+def logits_teacher_result(config, ds) -> dict:
+  """The run table's teacher row for a logits file: its test metrics."""
+  path = os.path.abspath(config.teacher.logits)
+  reporting.log(f"[teacher] logits from {path}: no teacher forward pass")
+  return {"role": "teacher", "model": config.teacher.name or "logits",
+          "method": "logits file", "params": 0, "size_mb": 0.0,
+          "test": teacher_logits.evaluate(ds.test), "checkpoint": path}
 
 
 def finetune_epochs(config, init_from) -> int:
