@@ -96,7 +96,7 @@ def test_logits_are_looked_up_by_path(tmp_path):
 ])
 def test_missing_or_extra_examples_are_one_line(tmp_path, drop, extra, message):
   c, _, npz, paths = _folder_npz(tmp_path, drop, extra)
-  r = helpers.run_cli(f"--config=configs/quickstart.py:runlocal,dataset=folder",
+  r = helpers.run_cli("--config=configs/quickstart.py:runlocal,dataset=folder",
                       f"--config.dataset.data_dir={c.dataset.data_dir}",
                       f"--config.teacher.logits={npz}",
                       f"--workdir={tmp_path / 'w'}")
