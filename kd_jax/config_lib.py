@@ -18,6 +18,7 @@ from kd_jax import losses, methods
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
 NORMALIZATIONS = ("auto", "half", "imagenet")
 WEIGHT_SOURCES = ("torchvision", "timm", "keras")
 NAN_POLICIES = ("stop", "skip")
@@ -42,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9  # sgd only
   c.weight_decay = 0.0
   c.warmup_epochs = 0.0
+  c.lr_schedule = "cosine"  # after the warmup: 'cosine' decay or 'constant'
   c.early_stopping_patience = 5  # epochs without val improvement; 0 = off
   c.checkpoint_every_steps = 500  # plus one at every epoch end
   c.log_every_steps = 50
@@ -282,6 +284,7 @@ def make_tiny(c: ml_collections.ConfigDict):
     c.teacher.num_epochs = min(c.teacher.num_epochs, 2)
   if c.kd.hint_epochs > 0:
     c.kd.hint_epochs = min(c.kd.hint_epochs, 2)
+  c.finetune.frozen_epochs = min(c.finetune.frozen_epochs, 1)
   return c
 
 
@@ -314,6 +317,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     one_of(c.teacher.name, sorted(models.MODELS), "config.teacher.name")
   one_of(c.kd.schedule, losses.SCHEDULES, "config.kd.schedule")
   one_of(c.optimizer, OPTIMIZERS, "config.optimizer")
+  one_of(c.lr_schedule, LR_SCHEDULES, "config.lr_schedule")
   one_of(c.dataset.normalization, NORMALIZATIONS, "config.dataset.normalization")
   one_of(c.nan_policy, NAN_POLICIES, "config.nan_policy")
   one_of(c.dataset.corrupt_images, CORRUPT_IMAGES, "config.dataset.corrupt_images")
@@ -366,8 +370,16 @@ def _validate_weight_spec(spec, what):
                     ":PATH)")
 
 
+def weight_fields(c) -> list[str]:
+  """The weight specs this config uses (a run without a teacher ignores
+  the teacher's)."""
+  teacher = (["teacher.checkpoint", "teacher.init_from"]
+             if c.kd.method in methods.TEACHER_METHODS else [])
+  return teacher + ["student.init_from"]
+
+
 def _validate_weights(c):
-  for what in ("teacher.checkpoint", "teacher.init_from", "student.init_from"):
+  for what in weight_fields(c):
     _validate_weight_spec(get_path(c, what), f"config.{what}")
   if c.teacher.logits and c.teacher.checkpoint:
     raise UserError("config.teacher.logits and config.teacher.checkpoint are "
@@ -404,7 +416,7 @@ def auto_normalization(c) -> str:
   """The normalisation imported weights expect ('half' without any); one
   line when the teacher's and the student's weights disagree."""
   from kd_jax import pretrained  # late: keeps configs importable without jax
-  specs = [c.teacher.checkpoint, c.teacher.init_from, c.student.init_from]
+  specs = [get_path(c, what) for what in weight_fields(c)]
   found = {pretrained.normalization(s) for s in specs} - {None}
   if len(found) > 1:
     raise UserError(

@@ -549,7 +549,8 @@ class Stage:
     res = tr.result(step=step, test=test, best_vars=best_vars,
                     teacher=self.teacher, cache_used=cache_used, state=state)
     if self.init_from:
-      res["init_from"] = os.path.abspath(self.init_from)
+      res["init_from"] = (self.init_from if pretrained.foreign_source(
+          self.init_from) else os.path.abspath(self.init_from))
     if self.peers:
       res["cohort"] = self._cohort_results(state, test)
     return tr.finish(res)

@@ -168,8 +168,13 @@ def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
   by the curriculum's lambda (Li et al. 2023, eq. 6; `scale_temperature_grads`)."""
   total = max(1, num_epochs * steps_per_epoch)
   warmup = int(config.warmup_epochs * steps_per_epoch)
-  lr = optax.warmup_cosine_decay_schedule(
-      0.0 if warmup else learning_rate, learning_rate, warmup, total)
+  if config.lr_schedule == "constant":
+    lr = optax.join_schedules([optax.linear_schedule(
+        0.0, learning_rate, warmup), optax.constant_schedule(learning_rate)],
+        [warmup]) if warmup else learning_rate
+  else:
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0 if warmup else learning_rate, learning_rate, warmup, total)
   if config.optimizer == "adam":
     student_tx = optax.adamw(lr, weight_decay=config.weight_decay)
   else:

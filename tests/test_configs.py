@@ -18,11 +18,27 @@ METHOD_CONFIGS = {"scratch": "none", "vanilla_kd": "vanilla",
                   "logit_standardization": "vanilla", "dml": "dml"}
 
 
-def load(path, arg=None):
+def _module(path):
   spec = importlib.util.spec_from_file_location("cfg", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return mod
+
+
+def load(path, arg=None):
+  return _module(path).get_config(arg)
+
+
+# Configs that start from pretrained weight files: validation checks the
+# files exist (their reading is tested in tests/test_mhist.py).
+WEIGHT_CONFIGS = ("mhist_transfer.py",)
+
+
+def _weights_arg(path, tmp_path):
+  mod = _module(path)
+  for name in (mod.TEACHER_FILE, mod.STUDENT_FILE):
+    (tmp_path / name).write_bytes(b"")
+  return f"weights_dir={tmp_path}"
 
 
 def test_one_config_per_method_exists():
@@ -33,14 +49,19 @@ def test_one_config_per_method_exists():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_validates_full_and_tiny(path):
-  c = load(path)
+def test_config_validates_full_and_tiny(path, tmp_path):
+  extra = ""
+  if os.path.basename(path) in WEIGHT_CONFIGS:
+    with pytest.raises(UserError, match="no such file"):
+      config_lib.validate(load(path, f"weights_dir={tmp_path}"))
+    extra = _weights_arg(path, tmp_path)
+  c = load(path, extra or None)
   config_lib.validate(c)
   name = os.path.basename(path)
   prefixes = [p for p in METHOD_CONFIGS if name.startswith(p + "_")]
   if prefixes:  # the longest matching prefix names the method
     assert c.kd.method == METHOD_CONFIGS[max(prefixes, key=len)], name
-  tiny = load(path, "runlocal")
+  tiny = load(path, ",".join(filter(None, ["runlocal", extra])))
   config_lib.validate(tiny)
   assert tiny.runlocal and tiny.dataset.train_limit <= 128
   assert tiny.max_steps_per_epoch > 0 and tiny.dataset.image_size <= 32
@@ -79,7 +100,9 @@ def test_validation_messages(arg, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [p for p in CONFIGS if not p.endswith("quickstart.py")],
+@pytest.mark.parametrize("path", [
+    p for p in CONFIGS if not p.endswith("quickstart.py")
+    and os.path.basename(p) not in WEIGHT_CONFIGS],
                          ids=os.path.basename)
 def test_method_config_runs_in_tiny_mode(path, tmp_path):
   """Each method config end to end in tiny mode (real GhostNet/ShuffleNet/
