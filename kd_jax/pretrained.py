@@ -41,11 +41,11 @@ def normalization(spec: str) -> str | None:
   return convert.NORMALIZATION[source] if source else None
 
 
-def _import(spec, model_name, outputs):
+def _import(spec, model_name, outputs, fresh=None):
   source, path = convert.parse_spec(spec)
   try:
     return convert.import_weights_full(model_name, path, num_classes=outputs,
-                                       source=source)
+                                       source=source, fresh=fresh)
   except convert.WeightImportError as e:
     raise UserError(f"{spec}: {e}") from None
 
@@ -90,7 +90,7 @@ def initial_variables(spec, *, model_name, outputs, image_size, fresh,
   newly initialised variables, whose head is kept where the class count of
   the weights differs."""
   if foreign_source(spec):
-    result = _import(spec, model_name, outputs)
+    result = _import(spec, model_name, outputs, fresh)
     variables, reinit = result.variables, result.head_reinitialised
     where = f"{result.source} weights {convert.parse_spec(spec)[1]}"
   else:

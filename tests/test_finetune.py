@@ -16,7 +16,7 @@ MESH = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
 
 
 def _stage(tmp_path, name="run", **overrides):
-  c = helpers.tiny_config("dataset=digits,method=none,student=mobilenet_v3_small",
+  c = helpers.tiny_config("dataset=digits,method=none,student=resnet18",
                           **{"finetune.frozen_epochs": 1, **overrides})
   ds = data.load(c)
   return c, ds, stage.Stage(
@@ -99,11 +99,11 @@ def test_a_method_none_run_is_a_teacher_and_an_init_for_another_task(tmp_path):
   head is re-initialised and every other leaf is the run's."""
   src = str(tmp_path / "src")
   r = helpers.run_cli("--config=configs/quickstart.py:runlocal,dataset=digits,"
-                      "method=none,student=mobilenet_v3_small",
+                      "method=none,student=resnet18",
                       f"--workdir={src}")
   assert r.returncode == 0, r.stderr[-2000:]
   c = helpers.tiny_config("dataset=digits,method=vanilla",
-                          **{"teacher.name": "mobilenet_v3_small",
+                          **{"teacher.name": "resnet18",
                              "teacher.checkpoint": src})
   ds = data.load(c)
   teacher = train.load_frozen(c, ds, MESH, src)
@@ -114,7 +114,7 @@ def test_a_method_none_run_is_a_teacher_and_an_init_for_another_task(tmp_path):
 
   folder = str(tmp_path / "folder")
   helpers.write_image_folder(folder, classes=("A2C", "A4C", "PLAX"))
-  c = helpers.tiny_config("dataset=folder,method=none,student=mobilenet_v3_small",
+  c = helpers.tiny_config("dataset=folder,method=none,student=resnet18",
                           **{"dataset.data_dir": folder,
                              "student.init_from": src})
   ds = data.load(c)

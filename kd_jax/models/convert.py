@@ -11,6 +11,16 @@ included. Sources:
 A classifier head whose class count differs from `num_classes` (or that the
 file lacks, e.g. Keras' `include_top=False` weights) keeps the model's fresh
 initialisation; `ImportResult.head_reinitialised` says so.
+
+Torch state dicts are matched layer by layer, not by name: the file's
+modules (conv: 4-D weight, linear: 2-D weight, BatchNorm: running statistics)
+in torch's registration order are paired with the zoo model's nn.Conv /
+nn.Dense / nn.BatchNorm layers in the order its forward pass calls them, and
+every tensor's shape is checked. Conv weights go OIHW -> HWIO (grouped convs:
+(kh, kw, in/groups, out), flax's layout), linear weights (out, in) -> (in, out),
+BatchNorm weight/bias -> params scale/bias and running_mean/var ->
+batch_stats mean/var. For all ten torchvision / timm zoo models the two
+orders agree, so no model needs a rule of its own.
 """
 from __future__ import annotations
 
@@ -73,7 +83,11 @@ def init_variables(name: str, num_classes: int, image_size: int = 224,
 
 
 def import_weights_full(name: str, path: str, *, num_classes: int,
-                        source: str | None = None, rng=None) -> ImportResult:
+                        source: str | None = None, rng=None,
+                        fresh=None) -> ImportResult:
+  """`import_weights` plus where the weights came from; a head the file
+  cannot fill comes from `fresh` (the caller's initialised variables) or a
+  new init with `rng`."""
   if source is None:
     source = infer_source(path)
   if source not in SOURCES:
@@ -81,23 +95,22 @@ def import_weights_full(name: str, path: str, *, num_classes: int,
                             f"{', '.join(SOURCES)}")
   if not os.path.isfile(path):
     raise WeightImportError(f"weight file {path!r} does not exist")
+  # Shapes suffice to place the file's tensors; fresh values need a jitted
+  # init, whose compilation takes seconds to tens of seconds on a CPU, so
+  # they are made only for a head that the file cannot fill.
+  from kd_jax import models
+  shapes = models.init_shapes(name, num_classes, 224)
   if source == "keras":
-    like = init_variables(name, num_classes, rng=rng)
     from kd_jax.models import keras_weights
-    variables, reinit = keras_weights.assign(name, like, path)
+    variables, reinit = keras_weights.assign(name, shapes, path)
   else:
-    # Shapes suffice to place the file's tensors; fresh values need a jitted
-    # init, whose compilation takes seconds to tens of seconds on a CPU, so
-    # they are made only for a head that the file cannot fill.
-    from kd_jax import models
-    state = read_state_dict(path)
-    shapes = models.init_shapes(name, num_classes, 224)
-    variables, reinit = assign_torch(name, shapes, state)
-    if reinit:
+    variables, reinit = assign_torch(name, shapes, read_state_dict(path))
+  if reinit:
+    if fresh is None:
       fresh = init_variables(name, num_classes, rng=rng)
-      variables = jax.tree.map(
-          lambda v, f: f if isinstance(v, jax.ShapeDtypeStruct) else v,
-          variables, fresh)
+    variables = jax.tree.map(
+        lambda v, f: np.asarray(f) if isinstance(v, jax.ShapeDtypeStruct)
+        else v, variables, jax.device_get(fresh))
   return ImportResult(variables, source, reinit)
 
 
@@ -116,15 +129,16 @@ def read_state_dict(path: str) -> dict:
   unwrapped, and DataParallel's 'module.' prefix is dropped."""
   try:
     if path.lower().endswith(".safetensors"):
-      from safetensors.numpy import load_file
-      raw = load_file(path)
+      raw = _safetensors_load(path)
     else:
       raw = _torch_load(path)
   except WeightImportError:
     raise
   except Exception as e:  # any reader failure is a bad file for the user
     detail = " ".join(str(e).split())[:200]
-    raise WeightImportError(f"cannot read weight file {path!r}: "
+    kind = ("a safetensors file" if path.lower().endswith(".safetensors")
+            else "a torch checkpoint")
+    raise WeightImportError(f"cannot read weight file {path!r} as {kind}: "
                             f"{type(e).__name__}: {detail}") from None
   state = {}
   for key, value in raw.items():
@@ -133,10 +147,20 @@ def read_state_dict(path: str) -> dict:
     if not isinstance(value, np.ndarray):
       continue  # checkpoint metadata stored next to the tensors
     key = key[len("module."):] if key.startswith("module.") else key
-    state[key] = value.astype(np.float32)
+    state[key] = value.astype(np.float32, copy=False)
   if not state:
     raise WeightImportError(f"weight file {path!r} holds no tensors")
   return state
+
+
+def _safetensors_load(path: str) -> dict:
+  from safetensors import numpy as st_numpy
+  try:
+    return st_numpy.load_file(path)
+  except TypeError:  # bfloat16, which numpy lacks: read as jax arrays
+    from safetensors import flax as st_jax
+    return {k: np.asarray(v, np.float32)
+            for k, v in st_jax.load_file(path).items()}
 
 
 def _torch_load(path: str) -> dict:
@@ -188,9 +212,9 @@ def _torch_modules(state: dict) -> list[tuple[str, str, dict]]:
 
   def order(prefix):
     parts = prefix.split(".")
-    return [(0, int(p), 0) if p.isdigit() else
-            (1, _CHILD_RANK[p], 0) if p in _CHILD_RANK else
-            (2, first_seen[tuple(parts[:i + 1])], 0)
+    return [(0, int(p)) if p.isdigit() else
+            (1, _CHILD_RANK[p]) if p in _CHILD_RANK else
+            (2, first_seen[tuple(parts[:i + 1])])
             for i, p in enumerate(parts)]
 
   modules = []
@@ -258,10 +282,11 @@ def _torch_to_flax(kind: str, tensors: dict) -> dict:
   return out
 
 
-def _fit_error(name, prefix, leaf, got, flax_path, want, counts) -> str:
+def _fit_error(name, prefix, torch_leaf, got, flax_path, flax_leaf, want,
+               counts) -> str:
   where = "/".join(flax_path)
-  return (f"{name}: torch tensor {prefix}.{leaf} {tuple(got)} does not fit "
-          f"kd_jax {where}/{leaf} {tuple(want)}{counts}")
+  return (f"{name}: torch tensor {prefix}.{torch_leaf} {tuple(got)} does not "
+          f"fit kd_jax {where}/{flax_leaf} {tuple(want)}{counts}")
 
 
 def _assign_module(name, variables, flax_path, prefix, kind, tensors,
@@ -281,10 +306,11 @@ def _assign_module(name, variables, flax_path, prefix, kind, tensors,
   for (collection, leaf), value in converted.items():
     target = _subtree(variables[collection], flax_path)
     if value.shape != target[leaf].shape:
+      source = torch_leaf[leaf]
       raise WeightImportError(_fit_error(
-          name, prefix, torch_leaf[leaf], tensors[torch_leaf[leaf]].shape,
-          flax_path, target[leaf].shape, counts))
-    target[leaf] = value.astype(np.float32)
+          name, prefix, source, tensors[source].shape, flax_path, leaf,
+          target[leaf].shape, counts))
+    target[leaf] = np.asarray(value, dtype=np.float32)
   return len(converted)
 
 
@@ -295,33 +321,44 @@ def _leaves_at(collection: dict, path: tuple[str, ...]) -> list[str]:
     return []
 
 
+def _split_head(like, torch_mods, flax_mods):
+  """(torch modules, kd_jax layers) left to pair, and whether the head
+  (the last Dense) keeps its fresh initialisation: when the file has no
+  classifier, or one with another class count over the same features."""
+  head_path, head_kind = flax_mods[-1]
+  if head_kind != "linear" or not torch_mods:
+    return torch_mods, flax_mods, False
+  prefix, kind, tensors = torch_mods[-1]
+  if len(torch_mods) == len(flax_mods) - 1 and kind != "linear":
+    return torch_mods, flax_mods[:-1], True  # a headless (features) file
+  head_in, head_out = _subtree(like["params"], head_path)["kernel"].shape
+  if len(torch_mods) == len(flax_mods) and kind == "linear" and \
+      tensors["weight"].shape[1] == head_in and \
+      tensors["weight"].shape[0] != head_out:
+    return torch_mods[:-1], flax_mods[:-1], True
+  return torch_mods, flax_mods, False
+
+
 def assign_torch(name: str, like: dict, state: dict) -> tuple[dict, bool]:
   """(variables shaped like `like` holding `state`'s tensors, head reinit).
 
-  `like`: the model's variables (numpy arrays, or jax.ShapeDtypeStructs). The torch modules (registration order) and the kd_jax layers (call order)
+  `like`: the model's variables (numpy arrays, or jax.ShapeDtypeStructs).
+  The torch modules (registration order) and the kd_jax layers (call order)
   are paired one to one; for every zoo model the two orders agree. The last
   linear layer is the classifier: with another class count than the model's
   (or absent from the file) it keeps `like`'s fresh initialisation."""
-  torch_mods = _torch_modules(state)
-  flax_mods = list(_flax_modules(name))
-  # Copies, so `like` stays as it was; `like` may hold jax.ShapeDtypeStructs
-  # (then a reinitialised head stays one, for the caller to fill).
-  variables = jax.tree.map(
-      lambda a: a if isinstance(a, jax.ShapeDtypeStruct) else np.array(a), like)
+  all_flax = list(_flax_modules(name))
+  torch_mods, flax_mods, reinit = _split_head(
+      like, _torch_modules(state), all_flax)
   counts = "" if len(torch_mods) == len(flax_mods) else (
       f" (the file has {len(torch_mods)} conv/linear/BatchNorm layers, "
       f"{name} has {len(flax_mods)})")
-  head_path, head_kind = flax_mods[-1]
-  reinit, written = False, 0
-  if head_kind == "linear" and len(torch_mods) == len(flax_mods) - 1 and \
-      (not torch_mods or torch_mods[-1][1] != "linear"):
-    flax_mods, reinit, counts = flax_mods[:-1], True, ""  # headless file
-  elif head_kind == "linear" and len(torch_mods) == len(flax_mods):
-    prefix, kind, tensors = torch_mods[-1]
-    head_kernel = _subtree(like["params"], head_path)["kernel"]
-    if kind == "linear" and tensors["weight"].shape[1] == head_kernel.shape[0] \
-        and tensors["weight"].shape[0] != head_kernel.shape[1]:
-      torch_mods, flax_mods, reinit = torch_mods[:-1], flax_mods[:-1], True
+  # Copies, so `like` stays as it was; `like` may hold jax.ShapeDtypeStructs
+  # (then a reinitialised head stays one, for the caller to fill).
+  variables = jax.tree.map(
+      lambda a: a if isinstance(a, jax.ShapeDtypeStruct) else np.array(a),
+      like)
+  written = 0
   for (prefix, kind, tensors), (flax_path, flax_kind) in zip(torch_mods,
                                                              flax_mods):
     if kind != flax_kind:
@@ -331,11 +368,11 @@ def assign_torch(name: str, like: dict, state: dict) -> tuple[dict, bool]:
     written += _assign_module(name, variables, flax_path, prefix, kind,
                               tensors, counts)
   if counts:
-    raise WeightImportError(f"{name}: the weight file does not fit the model"
-                            f"{counts}")
-  fresh = len(jax.tree.leaves(_subtree(like["params"], head_path))) if reinit else 0
-  if written + fresh != len(jax.tree.leaves(like)):
-    # A variable outside Conv / Dense / BatchNorm layers would stay fresh.
-    raise WeightImportError(f"{name}: {len(jax.tree.leaves(like)) - written - fresh}"
-                            " model variables have no counterpart in the file")
+    raise WeightImportError(
+        f"{name}: the weight file does not fit the model{counts}")
+  head = _subtree(like["params"], all_flax[-1][0]) if reinit else {}
+  missing = len(jax.tree.leaves(like)) - written - len(jax.tree.leaves(head))
+  if missing:  # a variable outside Conv / Dense / BatchNorm would stay fresh
+    raise WeightImportError(
+        f"{name}: {missing} model variables have no counterpart in the file")
   return variables, reinit
