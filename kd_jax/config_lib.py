@@ -16,9 +16,10 @@ import ml_collections
 from kd_jax import losses, methods
 
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist",
-            "fashion_mnist", "cifar10", "cifar100", "folder")
+            "fashion_mnist", "cifar10", "cifar100", "folder", "csv")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
+SELECT_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "auc")
 NORMALIZATIONS = ("auto", "half", "imagenet")
 WEIGHT_SOURCES = ("torchvision", "timm", "keras")
 NAN_POLICIES = ("stop", "skip")
@@ -45,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.lr_schedule = "cosine"  # after the warmup: 'cosine' decay or 'constant'
   c.early_stopping_patience = 5  # epochs without val improvement; 0 = off
+  # The validation metric that picks the best checkpoint and drives early
+  # stopping: accuracy | macro_f1 | balanced_accuracy | auc (ROC-AUC; one-vs-
+  # rest macro for more than 2 classes).
+  c.select_metric = "accuracy"
   c.checkpoint_every_steps = 500  # plus one at every epoch end
   c.log_every_steps = 50
   c.max_steps_per_epoch = 0  # 0 = full epoch (tiny mode caps it)
@@ -57,10 +62,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.dataset = d = ml_collections.ConfigDict()
   d.name = "default"
-  d.data_dir = ""  # TFDS data_dir, or the image-folder root for 'folder'
+  # TFDS data_dir, the image-folder root ('folder'), or the directory the
+  # CSV's file names are relative to ('csv').
+  d.data_dir = ""
   d.image_size = 112
   d.val_fraction = 0.1  # held out of train when the source has no val split
-  d.train_limit = 0  # use only the first N training examples (0 = all)
+  # Use only N examples (0 = all): a fixed random sample, stratified by
+  # class, in the split's order (data.limit).
+  d.train_limit = 0
   d.eval_limit = 0
   # 'auto': what imported weights were trained with (ImageNet mean/std for
   # torchvision/timm, [-1, 1] for Keras), else 'half' ([-1, 1]).
@@ -69,6 +78,16 @@ def base_config() -> ml_collections.ConfigDict:
   d.random_flip = False
   d.crop_padding = 4
   d.corrupt_images = "refuse"  # image folders: 'refuse' or 'skip' (warn + count)
+  # name='csv': the images in data_dir, listed by an annotations CSV (one
+  # row per image: file name, label, split); defaults fit MHIST's
+  # annotations.csv.
+  d.csv = ""
+  d.csv_file_column = "Image Name"
+  d.csv_label_column = "Majority Vote Label"
+  d.csv_split_column = "Partition"
+  # Each epoch draws its order with replacement by inverse class frequency,
+  # so classes appear equally often in expectation (imbalanced data).
+  d.balanced_sampling = False
 
   c.teacher = t = ml_collections.ConfigDict()
   t.name = "vgg16"
@@ -146,6 +165,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Deep mutual learning: the cohort is the student plus these peers
   # (comma list of models; '' = one peer with the student's architecture).
   k.peers = ""
+
+  c.loss = ml_collections.ConfigDict()
+  # Weights of the hard-label cross-entropy term of every method (teacher,
+  # scratch and student stages): 'none', 'balanced' (w_c = N / (C n_c) over
+  # the training split, as scikit-learn) or a comma list of C positive
+  # floats, e.g. '1,2.5'. The CE becomes the weighted mean (losses.py).
+  c.loss.class_weights = "none"
   return c
 
 
@@ -318,6 +344,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   one_of(c.kd.schedule, losses.SCHEDULES, "config.kd.schedule")
   one_of(c.optimizer, OPTIMIZERS, "config.optimizer")
   one_of(c.lr_schedule, LR_SCHEDULES, "config.lr_schedule")
+  one_of(c.select_metric, SELECT_METRICS, "config.select_metric")
   one_of(c.dataset.normalization, NORMALIZATIONS, "config.dataset.normalization")
   one_of(c.nan_policy, NAN_POLICIES, "config.nan_policy")
   one_of(c.dataset.corrupt_images, CORRUPT_IMAGES, "config.dataset.corrupt_images")
@@ -353,9 +380,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _validate_weights(c)
   if c.dataset.normalization == "auto":
     c.dataset.normalization = auto_normalization(c)
-  if c.dataset.name == "folder" and not c.dataset.data_dir:
+  _validate_data_files(c.dataset)
+
+
+def _validate_data_files(d):
+  """The paths a file-based source needs (their contents: data.load)."""
+  if d.name == "folder" and not d.data_dir:
     raise UserError("config.dataset.name='folder' needs "
                     "config.dataset.data_dir=<root with train/ and test/>")
+  if d.name == "csv" and not (d.data_dir and d.csv):
+    raise UserError("config.dataset.name='csv' needs config.dataset.csv="
+                    "<annotations CSV> and config.dataset.data_dir=<the "
+                    f"images' directory> (got csv={d.csv!r}, "
+                    f"data_dir={d.data_dir!r})")
 
 
 def _validate_weight_spec(spec, what):
@@ -404,6 +441,28 @@ def _validate_weights(c):
       raise UserError(
           f"config.finetune.frozen_epochs={f.frozen_epochs} leaves no epoch "
           f"to fine-tune the whole {role} ({epochs} epochs)")
+
+
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def class_weights_setting(c):
+  """config.loss.class_weights parsed: None ('none'), 'balanced' or a tuple
+  of positive floats (their count is checked against the data's classes
+  where the data is known: step.class_weights)."""
+  text = str(c.loss.class_weights).strip()
+  if text in CLASS_WEIGHTS:
+    return None if text == "none" else text
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    values = ()
+  if not values or not all(v > 0 and v < float("inf") for v in values):
+    raise UserError(
+        f"config.loss.class_weights={c.loss.class_weights!r} is not allowed; "
+        "allowed: 'none', 'balanced' or a comma list of positive floats, one "
+        "per class (e.g. '1,2.5')")
+  return values
 
 
 def normalization(c) -> str:
@@ -492,3 +551,4 @@ def _validate_methods(c, one_of, models) -> None:
   if k.temperature_hidden <= 0:
     raise UserError(f"config.kd.temperature_hidden={k.temperature_hidden} "
                     "must be > 0")
+  class_weights_setting(c)  # config.loss: every method's CE weights

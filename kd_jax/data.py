@@ -14,9 +14,18 @@ Sources (``config.dataset.name``):
     patient) into one split, or frames leak between train and test. If
     ``val/`` is missing, ``val_fraction`` of train is held out at random and a
     warning says that this can leak frames of one video.
+  * ``csv``: the images of ``data_dir`` listed by an annotations CSV
+    (``dataset.csv``; columns ``csv_file_column``, ``csv_label_column``,
+    ``csv_split_column`` with train/test/val, as MHIST's annotations.csv).
+    Classes are the sorted labels; without a val partition, val is held out
+    of train stratified by label.
+
+``train_limit``/``eval_limit`` keep a fixed random sample stratified by
+class (`limit`), in the split's order.
 
 Batching is deterministic: epoch ``e`` visits the training set in the order
-``np.random.default_rng([seed, e]).permutation(n)``, so a run resumed at
+``np.random.default_rng([seed, e]).permutation(n)`` (``balanced``: n
+class-balanced draws from that generator, `epoch_order`), so a run resumed at
 (epoch, step) sees exactly the batches an uninterrupted run would. Each
 process of a multi-process run reads only its own rows of every global batch.
 The host only gathers uint8 arrays (vectorised indexing; image files are
@@ -190,6 +199,27 @@ def _image_problem(path) -> str | None:
   return None
 
 
+def _readable(paths, where, corrupt="refuse"):
+  """Indices of `paths` that are readable images. A broken file is a
+  UserError, or with corrupt='skip' is left out and counted in one warning
+  about `where`: one bad frame must not stop a long run unnoticed."""
+  keep, skipped = [], []
+  for i, path in enumerate(paths):
+    problem = _image_problem(path)
+    if problem and corrupt == "skip":
+      skipped.append(path)
+      continue
+    if problem:
+      raise UserError(problem + " (config.dataset.corrupt_images='skip' "
+                      "leaves such files out)")
+    keep.append(i)
+  if skipped:
+    print(f"kd_jax: warning: skipped {len(skipped)} corrupt or non-image "
+          f"file(s) in {where}: {', '.join(skipped[:3])}"
+          + (" ..." if len(skipped) > 3 else ""), file=sys.stderr)
+  return keep
+
+
 def _list_folder_split(root, split, class_names=None, corrupt="refuse"):
   split_dir = os.path.join(root, split)
   classes = sorted(d for d in os.listdir(split_dir)
@@ -201,28 +231,17 @@ def _list_folder_split(root, split, class_names=None, corrupt="refuse"):
     raise UserError(
         f"class folders of {split_dir} ({', '.join(classes)}) differ from "
         f"train's ({', '.join(class_names)})")
-  paths, labels, skipped = [], [], []
+  paths, labels = [], []
   for label, cls in enumerate(classes):
     for fname in sorted(os.listdir(os.path.join(split_dir, cls))):
       if fname.lower().endswith(IMAGE_EXTENSIONS):
-        path = os.path.join(split_dir, cls, fname)
-        problem = _image_problem(path)
-        if problem and corrupt == "skip":
-          skipped.append(path)
-          continue
-        if problem:
-          raise UserError(problem + " (config.dataset.corrupt_images='skip' "
-                          "leaves such files out)")
-        paths.append(path)
+        paths.append(os.path.join(split_dir, cls, fname))
         labels.append(label)
-  if skipped:
-    print(f"kd_jax: warning: skipped {len(skipped)} corrupt or non-image "
-          f"file(s) in {split_dir}: {', '.join(skipped[:3])}"
-          + (" ..." if len(skipped) > 3 else ""), file=sys.stderr)
-  if not paths:
+  keep = _readable(paths, split_dir, corrupt)
+  if not keep:
     raise UserError(f"no images (*.png|jpg|jpeg|bmp|gif) under {split_dir}")
-  return tuple(classes), Split(np.asarray(labels, np.int32),
-                               paths=np.asarray(paths))
+  return tuple(classes), Split(np.asarray(labels, np.int32)[keep],
+                               paths=np.asarray(paths)[keep])
 
 
 def _load_folder(root, corrupt="refuse"):
@@ -240,14 +259,158 @@ def _load_folder(root, corrupt="refuse"):
   return names, train, val, test
 
 
+CSV_SPLITS = {"train": "train", "test": "test", "val": "val", "valid": "val",
+              "validation": "val"}  # a CSV's split value (any case) -> split
+_CSV_COLUMNS = ("csv_file_column", "csv_label_column", "csv_split_column")
+
+
+def _read_csv(dc):
+  """[(line, file, label, split)] of `dc.csv`'s rows, cells stripped;
+  UserError when the file or one of the configured columns is missing."""
+  import csv
+  if not os.path.isfile(dc.csv):
+    raise UserError(f"config.dataset.csv={dc.csv!r}: no such file (allowed: "
+                    "an annotations CSV with a row per image)")
+  with open(dc.csv, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f)
+    header = [h.strip() for h in next(reader, [])]
+    cols = []
+    for key in _CSV_COLUMNS:
+      if dc[key] not in header:
+        raise UserError(f"{dc.csv} has no column {dc[key]!r} (config.dataset."
+                        f"{key}); its columns: {', '.join(map(repr, header))}")
+      cols.append(header.index(dc[key]))
+    rows = []
+    for row in reader:
+      if any(cell.strip() for cell in row):  # blank lines are no examples
+        rows.append((reader.line_num, *(row[i].strip() if i < len(row) else ""
+                                        for i in cols)))
+  if not rows:
+    raise UserError(f"{dc.csv} has a header but no rows")
+  return rows
+
+
+def _check_csv_rows(dc, rows):
+  """UserError for the first row with an empty file name or label, a split
+  value outside CSV_SPLITS, or a file listed twice (it would leak between
+  splits)."""
+  seen = {}
+  for line, fname, label, split in rows:
+    where = f"{dc.csv} line {line}"
+    if not fname:
+      raise UserError(f"{where}: empty {dc.csv_file_column!r}; every row "
+                      "needs an image file name")
+    if not label:
+      raise UserError(f"{where} ({fname}): empty {dc.csv_label_column!r}; "
+                      "every image needs a class label")
+    if split.lower() not in CSV_SPLITS:
+      raise UserError(f"{where} ({fname}): {dc.csv_split_column} {split!r} is "
+                      f"not allowed; allowed: {', '.join(CSV_SPLITS)} (any case)")
+    if fname in seen:
+      raise UserError(f"{where}: {fname} is listed twice (also line "
+                      f"{seen[fname]}); allowed: one row per image")
+    seen[fname] = line
+
+
+def _csv_paths(dc, files):
+  """The image paths of `files` under data_dir; UserError naming how many
+  are missing and the first."""
+  if not os.path.isdir(dc.data_dir):
+    raise UserError(f"config.dataset.data_dir={dc.data_dir!r} does not exist "
+                    f"(allowed: the directory of the images {dc.csv} lists)")
+  paths = [os.path.join(dc.data_dir, f) for f in files]
+  missing = [f for f, p in zip(files, paths) if not os.path.isfile(p)]
+  if missing:
+    raise UserError(f"{len(missing)} of the {len(files)} images {dc.csv} lists "
+                    f"are missing from {dc.data_dir}, the first: {missing[0]}")
+  return np.asarray(paths)
+
+
+def _load_csv(dc):
+  """(class names, train, val, test) of a CSV-annotated image directory;
+  without a val partition val is held out of train, stratified by label."""
+  rows = _read_csv(dc)
+  _check_csv_rows(dc, rows)
+  _, files, labels, splits = zip(*rows)
+  paths = _csv_paths(dc, files)
+  names = tuple(sorted(set(labels)))
+  y = np.asarray([names.index(label) for label in labels], np.int32)
+  split_of = np.asarray([CSV_SPLITS[s.lower()] for s in splits])
+  keep = np.zeros(len(rows), bool)
+  keep[_readable(paths, dc.data_dir, dc.corrupt_images)] = True
+  parts = {}
+  for name in ("train", "val", "test"):
+    idx = np.flatnonzero(keep & (split_of == name))
+    parts[name] = Split(y[idx], paths=paths[idx])
+  if not len(parts["val"]):
+    parts["train"], parts["val"] = stratified_holdout(parts["train"],
+                                                      dc.val_fraction)
+  for split, part in parts.items():
+    absent = [c for i, c in enumerate(names) if not np.any(part.labels == i)]
+    if absent:
+      raise UserError(f"{dc.csv}: class {absent[0]!r} has no example in the "
+                      f"{split} split; every class needs one in train, val "
+                      "(given or held out of train) and test")
+  return names, parts["train"], parts["val"], parts["test"]
+
+
 # ------------------------------------------------------------------- load
+
+# Limits and held-out splits are a property of the data, not of a run: with
+# one fixed seed every run seed, sweep cell and stage (teacher, student,
+# scratch) sees the same examples, so their metrics compare and dataset
+# fingerprints and teacher caches match.
+SAMPLE_SEED = 0
 
 
 def _holdout(train: Split, fraction):
   """Fixed (seed-independent) random hold-out of `fraction` of train."""
-  perm = np.random.default_rng(0).permutation(len(train))
+  perm = np.random.default_rng(SAMPLE_SEED).permutation(len(train))
   n_val = max(1, int(round(len(train) * fraction)))
   return train.take(np.sort(perm[n_val:])), train.take(np.sort(perm[:n_val]))
+
+
+def stratified_holdout(train: Split, fraction, seed=SAMPLE_SEED):
+  """(train, val): `fraction` of every class held out at random, at least
+  one and at most all but one of each class (a class of one example stays
+  in train)."""
+  rng = np.random.default_rng(seed)
+  picks = []
+  for c in np.unique(train.labels):
+    idx = np.flatnonzero(train.labels == c)
+    k = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
+    picks.append(rng.choice(idx, k, replace=False))
+  val = np.sort(np.concatenate(picks)).astype(np.int64)
+  return train.take(np.setdiff1d(np.arange(len(train)), val)), train.take(val)
+
+
+def class_quotas(counts, n):
+  """Examples per class in a sample of `n` of sum(`counts`): proportional
+  by largest remainder, and at least one of every class when n >= the
+  number of classes (a small sample must not lose a class)."""
+  counts = np.asarray(counts)
+  ideal = n * counts / counts.sum()
+  quota = np.floor(ideal).astype(int)
+  if n >= len(counts):
+    quota = np.maximum(quota, 1)
+  while quota.sum() > n:  # only after raising classes to one
+    quota[np.argmax(np.where(quota > 1, quota - ideal, -np.inf))] -= 1
+  while quota.sum() < n:
+    quota[np.argmax(np.where(quota < counts, ideal - quota, -np.inf))] += 1
+  return quota
+
+
+def limit(split: Split, n, seed=SAMPLE_SEED) -> Split:
+  """`split` cut to `n` examples (0: all): a random sample stratified by
+  class (`class_quotas`), in the split's order. The first N would be one
+  class of a folder listed class by class."""
+  if not n or n >= len(split):
+    return split
+  classes, counts = np.unique(split.labels, return_counts=True)
+  rng = np.random.default_rng(seed)
+  picks = [rng.choice(np.flatnonzero(split.labels == c), q, replace=False)
+           for c, q in zip(classes, class_quotas(counts, n))]
+  return split.take(np.sort(np.concatenate(picks)))
 
 
 def resolve_name(name):
@@ -256,18 +419,27 @@ def resolve_name(name):
   return name
 
 
+def _load_files(dc, name):
+  """(class names, train, val, test) of an image folder or a CSV-annotated
+  image directory."""
+  if name == "csv":
+    return _load_csv(dc)
+  names, train, val, test = _load_folder(dc.data_dir, dc.corrupt_images)
+  if val is None:
+    print(f"warning: {dc.data_dir} has no val/ folder; holding out "
+          f"{dc.val_fraction:.0%} of train frames at random for validation. "
+          "Frames of one video can then fall in both train and val; give "
+          "a val/ folder split by video to avoid that.", file=sys.stderr)
+    train, val = _holdout(train, dc.val_fraction)
+  return names, train, val, test
+
+
 def load(config) -> Dataset:
   """Loads the configured dataset. Raises UserError on missing/bad data."""
   dc = config.dataset
   name = resolve_name(dc.name)
-  if name == "folder":
-    names, train, val, test = _load_folder(dc.data_dir, dc.corrupt_images)
-    if val is None:
-      print(f"warning: {dc.data_dir} has no val/ folder; holding out "
-            f"{dc.val_fraction:.0%} of train frames at random for validation. "
-            "Frames of one video can then fall in both train and val; give "
-            "a val/ folder split by video to avoid that.", file=sys.stderr)
-      train, val = _holdout(train, dc.val_fraction)
+  if name in ("folder", "csv"):
+    names, train, val, test = _load_files(dc, name)
     shape = (dc.image_size, dc.image_size, 3)
   else:
     if name == "fashion_mnist_local":
@@ -283,11 +455,8 @@ def load(config) -> Dataset:
                           dc.val_fraction or 0.1)
     test = Split(yte, xte, index=np.arange(len(yte)))
     shape = tuple(xtr.shape[1:])
-  if dc.train_limit:
-    train = train.take(np.arange(min(dc.train_limit, len(train))))
-  if dc.eval_limit:
-    val = val.take(np.arange(min(dc.eval_limit, len(val))))
-    test = test.take(np.arange(min(dc.eval_limit, len(test))))
+  train = limit(train, dc.train_limit)
+  val, test = limit(val, dc.eval_limit), limit(test, dc.eval_limit)
   return Dataset(name, tuple(names), train, val, test, shape)
 
 
@@ -370,13 +539,30 @@ def _gather_batches(split: Split, index_batches, image_size):
     yield {"image": images, "label": split.labels[idx]}
 
 
+def epoch_order(labels, *, seed, epoch, balanced=False):
+  """Indices of the examples epoch `epoch` visits, in order: a permutation,
+  or (balanced) len(labels) draws with replacement weighted by inverse class
+  frequency, so every class is equally likely at each draw. A function of
+  (seed, epoch) only: a resumed run sees the same order."""
+  rng = np.random.default_rng([seed, epoch])
+  n = len(labels)
+  if not balanced:
+    return rng.permutation(n)
+  _, inverse, counts = np.unique(labels, return_inverse=True,
+                                 return_counts=True)
+  weights = 1.0 / counts[inverse]
+  return rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+
+
 def train_batches(split: Split, *, global_batch, seed, epoch, num_steps,
-                  start_step=0, image_size, process_index=0, process_count=1):
-  """This process's rows of global batches `start_step..num_steps-1` of `epoch`."""
-  perm = np.random.default_rng([seed, epoch]).permutation(len(split))
+                  start_step=0, image_size, process_index=0, process_count=1,
+                  balanced=False):
+  """This process's rows of global batches `start_step..num_steps-1` of
+  `epoch`; `balanced`: class-balanced draws (`epoch_order`)."""
+  order = epoch_order(split.labels, seed=seed, epoch=epoch, balanced=balanced)
   local = global_batch // process_count
   lo = process_index * local
-  index_batches = [perm[s * global_batch:(s + 1) * global_batch][lo:lo + local]
+  index_batches = [order[s * global_batch:(s + 1) * global_batch][lo:lo + local]
                    for s in range(start_step, num_steps)]
   yield from _gather_batches(split, index_batches, image_size)
 

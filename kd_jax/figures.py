@@ -6,6 +6,10 @@
                             point size = model MB
   t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
   training_curves.png       validation accuracy per epoch, mean over seeds
+  roc.png                   binary tasks: test ROC curve of each method's
+                            best setting, the teacher dashed
+  confusion_best.png        test confusion matrix of the best student
+                            setting, summed over seeds, row-normalised
 
 Inputs are the tables of `kd_jax.report` (rows, settings, best settings) and
 of `kd_jax.deployment`; matplotlib is imported only when a figure is drawn.
@@ -153,6 +157,84 @@ def plot_training_curves(rows, path):
   _save(fig, path)
 
 
+def roc_curve(labels_N, score_N):
+  """(false positive rates, true positive rates) at every distinct score
+  threshold, from (0, 0) to (1, 1)."""
+  import numpy as np
+  order = np.argsort(-np.asarray(score_N), kind="mergesort")
+  s, y = np.asarray(score_N)[order], np.asarray(labels_N, bool)[order]
+  last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+  tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+  return (np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)])
+
+
+def _load_predictions(path):
+  import numpy as np
+  if not path or not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    return f["probs"], f["labels"]
+
+
+def plot_roc_curves(rows, best, teacher, path) -> bool:
+  """Binary tasks: the test ROC curve of each (student, method)'s best
+  setting (its first seed's run), the teacher dashed."""
+  import matplotlib.pyplot as plt
+  curves = []
+  for (student, method), s in best.items():
+    run = next((r for r in rows if r["setting"] == s["setting"]), None)
+    pred = _load_predictions(run and run.get("predictions"))
+    if pred is not None and pred[0].shape[-1] == 2:
+      curves.append((f"{student} {method_label(method)} (AUC "
+                     f"{s['test_auc_mean']:.3f})", pred, "-"))
+  t_pred = _load_predictions(teacher.get("predictions")) if teacher else None
+  if t_pred is not None and t_pred[0].shape[-1] == 2:
+    curves.append((f"teacher {teacher['model']}", t_pred, "--"))
+  if not curves:
+    return False
+  fig, ax = plt.subplots(figsize=(5, 4.5))
+  for label, (probs, labels), ls in curves:
+    ax.plot(*roc_curve(labels == 1, probs[:, 1]), ls=ls, lw=1.2, label=label)
+  ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+  ax.set_xlabel("false positive rate")
+  ax.set_ylabel("true positive rate")
+  ax.set_title("Test ROC, best setting per method (first seed)", fontsize=10)
+  ax.legend(fontsize=6)
+  _save(fig, path)
+  return True
+
+
+def plot_confusion_best(rows, best, path) -> bool:
+  """The confusion matrix of the best student setting (highest mean
+  validation value of the selection metric), summed over its seeds and
+  normalised per true class."""
+  import matplotlib.pyplot as plt
+  import numpy as np
+  if not best:
+    return False
+  top = max(best.values(), key=lambda s: -math.inf if math.isnan(
+      s["val_selected_mean"]) else s["val_selected_mean"])
+  runs = [r for r in rows if r["setting"] == top["setting"] and r["confusion"]]
+  if not runs:
+    return False
+  cm = np.sum([np.asarray(r["confusion"]) for r in runs], axis=0)
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  names = runs[0]["class_names"] or [str(i) for i in range(len(cm))]
+  fig, ax = plt.subplots(figsize=(1.2 * len(cm) + 2, 1.1 * len(cm) + 1.5))
+  ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+  for i in range(len(cm)):
+    for j in range(len(cm)):
+      ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center",
+              fontsize=7, color="w" if norm[i, j] > 0.5 else "k")
+  ax.set_xticks(range(len(cm)), names, rotation=30)
+  ax.set_yticks(range(len(cm)), names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(f"{top['setting']} (test, {len(runs)} seed(s))", fontsize=8)
+  _save(fig, path)
+  return True
+
+
 def write_figures(out_dir, *, rows, summary, best, teacher, deploy,
                   t_methods) -> list:
   """Draws every figure into out_dir; returns the file names written, in
@@ -168,4 +250,9 @@ def write_figures(out_dir, *, rows, summary, best, teacher, deploy,
     figures.append("t_alpha_heatmap.png")
   plot_training_curves(rows, os.path.join(out_dir, "training_curves.png"))
   figures.append("training_curves.png")
+  if plot_roc_curves(rows, best, teacher, os.path.join(out_dir, "roc.png")):
+    figures.append("roc.png")
+  if plot_confusion_best(rows, best, os.path.join(out_dir,
+                                                   "confusion_best.png")):
+    figures.append("confusion_best.png")
   return figures

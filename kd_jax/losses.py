@@ -4,6 +4,12 @@ Shapes: logits are `[B, C]`, labels are integer `[B]`; every loss returns a
 scalar mean over the batch. KL divergences are summed over classes and
 averaged over the batch ('batchmean').
 
+Class weights: every loss with a hard-label cross-entropy term takes an
+optional `class_weights` `[C]`. The CE term then becomes the weighted mean
+sum_i w_{y_i} CE_i / sum_i w_{y_i} (PyTorch's `F.cross_entropy(weight=w)`
+with reduction='mean'); the soft (KL and other distillation) terms stay
+unweighted batch means. `None` computes exactly the unweighted loss.
+
 References:
   * Hinton et al. 2015, "Distilling the knowledge in a neural network": the
     soft-target loss alpha T^2 KL + (1 - alpha) CE.
@@ -26,15 +32,43 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 SCHEDULES = ("cosine", "linear")
 
 
-def cross_entropy(logits_BxC, labels_B):
-  """Mean softmax cross-entropy with integer labels."""
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxC, labels_B).mean()
+def cross_entropy(logits_BxC, labels_B, class_weights=None):
+  """Mean softmax cross-entropy with integer labels; with `class_weights`
+  `[C]` the weighted mean sum_i w_{y_i} CE_i / sum_i w_{y_i}, as PyTorch's
+  `F.cross_entropy(weight=w, reduction='mean')`."""
+  return weighted_mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxC, labels_B), labels_B, class_weights)
+
+
+def weighted_mean(values_B, labels_B, class_weights=None):
+  """mean_i values_i, or with `class_weights` `[C]` the mean weighted by
+  each example's class weight, sum_i w_{y_i} v_i / sum_i w_{y_i}."""
+  if class_weights is None:
+    return jnp.mean(values_B)
+  w_B = jnp.asarray(class_weights, jnp.float32)[labels_B]
+  return jnp.sum(w_B * values_B) / jnp.sum(w_B)
+
+
+def balanced_class_weights(labels_N, num_classes):
+  """Inverse class frequency, w_c = N / (C * n_c) (scikit-learn's
+  `compute_class_weight('balanced')`): each class then carries the same
+  total weight in an epoch. Every class must occur in `labels_N`."""
+  counts = np.bincount(np.asarray(labels_N), minlength=num_classes)
+  return len(labels_N) / (num_classes * counts.astype(np.float64))
+
+
+def _soft_plus_ce(soft_B, ce_B, labels_B, class_weights):
+  """mean_i soft_i + (weighted) mean_i ce_i; without weights the single
+  mean of the sum that the unweighted losses have always computed."""
+  if class_weights is None:
+    return jnp.mean(soft_B + ce_B)
+  return jnp.mean(soft_B) + weighted_mean(ce_B, labels_B, class_weights)
 
 
 def kl_per_example(student_logits_BxC, teacher_logits_BxC, temperature):
@@ -50,34 +84,38 @@ def kl_per_example(student_logits_BxC, teacher_logits_BxC, temperature):
 
 
 def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha,
-            standardize_logits=False):
+            standardize_logits=False, class_weights=None):
   """Hinton KD: mean_i[alpha T^2 KL_i + (1 - alpha) CE_i].
 
   `temperature`: scalar, or `[B]` per example (instance-wise CTKD).
   `standardize_logits`: z-score both logits inside the KL term only (Sun et
   al. 2024); the cross-entropy always sees the raw student logits.
+  `class_weights` `[C]`: the CE mean is weighted (module docstring).
   """
   t = jnp.asarray(temperature, jnp.float32)
   kl_B = kl_per_example(*_maybe_standardize(
       student_logits, teacher_logits, standardize_logits), t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
-  return jnp.mean(alpha * t**2 * kl_B + (1.0 - alpha) * ce_B)
+  return _soft_plus_ce(alpha * t**2 * kl_B, (1.0 - alpha) * ce_B, labels,
+                       class_weights)
 
 
 def conditional_kd_loss(student_logits, teacher_logits, labels, *, temperature,
-                        standardize_logits=False):
+                        standardize_logits=False, class_weights=None):
   """Conditional teacher-student learning (Meng et al.).
 
   mean_i[c_i T^2 KL_i + (1 - c_i) CE_i] with c_i = 1 where the teacher's
   top-1 prediction equals the label: the student imitates the teacher only
   where the teacher is right and learns from the hard label elsewhere.
+  `class_weights` `[C]`: the (1 - c_i) CE_i terms get the weighted mean.
   """
   t = jnp.asarray(temperature, jnp.float32)
   c_B = (jnp.argmax(teacher_logits, axis=-1) == labels).astype(jnp.float32)
   kl_B = kl_per_example(*_maybe_standardize(
       student_logits, teacher_logits, standardize_logits), t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
-  return jnp.mean(c_B * t**2 * kl_B + (1.0 - c_B) * ce_B)
+  return _soft_plus_ce(c_B * t**2 * kl_B, (1.0 - c_B) * ce_B, labels,
+                       class_weights)
 
 
 def ctkd_temperature(raw, *, t_start=1.0, t_end=20.0):
@@ -207,28 +245,33 @@ def subclass_aux_loss(logits_BxCS, *, temperature=1.0, eps=1e-8):
 
 
 def subclass_teacher_loss(logits_BxCS, labels, *, subclasses, aux_weight=1.0,
-                          aux_temperature=1.0):
-  """Teacher objective: CE on the grouped class logits + weight * aux."""
+                          aux_temperature=1.0, class_weights=None):
+  """Teacher objective: CE on the grouped class logits (weighted by the
+  `[C]` `class_weights`, if any) + weight * aux."""
   return cross_entropy(subclass_to_class_logits(logits_BxCS, subclasses),
-                       labels) + aux_weight * subclass_aux_loss(
+                       labels, class_weights) + aux_weight * subclass_aux_loss(
                            logits_BxCS, temperature=aux_temperature)
 
 
 def subclass_kd_loss(student_logits_BxCS, teacher_logits_BxCS, labels, *,
-                     subclasses, temperature, alpha):
+                     subclasses, temperature, alpha, class_weights=None):
   """Student objective: alpha T^2 KL over the C*S subclass distribution at
-  temperature T + (1 - alpha) CE on the student's grouped class logits."""
+  temperature T + (1 - alpha) CE on the student's grouped class logits (the
+  CE weighted by the `[C]` `class_weights`, if any)."""
   t = jnp.asarray(temperature, jnp.float32)
   kl_B = kl_per_example(student_logits_BxCS, teacher_logits_BxCS, t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(
       subclass_to_class_logits(student_logits_BxCS, subclasses), labels)
-  return jnp.mean(alpha * t**2 * kl_B + (1.0 - alpha) * ce_B)
+  return _soft_plus_ce(alpha * t**2 * kl_B, (1.0 - alpha) * ce_B, labels,
+                       class_weights)
 
 
-def mutual_learning_losses(logits_KxBxC, labels, *, temperature=1.0):
+def mutual_learning_losses(logits_KxBxC, labels, *, temperature=1.0,
+                           class_weights=None):
   """Deep mutual learning: one loss per cohort member k,
   L_k = CE(z_k, y) + T^2 / (K - 1) * sum_{l != k} KL(p_l^T || p_k^T),
   the peers' distributions p_l held fixed (stop-gradient). -> `[K]`.
+  With `class_weights` `[C]` each member's CE is the weighted mean.
 
   The sum over k has, for every member, the gradient of its own L_k: the
   cohort is updated simultaneously in one step.
@@ -238,7 +281,7 @@ def mutual_learning_losses(logits_KxBxC, labels, *, temperature=1.0):
   fixed = jax.lax.stop_gradient(logits_KxBxC)
   out = []
   for i in range(k):
-    ce = cross_entropy(logits_KxBxC[i], labels)
+    ce = cross_entropy(logits_KxBxC[i], labels, class_weights)
     kl = sum(jnp.mean(kl_per_example(logits_KxBxC[i], fixed[j], t))
              for j in range(k) if j != i)
     out.append(ce + t**2 * kl / (k - 1))

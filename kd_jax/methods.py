@@ -10,9 +10,11 @@ here, a config in configs/, tests.
 
 Every loss has the signature
   loss(kd, student_logits, teacher_logits, labels_B, *, temperature, alpha,
-       epoch) -> scalar
+       epoch, class_weights=None) -> scalar
 where `kd` is the run's `KDSpec` (static numbers) and `temperature`, `alpha`
-and `epoch` are arrays (traced per cell in a vmapped sweep).
+and `epoch` are arrays (traced per cell in a vmapped sweep). `class_weights`
+(`[C]` or None, config.loss.class_weights) weights the hard-label
+cross-entropy term of every method (losses.py); soft terms stay unweighted.
 """
 from __future__ import annotations
 
@@ -78,63 +80,77 @@ class Method:
     return self.temperature in ("learned", "instance")
 
 
-def _cross_entropy(kd, s, t, labels_B, *, temperature, alpha, epoch):
+def _cross_entropy(kd, s, t, labels_B, *, temperature, alpha, epoch,
+                   class_weights=None):
   del kd, t, temperature, alpha, epoch
-  return losses.cross_entropy(s, labels_B)
+  return losses.cross_entropy(s, labels_B, class_weights)
 
 
-def _subclass_teacher(kd, s, t, labels_B, *, temperature, alpha, epoch):
+def _subclass_teacher(kd, s, t, labels_B, *, temperature, alpha, epoch,
+                      class_weights=None):
   del t, temperature, alpha, epoch
   return losses.subclass_teacher_loss(
       s, labels_B, subclasses=kd.subclasses, aux_weight=kd.subclass_aux_weight,
-      aux_temperature=kd.subclass_aux_temperature)
+      aux_temperature=kd.subclass_aux_temperature, class_weights=class_weights)
 
 
-def _hinton(kd, s, t, labels_B, *, temperature, alpha, epoch):
+def _hinton(kd, s, t, labels_B, *, temperature, alpha, epoch,
+            class_weights=None):
   del epoch
   return losses.kd_loss(s, t, labels_B, temperature=temperature, alpha=alpha,
-                        standardize_logits=kd.logit_standardization)
+                        standardize_logits=kd.logit_standardization,
+                        class_weights=class_weights)
 
 
-def _conditional(kd, s, t, labels_B, *, temperature, alpha, epoch):
+def _conditional(kd, s, t, labels_B, *, temperature, alpha, epoch,
+                 class_weights=None):
   del alpha, epoch
   return losses.conditional_kd_loss(s, t, labels_B, temperature=temperature,
-                                    standardize_logits=kd.logit_standardization)
+                                    standardize_logits=kd.logit_standardization,
+                                    class_weights=class_weights)
 
 
-def _dkd(kd, s, t, labels_B, *, temperature, alpha, epoch):
+def _dkd(kd, s, t, labels_B, *, temperature, alpha, epoch,
+         class_weights=None):
   """CE + warm-up * DKD (Zhao et al. 2022): the KD part ramps up linearly
   over `dkd_warmup_epochs`, as in the authors' training recipe."""
   del alpha
   warm = (jnp.minimum(1.0, (epoch + 1.0) / kd.dkd_warmup_epochs)
           if kd.dkd_warmup_epochs else 1.0)
-  return losses.cross_entropy(s, labels_B) + warm * losses.dkd_loss(
-      s, t, labels_B, temperature=temperature, alpha=kd.dkd_alpha,
-      beta=kd.dkd_beta, standardize_logits=kd.logit_standardization)
+  return losses.cross_entropy(s, labels_B, class_weights) + warm * (
+      losses.dkd_loss(s, t, labels_B, temperature=temperature,
+                      alpha=kd.dkd_alpha, beta=kd.dkd_beta,
+                      standardize_logits=kd.logit_standardization))
 
 
-def _dist(kd, s, t, labels_B, *, temperature, alpha, epoch):
+def _dist(kd, s, t, labels_B, *, temperature, alpha, epoch,
+          class_weights=None):
   del alpha, epoch
-  return losses.cross_entropy(s, labels_B) + losses.dist_loss(
+  return losses.cross_entropy(s, labels_B, class_weights) + losses.dist_loss(
       s, t, temperature=temperature, beta=kd.dist_beta, gamma=kd.dist_gamma)
 
 
-def _subclass(kd, s, t, labels_B, *, temperature, alpha, epoch):
+def _subclass(kd, s, t, labels_B, *, temperature, alpha, epoch,
+              class_weights=None):
   del epoch
   return losses.subclass_kd_loss(s, t, labels_B, subclasses=kd.subclasses,
-                                 temperature=temperature, alpha=alpha)
+                                 temperature=temperature, alpha=alpha,
+                                 class_weights=class_weights)
 
 
-def _mutual(kd, cohort_KxBxC, t, labels_B, *, temperature, alpha, epoch):
+def _mutual(kd, cohort_KxBxC, t, labels_B, *, temperature, alpha, epoch,
+            class_weights=None):
   """Deep mutual learning: the sum of the members' losses, so that each
   member gets the gradient of its own loss in one step."""
   del kd, t, alpha, epoch
-  return jnp.sum(losses.mutual_learning_losses(cohort_KxBxC, labels_B,
-                                               temperature=temperature))
+  return jnp.sum(losses.mutual_learning_losses(
+      cohort_KxBxC, labels_B, temperature=temperature,
+      class_weights=class_weights))
 
 
-def _no_logit_loss(kd, s, t, labels_B, *, temperature, alpha, epoch):
-  del kd, s, t, labels_B, temperature, alpha, epoch
+def _no_logit_loss(kd, s, t, labels_B, *, temperature, alpha, epoch,
+                   class_weights=None):
+  del kd, s, t, labels_B, temperature, alpha, epoch, class_weights
   return jnp.float32(0.0)
 
 

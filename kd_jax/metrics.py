@@ -41,6 +41,70 @@ class EvalMetrics(clu_metrics.Collection):
   accuracy: clu_metrics.Accuracy
   agreement: clu_metrics.Average.from_output("agree")
   confusion: ConfusionMatrix
+  # Every example's class probabilities, gathered on the host: ranking
+  # metrics (ROC-AUC, PR-AUC) are not sums over batches.
+  scores: clu_metrics.CollectingMetric.from_outputs(("probs", "labels", "mask"))
+
+
+
+def roc_auc_binary(y_N, score_N) -> float | None:
+  """Area under the ROC curve: the probability that a random positive
+  scores above a random negative, ties counting one half (the
+  Mann-Whitney U statistic); None when one class is absent."""
+  y = np.asarray(y_N, bool)
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  if n_pos == 0 or n_neg == 0:
+    return None
+  order = np.argsort(score_N, kind="mergesort")
+  s = np.asarray(score_N, np.float64)[order]
+  ranks = np.empty(len(s))
+  # Average ranks over runs of tied scores.
+  _, start, counts = np.unique(s, return_index=True, return_counts=True)
+  for st, c in zip(start, counts):
+    ranks[st:st + c] = st + (c + 1) / 2.0
+  rank_sum = ranks[y[order]].sum()
+  return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(y_N, score_N) -> float | None:
+  """PR-AUC as average precision: sum over score thresholds of precision
+  times the recall gained there (scikit-learn's average_precision_score)."""
+  y = np.asarray(y_N, bool)
+  if not y.any():
+    return None
+  order = np.argsort(-np.asarray(score_N, np.float64), kind="mergesort")
+  s, t = np.asarray(score_N, np.float64)[order], y[order]
+  last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # end of each tie run
+  tp = np.cumsum(t)[last]
+  precision = tp / (last + 1)
+  recall = tp / y.sum()
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def ranking_metrics(probs_NxC, labels_N) -> dict:
+  """ROC-AUC (binary: of class 1; more classes: one-vs-rest macro over the
+  classes present) and, binary only, PR-AUC."""
+  probs, labels = np.asarray(probs_NxC), np.asarray(labels_N)
+  c = probs.shape[-1]
+  if c == 2:
+    return {"auc": roc_auc_binary(labels == 1, probs[:, 1]),
+            "pr_auc": average_precision(labels == 1, probs[:, 1])}
+  per_class = [roc_auc_binary(labels == k, probs[:, k]) for k in range(c)]
+  per_class = [a for a in per_class if a is not None]
+  return {"auc": float(np.mean(per_class)) if per_class else None}
+
+
+def recall_metrics(confusion_CxC) -> dict:
+  """Per-class recall and their mean over the classes present in the
+  labels (balanced accuracy, as scikit-learn's balanced_accuracy_score)."""
+  cm = np.asarray(confusion_CxC, np.float64)
+  support = cm.sum(1)
+  recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+  present = support > 0
+  return {"balanced_accuracy": float(recall[present].mean()) if present.any()
+          else 0.0,
+          "per_class_recall": [None if np.isnan(r) else float(r)
+                               for r in recall]}
 
 
 def macro_f1(confusion_CxC) -> float:
@@ -57,8 +121,13 @@ def macro_f1(confusion_CxC) -> float:
 
 def summarize(m: EvalMetrics, has_teacher: bool) -> dict:
   out = m.compute()
+  scores = out["scores"]
+  keep = np.asarray(scores["mask"]) > 0
   res = {"loss": float(out["loss"]), "accuracy": float(out["accuracy"]),
          "macro_f1": macro_f1(out["confusion"]),
+         **recall_metrics(out["confusion"]),
+         **ranking_metrics(np.asarray(scores["probs"])[keep],
+                           np.asarray(scores["labels"])[keep]),
          "confusion": np.asarray(out["confusion"]).tolist()}
   if has_teacher:
     res["agreement"] = float(out["agreement"])

@@ -22,6 +22,7 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import multiprocessing
 import os
 import shutil
 import sys
@@ -320,7 +321,10 @@ def extract(job):
 
 def extract_all(videos, stage, args):
   jobs = [(v, stage, args.every, args.max_frames, args.size) for v in videos]
-  pool = (concurrent.futures.ProcessPoolExecutor(args.workers)
+  # 'spawn': forking a process that has loaded JAX (a notebook, the tests)
+  # can deadlock in JAX's threads.
+  pool = (concurrent.futures.ProcessPoolExecutor(
+      args.workers, mp_context=multiprocessing.get_context("spawn"))
           if args.workers > 1 else None)
   try:
     results = (pool.map(extract, jobs, chunksize=4) if pool

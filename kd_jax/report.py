@@ -45,6 +45,7 @@ from kd_jax import deployment, figures, stats  # noqa: E402
 from kd_jax.config_lib import UserError  # noqa: E402
 
 NOT_CELLS = {"teacher", "report", "logs", "teacher_cache"}
+PREDICTIONS = "test_predictions.npz"  # stage.PREDICTIONS (report imports no JAX)
 T_METHODS = {"vanilla", "conditional", "dkd", "dist", "subclass", "fitnets"}
 SCHEDULE_METHODS = {"ctkd", "ctkd_instance"}
 
@@ -76,7 +77,15 @@ def _row(cell, setting, stage, config):
       "schedule": kd["schedule"] if method in SCHEDULE_METHODS else "",
       "seed": config["seed"],
       "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+      "test_balanced_accuracy": _num(test.get("balanced_accuracy")),
+      "test_auc": _num(test.get("auc")),
+      "test_pr_auc": _num(test.get("pr_auc")),
       "val_accuracy": stage.get("best_val_accuracy", float("nan")),
+      # The validation value the stage selected its best epoch on.
+      "select_metric": stage.get("select_metric", "accuracy"),
+      "val_selected": _num(stage.get("best_val",
+                                     stage.get("best_val_accuracy"))),
+      "confusion": test.get("confusion"),
       "teacher_agreement": test.get("agreement", ""),
       "params": stage["params"], "size_mb": stage["size_mb"],
       "image_size": stage.get("image_size", config["dataset"]["image_size"]),
@@ -85,6 +94,11 @@ def _row(cell, setting, stage, config):
       "train_seconds": stage.get("train_seconds", ""),
       "history": stage.get("history", []),
   }
+
+
+def _num(value) -> float:
+  """A metric as a float; NaN where it is undefined (None)."""
+  return float("nan") if value is None else float(value)
 
 
 def gather(study_dir: str):
@@ -107,6 +121,8 @@ def gather(study_dir: str):
     res = _read(res_path)
     stages, config = res["stages"], res["config"]
     rows.append(_row(name, setting_of(name), stages["student"], config))
+    rows[-1]["predictions"] = os.path.join(path, "student", PREDICTIONS)
+    rows[-1]["class_names"] = res.get("class_names", [])
     if "scratch" in stages:  # a KD cell with scratch_baseline=True
       cell_scratch.append(_row(name + "/scratch", f"student-{stages['scratch']['model']}"
                                "__method-none", stages["scratch"], config))
@@ -118,7 +134,8 @@ def gather(study_dir: str):
   rows += [r for r in cell_scratch if (r["student"], r["seed"]) not in have]
   shared = os.path.join(study_dir, "teacher", "results.json")
   if os.path.exists(shared):
-    teacher = _read(shared)["stages"]["student"]
+    teacher = dict(_read(shared)["stages"]["student"], predictions=os.path.join(
+        study_dir, "teacher", "student", PREDICTIONS))
   if not rows:
     raise UserError(f"no finished cell (results.json) in {study_dir!r}"
                     + (f"; {len(unfinished)} unfinished" if unfinished else ""))
@@ -137,13 +154,23 @@ def summarize_settings(rows):
   for setting, rs in groups.items():
     acc = stats.summarize([r["test_accuracy"] for r in rs])
     first = rs[0]
+    extra = {}
+    for key in ("test_auc", "test_balanced_accuracy"):
+      m = stats.summarize([r[key] for r in rs if not math.isnan(r[key])])
+      extra |= {f"{key}_mean": m.mean, f"{key}_std": m.std,
+                f"{key}_ci95_low": m.ci_low, f"{key}_ci95_high": m.ci_high}
     out.append({
         "setting": setting, **{k: first[k] for k in (
             "student", "method", "temperature", "alpha", "schedule")},
         "seeds": " ".join(str(r["seed"]) for r in rs), "n": acc.n,
         "test_accuracy_mean": acc.mean, "test_accuracy_std": acc.std,
         "ci95_low": acc.ci_low, "ci95_high": acc.ci_high,
+        "test_accuracy_ci95_low": acc.ci_low,
+        "test_accuracy_ci95_high": acc.ci_high,
         "val_accuracy_mean": _mean(r["val_accuracy"] for r in rs),
+        "select_metric": first["select_metric"],
+        "val_selected_mean": _mean(r["val_selected"] for r in rs),
+        **extra,
         "test_macro_f1_mean": _mean(r["test_macro_f1"] for r in rs),
         "teacher_agreement_mean": _mean(r["teacher_agreement"] for r in rs
                                         if r["teacher_agreement"] != ""),
@@ -159,12 +186,13 @@ def _mean(values):
 
 
 def best_settings(summary):
-  """{(student, method): the setting with the highest mean validation
-  accuracy} (ties: the first)."""
+  """{(student, method): the setting with the highest mean validation value
+  of the cells' `select_metric` (accuracy unless configured)} (ties: the
+  first; a NaN never wins)."""
   best = {}
   for s in summary:
     key = (s["student"], s["method"])
-    if key not in best or s["val_accuracy_mean"] > best[key]["val_accuracy_mean"]:
+    if key not in best or s["val_selected_mean"] > best[key]["val_selected_mean"]:
       best[key] = s
   return best
 
@@ -216,7 +244,8 @@ def md_table(head, lines) -> str:
   return "\n".join(out)
 
 
-def write_csv(path, dicts, skip=("history", "by_seed")):
+def write_csv(path, dicts, skip=("history", "by_seed", "confusion",
+                                 "class_names")):
   keys = [k for k in dicts[0] if k not in skip] if dicts else []
   with open(path, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -224,10 +253,16 @@ def write_csv(path, dicts, skip=("history", "by_seed")):
     w.writerows(dicts)
 
 
-def _pm(s):
-  if s["n"] < 2:
-    return f"{s['test_accuracy_mean']:.4f}"
-  return f"{s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}"
+def _pm(s, key="test_accuracy"):
+  mean, std = s[f"{key}_mean"], s[f"{key}_std"]
+  if math.isnan(mean):
+    return "–"
+  return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _ci(s, key="test_accuracy"):
+  low, high = s[f"{key}_ci95_low"], s[f"{key}_ci95_high"]
+  return "–" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
 
 
 def _md_intro(study_dir, rows, teacher, unfinished):
@@ -247,15 +282,20 @@ def _md_intro(study_dir, rows, teacher, unfinished):
 
 def _md_results(summary):
   lines = ["", "## Results per setting", "",
-           "Test accuracy as mean ± sample std over seeds, with the 95% "
-           "t confidence interval of the mean (needs 2 or more seeds).", ""]
+           "Test accuracy, balanced accuracy and ROC-AUC (one-vs-rest macro "
+           "for more than 2 classes) as mean ± sample std over seeds, with "
+           "the 95% t confidence interval of the mean (needs 2 or more "
+           f"seeds). Selected on: {summary[0]['select_metric']} "
+           "(validation).", ""]
   lines.append(md_table(
       ("setting", "student", "method", "T", "α", "schedule", "seeds",
-       "test acc", "95% CI", "val acc", "macro-F1", "agreement"),
+       "test acc", "95% CI", "bal acc", "AUC", "AUC 95% CI", "val (selected)",
+       "macro-F1", "agreement"),
       [(s["setting"], s["student"], figures.method_label(s["method"]),
-        s["temperature"], s["alpha"], s["schedule"], s["n"], _pm(s),
-        "–" if s["n"] < 2 else f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]",
-        _fmt(s["val_accuracy_mean"]), _fmt(s["test_macro_f1_mean"]),
+        s["temperature"], s["alpha"], s["schedule"], s["n"], _pm(s), _ci(s),
+        _pm(s, "test_balanced_accuracy"), _pm(s, "test_auc"),
+        _ci(s, "test_auc"), _fmt(s["val_selected_mean"]),
+        _fmt(s["test_macro_f1_mean"]),
         _fmt(s["teacher_agreement_mean"])) for s in summary]))
   return lines
 
@@ -267,7 +307,8 @@ def _md_comparisons(comps):
            "with a two-sided paired t-test. p (Holm) is corrected for all "
            "comparisons in this table; 'n.s.' = not significant at 0.05, "
            "'n/a' = fewer than 2 pairs. Method vs method uses each method's "
-           "best setting by mean validation accuracy.", ""]
+           "best setting by the mean validation value of the selection "
+           "metric.", ""]
   if not comps:
     return lines + ["No comparison: the study has no scratch cells and one method."]
   lines.append(md_table(
@@ -289,7 +330,8 @@ def _md_deployment(deploy, *, min_fps, max_mb, timing):
            f"(float32 weights). Measured on this machine's CPU "
            f"({deployment.cpu_name()}); "
            "speed-up = teacher ms / student ms on the same machine. "
-           "Accuracy: the student's best setting by validation accuracy."
+           "Accuracy: the student's best setting by the validation selection "
+           "metric."
            + ("" if timing else " Timing was not run (--no_timing): "
               "FLOPs ratios only."), ""]
   lines.append(md_table(

@@ -79,6 +79,8 @@ def summarize_run(config, ds, stages) -> dict:
         "stage": label, "model": r["model"], "params": r["params"],
         "size_mb": r["size_mb"], "test_accuracy": r["test"]["accuracy"],
         "test_macro_f1": r["test"]["macro_f1"],
+        "test_balanced_accuracy": r["test"].get("balanced_accuracy"),
+        "test_auc": r["test"].get("auc"),
         "teacher_agreement": r["test"].get("agreement"),
     })
     for i, peer in enumerate(r.get("cohort", [])[1:]):  # DML peers
@@ -86,7 +88,9 @@ def summarize_run(config, ds, stages) -> dict:
           "stage": f"peer{i + 1} ({r['method']})", "model": peer["model"],
           "params": peer["params"], "size_mb": peer["size_mb"],
           "test_accuracy": peer["test"]["accuracy"],
-          "test_macro_f1": peer["test"]["macro_f1"], "teacher_agreement": None,
+          "test_macro_f1": peer["test"]["macro_f1"],
+          "test_balanced_accuracy": peer["test"].get("balanced_accuracy"),
+          "test_auc": peer["test"].get("auc"), "teacher_agreement": None,
       })
   return {"dataset": ds.name, "num_classes": ds.num_classes,
           "class_names": list(ds.class_names),
@@ -94,11 +98,18 @@ def summarize_run(config, ds, stages) -> dict:
           "stages": {r["role"]: r for r in stages}}
 
 
+def fmt(value) -> str:
+  """A metric in tables and log lines; '-' where it is undefined."""
+  return "-" if value is None else f"{value:.4f}"
+
+
 def format_table(rows) -> str:
-  head = ("stage", "model", "params", "MB", "test acc", "macro-F1", "agree(T)")
+  head = ("stage", "model", "params", "MB", "test acc", "macro-F1", "bal acc",
+          "AUC", "agree(T)")
   lines = [[r["stage"], r["model"], f"{r['params']:,}", f"{r['size_mb']:.3f}",
-            f"{r['test_accuracy']:.4f}", f"{r['test_macro_f1']:.4f}",
-            "-" if r["teacher_agreement"] is None else f"{r['teacher_agreement']:.4f}"]
+            fmt(r["test_accuracy"]), fmt(r["test_macro_f1"]),
+            fmt(r.get("test_balanced_accuracy")), fmt(r.get("test_auc")),
+            fmt(r["teacher_agreement"])]
            for r in rows]
   return text_table(head, lines, left=2)
 

@@ -102,16 +102,37 @@ def hint_shapes(config, num_classes):
   return s_shape, t_shape
 
 
+def host_array(x) -> np.ndarray:
+  """`x` whole on this host (gathered from every process when sharded)."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+PREDICTIONS = "test_predictions.npz"  # per stage: ROC curves in reports
+
+
 def evaluate(eval_jit, variables, teacher_vars, split, config, mesh,
-             has_teacher):
+             has_teacher, predictions_path=None):
+  """The split's metrics; with `predictions_path`, also writes every
+  example's class probabilities and label there (.npz)."""
   acc = None
   for batch in data.eval_batches(
       split, global_batch=config.eval_batch_size,
       image_size=config.dataset.image_size,
       process_index=jax.process_index(), process_count=jax.process_count()):
     m = eval_jit(variables, teacher_vars, sharding.global_batch(batch, mesh))
+    m = m.replace(scores=jax.tree.map(host_array, m.scores))
     acc = m if acc is None else acc.merge(m)
-  return metrics.summarize(jax.device_get(acc), has_teacher)
+  acc = jax.device_get(acc)
+  if predictions_path and jax.process_index() == 0:
+    scores = acc.scores.compute()
+    keep = scores["mask"] > 0
+    reporting.write_atomic(predictions_path, lambda f: np.savez(
+        f, probs=scores["probs"][keep].astype(np.float32),
+        labels=scores["labels"][keep].astype(np.int32)))
+  return metrics.summarize(acc, has_teacher)
 
 
 def with_teacher_cache(config, ds, teacher, mesh, role, hint_layer=None):
@@ -136,12 +157,25 @@ def with_teacher_cache(config, ds, teacher, mesh, role, hint_layer=None):
   return out, True
 
 
+def class_weights(config, ds, role):
+  """config.loss.class_weights for `ds`'s training split (`[C]` or None),
+  logged once: the weights a run used are in its log."""
+  weights = step_lib.class_weights(config, ds.train.labels, ds.num_classes)
+  if weights is not None:
+    reporting.log(f"[{role}] cross-entropy class weights "
+                  f"({config.loss.class_weights}): " + ", ".join(
+                      f"{n}={w:.4g}" for n, w in zip(ds.class_names, weights)))
+  return weights
+
+
 def fingerprint(config, ds, role, model_name) -> str:
   """What a stage's 'latest' checkpoint belongs to: the config, the stage
   and the data. A resumed stage refuses another stage's checkpoint."""
   h = hashlib.blake2b(digest_size=8)
-  h.update(json.dumps([json.loads(config.to_json()), role, model_name],
-                      sort_keys=True).encode())
+  cfg = json.loads(config.to_json())
+  # 'auto' and the value it resolves to are the same setup.
+  cfg["dataset"]["normalization"] = config_lib.normalization(config)
+  h.update(json.dumps([cfg, role, model_name], sort_keys=True).encode())
   h.update(data.digest(ds).encode())
   return h.hexdigest()
 
@@ -270,17 +304,23 @@ class Tracker:
     """Records the epoch's validation metrics, saves the best and the
     latest checkpoints; returns whether the stage stops early."""
     epoch = self.loop["epoch"]
-    scalars = {k: v for k, v in val.items() if k != "confusion"}
+    scalars = {k: v for k, v in val.items()
+               if k not in ("confusion", "per_class_recall") and v is not None}
+    scalars |= {f"recall_{name}": r for name, r in zip(
+        self.ds.class_names, val.get("per_class_recall", ())) if r is not None}
     self.writer.write_scalars(step, {f"val_{k}": v for k, v in scalars.items()}
                               | {"epoch": epoch + 1})
     self.loop["history"].append({"epoch": epoch + 1, "step": step, **scalars})
     # A hint stage (FitNets stage 1) has no trained head: it keeps its last
     # epoch instead of selecting on validation accuracy.
-    improved = (val["accuracy"] > self.loop["best_val"]
-                if self.select_best else True)
+    value = val.get(self.config.select_metric)
+    # An undefined metric (AUC on a val split lacking a class) improves
+    # nothing, except that the first epoch is always a best.
+    improved = (not self.select_best or self.loop["best_epoch"] < 0
+                or (value is not None and value > self.loop["best_val"]))
     if improved:
-      self.loop.update(best_val=val["accuracy"], best_epoch=epoch + 1,
-                       bad_epochs=0)
+      self.loop.update(best_val=-1.0 if value is None else value,
+                       best_epoch=epoch + 1, bad_epochs=0)
     else:
       self.loop["bad_epochs"] += 1
     patience = self.config.early_stopping_patience if self.select_best else 0
@@ -303,7 +343,11 @@ class Tracker:
         "image_size": c.dataset.image_size,
         "params": param_count(best_vars["params"]),
         "size_mb": size_mb(best_vars), "test": test,
-        "best_val_accuracy": loop["best_val"], "best_epoch": loop["best_epoch"],
+        "select_metric": c.select_metric, "best_val": loop["best_val"],
+        "best_val_accuracy": next(
+            (h["accuracy"] for h in loop["history"]
+             if h["epoch"] == loop["best_epoch"]), -1.0),
+        "best_epoch": loop["best_epoch"],
         "epochs_run": len(loop["history"]), "steps": step,
         "history": loop["history"], "train_seconds": loop["train_seconds"],
         "wall_seconds_this_process": time.time() - self.t0,
@@ -455,6 +499,7 @@ class Stage:
   def _train(self) -> dict:
     """The epoch loop."""
     config, mesh, spe = self.config, self.mesh, self.spe
+    weights = class_weights(config, self.ds, self.role)  # checked before I/O
     ds, cache_used = with_teacher_cache(
         config, self.ds, self.teacher, mesh, self.role,
         self.hint[1] if self.hint else None)
@@ -472,7 +517,7 @@ class Stage:
                     f"{tr.loop['epoch'] + 1}, batch {tr.loop['step_in_epoch']})")
     spec = self.spec()
     step_jits = self.step_fns(spec, repl)
-    hp = jax.device_put(step_lib.hyperparams(config), repl)
+    hp = jax.device_put(step_lib.hyperparams(config, weights), repl)
     eval_jit = jax.jit(step_lib.make_eval_step(
         spec.preprocess, self.model, subclasses=self.subclasses,
         teacher=spec.teacher, teacher_subclasses=spec.teacher_subclasses))
@@ -500,7 +545,8 @@ class Stage:
           ds.train, global_batch=config.batch_size, seed=spec.data_seed,
           epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
           image_size=config.dataset.image_size,
-          process_index=jax.process_index(), process_count=jax.process_count())
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          balanced=config.dataset.balanced_sampling)
       t_epoch = time.time()
       for host_batch in batches:
         batch = sharding.global_batch(host_batch, mesh)
@@ -536,6 +582,10 @@ class Stage:
       reporting.log(f"[{self.role} {self.model_name}] epoch {loop['epoch']}/"
                     f"{self.num_epochs}: val acc {val['accuracy']:.4f} "
                     f"macro-F1 {val['macro_f1']:.4f}"
+                    + (f" {config.select_metric} "
+                       f"{reporting.fmt(val[config.select_metric])}"
+                       if config.select_metric not in ("accuracy", "macro_f1")
+                       else "")
                     + (" (best)" if tr.improved else ""))
       if stop:
         reporting.log(f"[{self.role}] early stop: no val improvement for "
@@ -545,7 +595,8 @@ class Stage:
     tr.writer.flush()
     best_vars, _ = tr.ckpt.restore_best(inference_variables(state), repl)
     test = evaluate(eval_jit, best_vars, self.teacher_vars, ds.test, config,
-                    mesh, has_teacher)
+                    mesh, has_teacher,
+                    os.path.join(self.stage_dir, PREDICTIONS))
     res = tr.result(step=step, test=test, best_vars=best_vars,
                     teacher=self.teacher, cache_used=cache_used, state=state)
     if self.init_from:

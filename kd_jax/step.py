@@ -5,7 +5,9 @@
 `StepSpec` holds the static choices (modules, method, preprocessing,
 mixed precision, the static numbers of config.kd); `hp` holds the
 hyperparameters a sweep varies, as arrays: temperature, alpha, the CTKD
-lambda schedule (`cosine`) and the seed of the initial weights and dropout.
+lambda schedule (`cosine`), the seed of the initial weights and dropout and,
+when config.loss.class_weights is set, the `[C]` cross-entropy class
+weights (`class_weights`; absent: unweighted).
 A single run jits `train_step`; a sweep jits `jax.vmap(train_step)` over
 stacked states and hyperparameters, so both run the same code (mixed
 precision, the non-finite guard, logit standardisation).
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from kd_jax import config_lib, data, losses, methods, metrics, models
@@ -115,17 +118,53 @@ def make_spec(config, student, method: str, *, steps_per_epoch, teacher=None,
       mixed_precision=bool(config.mixed_precision))
 
 
-def hyperparams(config) -> dict:
-  """The per-cell hyperparameters the step takes as arrays."""
-  return {"temperature": jnp.float32(config.kd.temperature),
-          "alpha": jnp.float32(config.kd.alpha),
-          "cosine": jnp.bool_(config.kd.schedule == "cosine"),
-          "seed": jnp.int32(config.seed)}
+def hyperparams(config, class_weights=None) -> dict:
+  """The per-cell hyperparameters the step takes as arrays; `class_weights`
+  (`[C]`, from `class_weights`) only when the CE is weighted, so that an
+  unweighted step computes exactly the unweighted losses."""
+  hp = {"temperature": jnp.float32(config.kd.temperature),
+        "alpha": jnp.float32(config.kd.alpha),
+        "cosine": jnp.bool_(config.kd.schedule == "cosine"),
+        "seed": jnp.int32(config.seed)}
+  if class_weights is not None:
+    hp["class_weights"] = jnp.asarray(class_weights, jnp.float32)
+  return hp
 
 
-def stack_hyperparams(configs) -> dict:
-  return jax.tree.map(lambda *xs: jnp.stack(xs),
-                      *[hyperparams(c) for c in configs])
+def stack_hyperparams(configs, class_weights=None) -> dict:
+  """The cells' hyperparameters stacked on a leading K axis; `class_weights`
+  is one entry per cell (None: unweighted). Stacked arrays need one tree
+  structure, so once any cell is weighted the unweighted ones get weights
+  of 1 (the same loss up to rounding)."""
+  weights = list(class_weights or [None] * len(configs))
+  given = [w for w in weights if w is not None]
+  if given:
+    weights = [np.ones(len(given[0])) if w is None else w for w in weights]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *[
+      hyperparams(c, w) for c, w in zip(configs, weights)])
+
+
+def class_weights(config, train_labels, num_classes):
+  """The `[C]` float32 class weights of config.loss.class_weights for a
+  training split with `train_labels` (None: unweighted). Raises UserError
+  for a list of the wrong length or 'balanced' with an absent class."""
+  setting = config_lib.class_weights_setting(config)
+  if setting is None:
+    return None
+  if setting == "balanced":
+    counts = np.bincount(np.asarray(train_labels), minlength=num_classes)
+    if not counts.all():
+      raise config_lib.UserError(
+          "config.loss.class_weights='balanced' needs every class in the "
+          f"training split; class {int(np.argmin(counts))} has no example")
+    return losses.balanced_class_weights(train_labels,
+                                         num_classes).astype(np.float32)
+  if len(setting) != num_classes:
+    raise config_lib.UserError(
+        f"config.loss.class_weights={config.loss.class_weights!r} has "
+        f"{len(setting)} weights; the data has {num_classes} classes: give "
+        f"{num_classes} (or 'none' / 'balanced')")
+  return np.asarray(setting, np.float32)
 
 
 def step_rngs(seed, step):
@@ -326,7 +365,8 @@ def _loss(spec, method, inputs, hp, params):
         [jnp.mean(jnp.argmax(z, -1) == labels_B) for z in cohort[1:]]))
     logits_in = jnp.stack(cohort)
   loss = method.loss(spec.kd, logits_in, t_logits, labels_B,
-                     temperature=temperature, alpha=hp["alpha"], epoch=epoch)
+                     temperature=temperature, alpha=hp["alpha"], epoch=epoch,
+                     class_weights=hp.get("class_weights"))
   if spec.hint:
     adapted = spec.adapter.apply({"params": params["adapter"]},
                                  s_feats[spec.hint[0]])
@@ -424,5 +464,6 @@ def make_eval_step(preprocess: Preprocess, model, *, subclasses=1,
                                                              labels_B)
     return metrics.EvalMetrics.single_from_model_output(
         logits=logits_BxC, labels=labels_B, mask=mask_B, loss=loss_B,
-        agree=agree_B.astype(jnp.float32))
+        agree=agree_B.astype(jnp.float32),
+        probs=jax.nn.softmax(logits_BxC.astype(jnp.float32), axis=-1))
   return eval_step

@@ -2,10 +2,11 @@
 trained by `jax.vmap` of the same train step a single run jits.
 
 The cells of a group may differ only in `VMAP_FIELDS` (temperature, alpha,
-CTKD lambda schedule, seed): exactly the step's hyperparameter arrays
-(step.hyperparams). Their train states and hyperparameters are stacked on a
-leading K axis and one `jax.vmap(train_step)` updates them all (on CPU by
-default one cell per call of the same compiled program: see `vmap_chunk`);
+CTKD lambda schedule, seed, cross-entropy class weights): exactly the step's
+hyperparameter arrays (step.hyperparams). Their train states and
+hyperparameters are stacked on a leading K axis and one
+`jax.vmap(train_step)` updates them all (on CPU by default one cell per
+call of the same compiled program: see `vmap_chunk`);
 the input pipeline and the teacher's logits (cached, or one forward pass per
 step) are shared by all cells. The data order and augmentation follow the
 group's `data_seed` (a cell's own `seed` sets its initial weights and
@@ -30,7 +31,8 @@ from kd_jax import config_lib, data, methods, models, preemption, reporting
 from kd_jax import sharding, stage as stage_lib, step as step_lib, train
 from kd_jax.config_lib import UserError
 
-VMAP_FIELDS = ("kd.temperature", "kd.alpha", "kd.schedule", "seed")
+VMAP_FIELDS = ("kd.temperature", "kd.alpha", "kd.schedule", "seed",
+               "loss.class_weights")
 
 
 def vmap_problem(config) -> str | None:
@@ -192,11 +194,10 @@ class _Cells:
   """A group's stacked train states in chunks of `cs` cells (one vmapped
   call per chunk and step), with each cell's tracker."""
 
-  def __init__(self, trackers, states, configs, cs, step_fn):
+  def __init__(self, trackers, states, hp, cs, step_fn):
     self.trackers, self.cs, self.step_fn = trackers, cs, step_fn
     self.starts = range(0, len(trackers), cs)
     self.chunks = [_stack(states[i:i + cs]) for i in self.starts]
-    hp = step_lib.stack_hyperparams(configs)
     self.hp = [jax.tree.map(lambda a, i=i: a[i:i + cs], hp) for i in self.starts]
 
   def cell(self, k):
@@ -259,7 +260,9 @@ def _setup(todo, ds, mesh, teacher, chunk):
   spec = step_lib.make_spec(config, model, config.kd.method,
                             steps_per_epoch=spe,
                             teacher=teacher.model if teacher else None)
-  cells = _Cells(*_init_cells(todo, model, ds, mesh, tx), configs,
+  hp = step_lib.stack_hyperparams(configs, [
+      stage_lib.class_weights(c, ds, "sweep") for c in configs])
+  cells = _Cells(*_init_cells(todo, model, ds, mesh, tx), hp,
                  vmap_chunk(chunk, len(configs)),
                  jax.jit(make_sweep_step(spec, tx), donate_argnums=0))
   return spec, cells, ds, cache_used, spe
@@ -275,9 +278,9 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
   teacher_vars = teacher.variables if teacher is not None else None
   eval_jit = jax.jit(step_lib.make_eval_step(spec.preprocess, spec.student,
                                              teacher=spec.teacher))
-  evaluate = lambda variables, k, split="val": stage_lib.evaluate(
+  evaluate = lambda variables, k, split="val", path=None: stage_lib.evaluate(
       eval_jit, variables, teacher_vars, getattr(ds, split), configs[k], mesh,
-      teacher is not None)
+      teacher is not None, path)
   loop = cells.trackers[0].loop  # every cell is at the same position
   step = loop["epoch"] * spe + loop["step_in_epoch"]
   progress = reporting.Progress(f"sweep x{k_cells}", config.student.name,
@@ -290,7 +293,8 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
         ds.train, global_batch=config.batch_size, seed=spec.data_seed,
         epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
         image_size=config.dataset.image_size,
-        process_index=jax.process_index(), process_count=jax.process_count()):
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        balanced=config.dataset.balanced_sampling):
       batch = sharding.global_batch(host_batch, mesh)
       if teacher_fn is not None:  # once per step, not once per chunk
         batch["teacher_logits"] = teacher_fn(teacher_vars, batch["image"],
@@ -329,7 +333,9 @@ def _cell_result(cells, k, step, best_vars, evaluate, teacher, cache_used,
   if best_vars is None:  # the best epoch ran before a resume
     best_vars, _ = tr.ckpt.restore_best(stage_lib.inference_variables(state),
                                         repl)
-  res = tr.result(step=step, test=evaluate(best_vars, k, "test"),
+  test = evaluate(best_vars, k, "test",
+                  os.path.join(tr.stage_dir, stage_lib.PREDICTIONS))
+  res = tr.result(step=step, test=test,
                   best_vars=best_vars, teacher=teacher, cache_used=cache_used,
                   state=state)
   res["vmapped_with"] = len(cells.trackers)

@@ -103,11 +103,15 @@ def evaluate(split: data.Split, has_teacher=False) -> dict:
       logits=split.teacher_logits, labels=split.labels,
       mask=np.ones(len(split), np.float32),
       loss=_cross_entropy(split.teacher_logits, split.labels),
-      agree=np.zeros(len(split), np.float32))
+      agree=np.zeros(len(split), np.float32),
+      probs=np.exp(_log_softmax(split.teacher_logits)))
   return metrics.summarize(m, has_teacher)
 
 
-def _cross_entropy(logits_NxC, labels_N):
+def _log_softmax(logits_NxC):
   z = logits_NxC - logits_NxC.max(-1, keepdims=True)
-  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-  return -logp[np.arange(len(labels_N)), labels_N]
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _cross_entropy(logits_NxC, labels_N):
+  return -_log_softmax(logits_NxC)[np.arange(len(labels_N)), labels_N]

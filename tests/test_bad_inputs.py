@@ -40,7 +40,7 @@ CASES = [
      "data folder '/no/such/dir' does not exist"),
     ([QS, "--config.dataset.name=cifar10", "--config.dataset.data_dir=/no/such/dir"],
      "TFDS dataset 'cifar10' needs config.dataset.data_dir"),
-    ([QS, "--config.teacher.checkpoint=/no/such/ckpt"], "no kd_jax model checkpoint in '/no/such/ckpt'"),
+    ([QS, "--config.teacher.checkpoint=/no/such/ckpt"], "config.teacher.checkpoint='/no/such/ckpt' does not exist"),
 ]
 
 

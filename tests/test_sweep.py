@@ -89,8 +89,12 @@ def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, ce
   for i in range(2):
     a, b = _params(str(tmp_path / f"sep{i}")), _params(str(tmp_path / f"vm{i}"))
     assert jax.tree.structure(a) == jax.tree.structure(b)
+    # DIST's Pearson terms (T^2-scaled) carry the vmapped program's other
+    # fusion-order rounding into gradients near zero, which Adam normalises
+    # up to step size: a few weights then differ by ~1e-5.
+    atol = 1e-4 if method == "dist" else 1e-5
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=atol)
     s_res, v_res = separate[i]["stages"]["student"], vmapped[i]["stages"]["student"]
     assert v_res["test"]["accuracy"] == pytest.approx(s_res["test"]["accuracy"], abs=1e-9)
     assert v_res["best_epoch"] == s_res["best_epoch"]
