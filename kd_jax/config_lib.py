@@ -15,7 +15,7 @@ import ml_collections
 
 from kd_jax import losses, methods
 
-DATASETS = ("default", "digits", "fashion_mnist_local", "mnist",
+DATASETS = ("default", "digits", "fashion_mnist_local", "mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder", "csv")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")

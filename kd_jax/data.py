@@ -6,6 +6,8 @@ Sources (``config.dataset.name``):
     /usr/share/datasets/fashion-mnist) when installed, else scikit-learn's
     bundled 8x8 digits. Nothing is ever downloaded.
   * ``fashion_mnist_local`` / ``digits``: one of those two explicitly.
+  * ``mnist_local``: MNIST's original IDX files from ``dataset.data_dir`` or
+    ``$KD_JAX_MNIST_DIR`` (the Fashion-MNIST reader).
   * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: TFDS, read from a
     prepared ``config.dataset.data_dir`` (``tfds build NAME --data_dir DIR``
     once, on a machine with internet). Loaded into memory as uint8.
@@ -115,11 +117,26 @@ def _read_idx(path):
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def fashion_mnist_available(root=None):
-  root = root or FASHION_MNIST_DIR
+def idx_files_available(root) -> bool:
+  """Whether `root` holds the four (Fashion-)MNIST IDX files."""
   return all(os.path.exists(os.path.join(root, f"{s}-{k}.gz"))
              for s in ("train", "t10k")
              for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+
+
+def fashion_mnist_available(root=None):
+  return idx_files_available(root or FASHION_MNIST_DIR)
+
+
+def _read_idx_splits(root):
+  """{'train'|'test': (uint8 [N, 28, 28, 1], int32 [N])} from the original
+  IDX files (MNIST and Fashion-MNIST share names and format)."""
+  arrays = {}
+  for split, prefix in (("train", "train"), ("test", "t10k")):
+    x = _read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
+    y = _read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"))
+    arrays[split] = (x[..., None], y.astype(np.int32))
+  return arrays
 
 
 def _load_fashion_mnist_local():
@@ -128,12 +145,17 @@ def _load_fashion_mnist_local():
     raise UserError(
         f"Fashion-MNIST IDX files not found in {root}; install them with "
         "`apt-get install -y dataset-fashion-mnist` (or use dataset.name=digits)")
-  arrays = {}
-  for split, prefix in (("train", "train"), ("test", "t10k")):
-    x = _read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
-    y = _read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"))
-    arrays[split] = (x[..., None], y.astype(np.int32))
-  return FASHION_MNIST_CLASSES, arrays
+  return FASHION_MNIST_CLASSES, _read_idx_splits(root)
+
+
+def _load_mnist_local(data_dir):
+  root = data_dir or os.environ.get("KD_JAX_MNIST_DIR", "")
+  if not root or not idx_files_available(root):
+    raise UserError(
+        f"MNIST IDX files (train-images-idx3-ubyte.gz, ...) not found in "
+        f"{root or '(unset)'}; set config.dataset.data_dir or "
+        "$KD_JAX_MNIST_DIR to the folder holding them")
+  return tuple(str(d) for d in range(10)), _read_idx_splits(root)
 
 
 def _load_digits():
@@ -444,6 +466,8 @@ def load(config) -> Dataset:
   else:
     if name == "fashion_mnist_local":
       names, arrays = _load_fashion_mnist_local()
+    elif name == "mnist_local":
+      names, arrays = _load_mnist_local(dc.data_dir)
     elif name == "digits":
       names, arrays = _load_digits()
     elif name in TFDS_NAMES:

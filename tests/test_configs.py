@@ -9,7 +9,8 @@ from kd_jax import config_lib, train
 from kd_jax.config_lib import UserError
 from tests import helpers
 
-CONFIGS = sorted(glob.glob(os.path.join(helpers.REPO, "configs", "*.py")))
+CONFIGS = sorted(glob.glob(os.path.join(helpers.REPO, "configs", "*.py"))
+                 + glob.glob(os.path.join(helpers.REPO, "configs", "repro", "*.py")))
 METHOD_CONFIGS = {"scratch": "none", "vanilla_kd": "vanilla",
                   "conditional_kd": "conditional", "ctkd": "ctkd",
                   "ctkd_instance": "ctkd_instance", "fitnets": "fitnets",

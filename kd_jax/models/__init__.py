@@ -28,6 +28,7 @@ from kd_jax.models import small
 MODELS: dict[str, Callable[..., Any]] = {
     "mlp": small.MLP,
     "mlp_1200x2": small.MLP1200x2,
+    "mlp_800x2": small.MLP800x2,
     "mlp_small": small.MLPSmall,
     "tiny_cnn": small.TinyCNN,
     "simple_cnn": small.SimpleCNN,

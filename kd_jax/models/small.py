@@ -87,6 +87,12 @@ class MLP1200x2(MLP):
   dropout: float = 0.2
 
 
+class MLP800x2(MLP):
+  """Hinton et al. (2015)'s MNIST student: 2 x 800 ReLU units, no dropout
+  (the paper's small net, trained with and without distillation)."""
+  hidden: tuple = (800, 800)
+
+
 class MLPSmall(MLP):
   """A very small dense-only student: one hidden layer of 32 ReLU units."""
   hidden: tuple = (32,)
