@@ -57,9 +57,14 @@ def write_image_folder(root, classes=("A2C", "A4C", "PLAX"), per_split=None,
 
 def run_cli(*args, env=None, timeout=600):
   """`python -m kd_jax.main ARGS` in a subprocess; returns CompletedProcess."""
+  return run_cli_module("kd_jax.main", *args, env=env, timeout=timeout)
+
+
+def run_cli_module(module, *args, env=None, timeout=600):
+  """`python -m MODULE ARGS` in a subprocess; returns CompletedProcess."""
   full_env = dict(os.environ, **(env or {}))
   full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
-  return subprocess.run([sys.executable, "-m", "kd_jax.main", *args],
+  return subprocess.run([sys.executable, "-m", module, *args],
                         cwd=REPO, env=full_env, capture_output=True, text=True,
                         timeout=timeout)
 
