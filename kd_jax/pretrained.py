@@ -90,6 +90,7 @@ def initial_variables(spec, *, model_name, outputs, image_size, fresh,
   newly initialised variables, whose head is kept where the class count of
   the weights differs."""
   if foreign_source(spec):
+    # The import itself fills a head the file cannot fill from `fresh`.
     result = _import(spec, model_name, outputs, fresh)
     variables, reinit = result.variables, result.head_reinitialised
     where = f"{result.source} weights {convert.parse_spec(spec)[1]}"
@@ -97,12 +98,11 @@ def initial_variables(spec, *, model_name, outputs, image_size, fresh,
     variables, reinit = _kd_jax_variables(spec, model_name, outputs,
                                           image_size, sharding_, role)
     where = f"kd_jax checkpoint {checkpointing.resolve_model_dir(spec)}"
-  if reinit:
-    head = models.head_mask(model_name, outputs, image_size)
-    fresh = jax.device_get(fresh)
-    variables = jax.device_get(variables)
-    variables = jax.tree.map(lambda is_head, f, v: f if is_head else v,
-                             head, fresh, dict(variables))
+    if reinit:
+      head = models.head_mask(model_name, outputs, image_size)
+      variables = jax.tree.map(lambda is_head, f, v: f if is_head else v,
+                               head, jax.device_get(fresh),
+                               dict(jax.device_get(variables)))
   reporting.log(f"[{role}] {model_name} starts from {where}"
                 + (f"; its head is re-initialised for {outputs} outputs"
                    if reinit else ""))
