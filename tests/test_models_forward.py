@@ -10,7 +10,15 @@ from kd_jax.models import profile
 # Slow: the big compiles, and models whose own test file already runs a real
 # jitted forward (run them all with `pytest -m slow`).
 BIG = ("vgg16", "vgg16_bn", "resnet50", "mobilenet_v3_large", "ghostnet_100",
-       "mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18")
+       "mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18", "resnet34")
+# The CIFAR benchmark zoo: one small member per family in the default run
+# (each family's blocks are shared by its deeper members), the rest slow.
+CIFAR_DEFAULT = {"resnet8", "wrn_16_1", "vgg8_cifar", "plain_cnn_2",
+                 "shufflenet_v1_cifar"}
+BIG += tuple(n for n in models.MODELS
+             if (n.startswith(("resnet", "wrn_", "plain_cnn_"))
+                 or n.endswith("_cifar"))
+             and n not in CIFAR_DEFAULT and n != "vgg_cifar")
 
 
 @pytest.mark.parametrize("name", [

@@ -33,6 +33,26 @@ def test_tiny_cnn_count():
   assert abs(expected - 130_000) / 130_000 < 0.01  # report: 130k
 
 
+def _params_1ch(name):
+  from kd_jax.models import init_shapes
+  shapes = init_shapes(name, 10, 28, channels=1)["params"]
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def test_shi_chen_mnist_models_match_their_table_3():
+  # Table 3 of Shi & Chen's report counts greyscale 28x28 input and 10 classes.
+  teacher = (conv3x3(1, 32) + conv3x3(32, 64)  # 28 -> 26 -> pool/1 25 -> 23
+             + dense(11 * 11 * 64, 128) + dense(128, 10))  # pool/2 -> 11
+  assert teacher == 1_011_466
+  assert _params_1ch("cnn_mnist") == teacher
+  student = dense(784, 784) + dense(784, 784) + dense(784, 10)
+  assert student == 1_238_730
+  assert _params_1ch("mlp_784x2") == student
+  # The pipeline feeds 3 repeated channels: only the first layer grows.
+  assert count_params("cnn_mnist", 10, 28) == teacher + 2 * 9 * 32
+  assert count_params("mlp_784x2", 10, 28) == student + 2 * 784 * 784
+
+
 def test_mlp_count():
   expected = dense(32 * 32 * 3, 128) + dense(128, 10)
   assert expected == 394_634

@@ -30,6 +30,8 @@ MODELS: dict[str, Callable[..., Any]] = {
     "mlp_1200x2": small.MLP1200x2,
     "mlp_800x2": small.MLP800x2,
     "mlp_small": small.MLPSmall,
+    "mlp_784x2": small.MLP784x2,
+    "cnn_mnist": small.CNNMnist,
     "tiny_cnn": small.TinyCNN,
     "simple_cnn": small.SimpleCNN,
 }
@@ -39,7 +41,8 @@ def _register_optional():
   """Families that live in their own files; each adds its names here."""
   import importlib
   for mod_name in ("vgg", "resnet", "mobilenet", "shufflenet", "ghostnet",
-                   "keras_apps"):
+                   "keras_apps", "cifar_resnet", "wrn", "cifar_vgg",
+                   "cifar_mobile", "plain_cnn"):
     try:
       mod = importlib.import_module(f"kd_jax.models.{mod_name}")
     except ModuleNotFoundError as e:  # family not written yet

@@ -1,20 +1,22 @@
-"""ResNet family matching torchvision: `resnet18` (BasicBlock) and `resnet50` (Bottleneck).
+"""ResNets as torchvision has them: resnet18, resnet34 (BasicBlock), resnet50.
 
 Structure (NHWC; torch-style explicit symmetric padding everywhere, so every
 output shape equals torch's for any input size):
   stem:    conv7x7/2 (pad 3, no bias) -> BN -> ReLU -> max-pool 3x3/2 (pad 1,
            padded with -inf as torch does)
-  layer1..layer4: [2, 2, 2, 2] BasicBlocks (resnet18) or [3, 4, 6, 3]
-           Bottlenecks (resnet50) with planes (64, 128, 256, 512); the first
-           block of layer2..4 has stride 2.
+  layer1..layer4: [2, 2, 2, 2] BasicBlocks (resnet18), [3, 4, 6, 3]
+           BasicBlocks (resnet34) or [3, 4, 6, 3] Bottlenecks (resnet50)
+           with planes (64, 128, 256, 512); the first block of layer2..4
+           has stride 2.
   head:    global average pool -> Dense(C).
   BasicBlock:  conv3x3/s-BN-ReLU-conv3x3-BN (+ shortcut) -> ReLU
   Bottleneck:  conv1x1-BN-ReLU-conv3x3/s-BN-ReLU-conv1x1(4*planes)-BN (+ shortcut)
                -> ReLU; the stride sits on the 3x3 conv (torchvision "v1.5").
   shortcut:    identity, or conv1x1/s (no bias) -> BN when the stride or the
                channel count changes.
-Trainable params at 224x224x3, C=1000: resnet18 11,689,512, resnet50
-25,557,032 (= torchvision; the global pool makes them size-independent).
+Trainable params at 224x224x3, C=1000: resnet18 11,689,512, resnet34
+21,797,672, resnet50 25,557,032 (= torchvision; the global pool makes them
+size-independent).
 
 BatchNorm: `nn.BatchNorm(use_running_average=not train, momentum=0.9,
 epsilon=1e-5)` (torch momentum 0.1); with train=True call `apply(...,
@@ -26,7 +28,7 @@ Features sown into the 'features' collection (top-level names; submodules are
 named conv1, bn1, layer{i}_{j}, fc, so there is no clash):
   "stem":       after conv1-BN-ReLU, before the max-pool (stride 2, 64 ch)
   "layer1".."layer4": each stage's output (strides 4, 8, 16, 32;
-                channels 64/128/256/512 for resnet18, x4 for resnet50)
+                channels 64/128/256/512 for resnet18/34, x4 for resnet50)
   "pre_logits": the globally pooled (B, 512 | 2048) vector fed to `fc`.
 """
 from __future__ import annotations
@@ -111,6 +113,11 @@ class ResNet18(ResNet):
   layers: Sequence[int] = (2, 2, 2, 2)
 
 
+class ResNet34(ResNet):
+  block: type = BasicBlock
+  layers: Sequence[int] = (3, 4, 6, 3)
+
+
 class ResNet50(ResNet):
   block: type = Bottleneck
   layers: Sequence[int] = (3, 4, 6, 3)
@@ -118,5 +125,6 @@ class ResNet50(ResNet):
 
 MODELS = {
     "resnet18": ResNet18,
+    "resnet34": ResNet34,
     "resnet50": ResNet50,
 }
