@@ -102,6 +102,16 @@ def load_module(path: str):
   return mod
 
 
+def uses_study_teacher(c) -> bool:
+  """Does this cell distil from the teacher the study trains? Not when it
+  names its own teacher (a checkpoint, weight file or logits file), and not
+  for subclass distillation: its teacher has `kd.subclasses` logits per
+  class, so each such cell trains its own (main's teacher stage)."""
+  return (c.kd.method in methods.TEACHER_METHODS
+          and not (c.teacher.checkpoint or c.teacher.logits)
+          and config_lib.subclasses(c) == 1)
+
+
 @dataclasses.dataclass
 class Cell:
   index: int | str  # position in cells(), or 'teacher'
@@ -144,9 +154,7 @@ class Study:
         raise UserError(f"cell {a!r}: {e}") from None
     # Cells given a teacher (a checkpoint, a weight file or a logits file)
     # use it: the study trains a teacher only for the others.
-    kd_configs = [c for c in self.configs
-                  if c.kd.method in methods.TEACHER_METHODS
-                  and not (c.teacher.checkpoint or c.teacher.logits)]
+    kd_configs = [c for c in self.configs if uses_study_teacher(c)]
     teachers = sorted({c.teacher.name for c in kd_configs})
     if len(teachers) > 1:
       raise UserError(f"{path}: cells use different teachers {teachers}; a "
@@ -192,7 +200,7 @@ class Study:
     for i, (arg, c) in enumerate(zip(self.cell_args, self.configs)):
       distils = (c.kd.method in methods.TEACHER_METHODS
                  and not c.teacher.logits)
-      needs = distils and not c.teacher.checkpoint  # the study's teacher
+      needs = uses_study_teacher(c)
       overrides = {}
       if needs:
         overrides["teacher.checkpoint"] = os.path.join(self.teacher_workdir,

@@ -54,6 +54,24 @@ def test_study_files_declare_their_cells():
     assert cell.overrides == expected
 
 
+def test_subclass_cells_train_their_own_teacher():
+  # A subclass teacher has kd.subclasses logits per class: the study's one
+  # (plain) teacher cannot serve those cells, so main trains theirs.
+  s = study.Study(os.path.join(helpers.REPO, "configs", "repro",
+                               "mnist_subclass_kd.py"), "seeds=2")
+  by_method = {}
+  for cell, cfg in zip(s.cells(), s.configs):
+    by_method.setdefault(cfg.kd.method, []).append(cell)
+  assert {m: len(v) for m, v in by_method.items()} == {
+      "none": 2, "vanilla": 2, "subclass": 2}
+  teacher_ckpt = os.path.join(s.study_dir, "teacher", "student")
+  for cell in by_method["vanilla"]:
+    assert cell.needs_teacher and cell.overrides["teacher.checkpoint"] == teacher_ckpt
+  for cell in by_method["subclass"] + by_method["none"]:
+    assert not cell.needs_teacher and "teacher.checkpoint" not in cell.overrides
+  assert s.teacher_cell().overrides["kd.method"] == "none"
+
+
 def test_cell_names_and_study_args():
   assert study.cell_dirname("student=a,method=vanilla,T=2,seed=0,runlocal") == (
       "student-a__method-vanilla__T-2__seed-0")
