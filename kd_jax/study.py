@@ -89,6 +89,13 @@ def cell_dirname(arg: str, common: str = "") -> str:
 # ------------------------------------------------------------- the study
 
 
+def split_spec(spec: str, arg: str = "") -> tuple[str, str]:
+  """`configs/x.py:a,b` -> (path, arg), as `kd_jax.main --config=` reads it;
+  an `--arg` given as well is appended (its items win)."""
+  path, _, suffix = spec.partition(":")
+  return path, join(suffix, arg)
+
+
 def load_module(path: str):
   if not os.path.isfile(path):
     raise UserError(f"study file {path!r} does not exist")
@@ -360,7 +367,8 @@ def main(argv=None) -> int:
                               description="Run or inspect an ablation study.")
   p.add_argument("action", choices=("list", "run", "command", "commands",
                                     "count"))
-  p.add_argument("study", help="study file, e.g. configs/echo_study.py")
+  p.add_argument("study", help="study file, e.g. configs/echo_study.py, "
+                 "optionally with its arg as main takes it: configs/x.py:runlocal")
   p.add_argument("--arg", default="", help="study-wide arg, e.g. runlocal,seeds=3")
   p.add_argument("--study_dir", default=None)
   p.add_argument("--parallel", type=int, default=1,
@@ -379,7 +387,8 @@ def main(argv=None) -> int:
   p.add_argument("--index", default=None, help="cell index or 'teacher'")
   args = p.parse_args(argv)
   try:
-    study = Study(args.study, args.arg, args.study_dir,
+    path, arg = split_spec(args.study, args.arg)
+    study = Study(path, arg, args.study_dir,
                   teacher_cache=not args.no_teacher_cache)
     if args.action == "count":
       print(len(study.cell_args))

@@ -239,6 +239,18 @@ def test_slurm_dry_run_prints_every_command(tmp_path):
   assert not (tmp_path / "s").exists()  # nothing ran
 
 
+def test_study_takes_its_arg_after_a_colon_like_main():
+  assert study.split_spec("configs/x.py:runlocal,seeds=3") == (
+      "configs/x.py", "runlocal,seeds=3")
+  assert study.split_spec("configs/x.py:seeds=3", "runlocal") == (
+      "configs/x.py", "seeds=3,runlocal")
+  r = _study_cli("list", QS_STUDY + ":runlocal,seeds=3")
+  assert r.returncode == 0, r.stderr[-1500:]
+  rows = [l.split("\t") for l in r.stdout.splitlines()]
+  assert len(rows) == 1 + 2 * 2 * 3  # the teacher + students x methods x seeds
+  assert all(row[3].endswith("runlocal") for row in rows[1:])
+
+
 @pytest.mark.parametrize("args,message", [
     (["list", "configs/no_study.py"], "study file 'configs/no_study.py' does not exist"),
     (["list", "configs/quickstart.py"], "is not a study file: it has no cells()"),
