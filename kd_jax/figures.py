@@ -2,8 +2,12 @@
 
   accuracy_per_student.png  test accuracy per student and method (best
                             setting, mean ± std over seeds), teacher as a line
-  accuracy_vs_speedup.png   accuracy relative to the teacher vs CPU speed-up,
-                            point size = model MB
+  accuracy_vs_speedup.png   validation accuracy relative to the teacher vs
+                            CPU speed-up, each student's best KD setting and
+                            its scratch setting, point size = model MB
+  settings_<student>.png    every setting of one student: validation
+                            accuracy, mean ± std over seeds, the teacher's
+                            as a line
   t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
   training_curves.png       validation accuracy per epoch, mean over seeds
   roc.png                   binary tasks: test ROC curve of each method's
@@ -66,31 +70,100 @@ def plot_accuracy_per_student(best, teacher, path):
   _save(fig, path)
 
 
-def plot_accuracy_vs_speedup(deploy, path):
-  """Falls back to the FLOPs ratio on the x axis when a student is untimed."""
-  import matplotlib.pyplot as plt
+def _relative_val(value, teacher):
+  """Validation accuracy in % of the teacher's (the seeds' figure 7), or in
+  % absolute when the teacher has no validation accuracy (imported)."""
+  ref = (teacher or {}).get("best_val_accuracy")
+  return 100 * value / ref if ref else 100 * value
+
+
+def speedup_points(deploy, best, teacher):
+  """[(label, x, y, MB, kind)]: the teacher at (1, 100) and, per student, its
+  best KD setting and its scratch setting at the student's speed-up."""
   students = [d for d in deploy if d["role"] == "student"]
   timed = all(not math.isnan(d["speedup_vs_teacher"]) for d in students)
   xkey = "speedup_vs_teacher" if timed else "flops_ratio_vs_teacher"
+  points = []
+  if teacher is not None:
+    points.append((teacher["model"], 1.0,
+                   _relative_val(teacher.get("best_val_accuracy", 1.0) or 1.0,
+                                 teacher), teacher["size_mb"], "teacher"))
+  for d in students:
+    kd = [s for (st, m), s in best.items() if st == d["model"] and m != "none"]
+    kinds = [("KD", max(kd, key=lambda s: s["val_selected_mean"]))] if kd else []
+    if (d["model"], "none") in best:
+      kinds.append(("scratch", best[(d["model"], "none")]))
+    for kind, s in kinds:
+      points.append((d["model"], d[xkey],
+                     _relative_val(s["val_accuracy_mean"], teacher),
+                     d["size_mb"], kind))
+  return points, timed
+
+
+def plot_accuracy_vs_speedup(deploy, best, teacher, path):
+  """Every student trained with KD (its best setting) and from scratch:
+  validation accuracy relative to the teacher vs CPU speed-up, point size =
+  MB, as the seeds plot it. Falls back to the FLOPs ratio on the x axis
+  when a student is untimed."""
+  import matplotlib.pyplot as plt
+  points, timed = speedup_points(deploy, best, teacher)
   fig, ax = plt.subplots(figsize=(6, 4.5))
-  mbs = [d["size_mb"] for d in deploy]
-  scale = 600 / max(mbs) if mbs else 1
-  for d in deploy:
-    x = 1.0 if d["role"] == "teacher" else d[xkey]
-    y = 100 * d["relative_accuracy"]
-    if math.isnan(x) or math.isnan(y):
-      continue
-    ax.scatter([x], [y], s=max(20, d["size_mb"] * scale), alpha=0.5,
-               marker="s" if d["role"] == "teacher" else "o")
-    ax.annotate(f"{d['model']}\n{d['size_mb']:.1f} MB", (x, y), fontsize=7,
-                ha="center", va="bottom")
-  ax.set_xscale("log")
+  scale = 600 / max([p[3] for p in points] or [1])
+  style = {"teacher": ("s", "k"), "KD": ("o", "tab:blue"),
+           "scratch": ("X", "tab:orange")}
+  for kind, (marker, color) in style.items():
+    pts = [p for p in points if p[4] == kind and not math.isnan(p[1] + p[2])]
+    ax.scatter([p[1] for p in pts], [p[2] for p in pts], alpha=0.5,
+               s=[max(20, p[3] * scale) for p in pts], marker=marker,
+               color=color, label=kind)
+    for name, x, y, mb, _ in pts:
+      ax.annotate(f"{name}\n{mb:.1f} MB", (x, y), fontsize=7, ha="center",
+                  va="bottom")
+  if any(p[1] > 0 for p in points if not math.isnan(p[1] + p[2])):
+    ax.set_xscale("log")
   ax.set_xlabel("CPU inference speed-up vs teacher (batch 1)" if timed
                 else "FLOPs ratio vs teacher (no timing run)")
-  ax.set_ylabel("test accuracy relative to the teacher (%)")
-  ax.set_title("Accuracy vs speed-up (point size = model MB)")
+  relative = bool((teacher or {}).get("best_val_accuracy"))
+  ax.set_ylabel("validation accuracy relative to the teacher (%)" if relative
+                else "validation accuracy (%)")
+  ax.set_title("KD and scratch students: accuracy vs speed-up "
+               "(point size = MB)", fontsize=10)
+  ax.legend(fontsize=8, markerscale=0.5)
   ax.margins(0.2)
   _save(fig, path)
+
+
+def plot_settings(summary, teacher, student, path):
+  """One student's every setting: validation accuracy, mean ± std over
+  seeds, scratch in orange, the teacher's as a dashed line (the seeds'
+  figures 3-6, one per student)."""
+  import matplotlib.pyplot as plt
+  settings = [s for s in summary if s["student"] == student]
+  fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.32 * len(settings)))
+  ys = range(len(settings))
+  vals = [100 * s["val_accuracy_mean"] for s in settings]
+  stds = [0 if math.isnan(s.get("val_accuracy_std", math.nan))
+          else 100 * s["val_accuracy_std"] for s in settings]
+  colors = ["tab:orange" if s["method"] == "none" else "tab:blue"
+            for s in settings]
+  ax.barh(list(ys), vals, xerr=stds, color=colors, capsize=2, height=0.7)
+  ax.set_yticks(list(ys), [s["setting"] for s in settings], fontsize=7)
+  if teacher is not None and teacher.get("best_val_accuracy"):
+    ax.axvline(100 * teacher["best_val_accuracy"], color="r", ls="--",
+               label=f"teacher ({teacher['model']})")
+    ax.legend(fontsize=7, loc="lower right")
+  finite = [v for v in vals if not math.isnan(v)]
+  if finite:  # zoom on the spread between settings, as the seeds' plots do
+    lo, hi = min(finite), max(finite + [100 * (teacher or {}).get(
+        "best_val_accuracy", 0)])
+    ax.set_xlim(max(0, lo - 0.25 * (hi - lo) - 0.5), min(100, hi + 0.5))
+  ax.set_xlabel("validation accuracy (%, mean ± std over seeds)")
+  ax.set_title(f"Validation accuracy of {student}", fontsize=10)
+  _save(fig, path)
+
+
+def settings_figure_name(student: str) -> str:
+  return f"settings_{student}.png"
 
 
 def _heatmap_panel(fig, ax, student, method, settings):
@@ -244,7 +317,12 @@ def write_figures(out_dir, *, rows, summary, best, teacher, deploy,
     matplotlib.use("Agg")
   figures = ["accuracy_per_student.png", "accuracy_vs_speedup.png"]
   plot_accuracy_per_student(best, teacher, os.path.join(out_dir, figures[0]))
-  plot_accuracy_vs_speedup(deploy, os.path.join(out_dir, figures[1]))
+  plot_accuracy_vs_speedup(deploy, best, teacher,
+                           os.path.join(out_dir, figures[1]))
+  for student in dict.fromkeys(s["student"] for s in summary):
+    name = settings_figure_name(student)
+    plot_settings(summary, teacher, student, os.path.join(out_dir, name))
+    figures.append(name)
   if plot_t_alpha_heatmap(summary, os.path.join(out_dir, "t_alpha_heatmap.png"),
                           t_methods):
     figures.append("t_alpha_heatmap.png")

@@ -20,8 +20,9 @@ Writes into `STUDY_DIR/report/` (or `--out`):
   report.md        all of the above as markdown tables, with the figures
   accuracy_per_student.png  test accuracy per student and method (best
                    setting, mean ± std over seeds), teacher as a line
-  accuracy_vs_speedup.png   accuracy relative to the teacher vs CPU
-                   speed-up, point size = model MB
+  accuracy_vs_speedup.png   validation accuracy relative to the teacher
+                   vs CPU speed-up, KD and scratch per student, size = MB
+  settings_<student>.png    every setting of a student (validation)
   t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
   training_curves.png       validation accuracy per epoch, mean over seeds
   profile.json     the model profiles (cached: timing runs once per model)
@@ -168,6 +169,8 @@ def summarize_settings(rows):
         "test_accuracy_ci95_low": acc.ci_low,
         "test_accuracy_ci95_high": acc.ci_high,
         "val_accuracy_mean": _mean(r["val_accuracy"] for r in rs),
+        "val_accuracy_std": stats.summarize(
+            [r["val_accuracy"] for r in rs]).std,
         "select_metric": first["select_metric"],
         "val_selected_mean": _mean(r["val_selected"] for r in rs),
         **extra,

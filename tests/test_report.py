@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from kd_jax import report, stats
+from kd_jax import figures, report, stats
 from kd_jax.config_lib import UserError
 from tests import helpers
 
@@ -201,7 +201,8 @@ def test_report_of_a_synthetic_study(synthetic_study):
   assert "n.s." in md or "| yes |" in md
   assert "≥ 30 frames/s at batch 1 and < 50 MB" in md
   for name in ("accuracy_per_student.png", "accuracy_vs_speedup.png",
-               "t_alpha_heatmap.png", "training_curves.png"):
+               "t_alpha_heatmap.png", "training_curves.png",
+               "settings_small.png", "settings_wide.png"):
     with open(os.path.join(rdir, name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
     assert f"![{name}]({name})" in md
@@ -232,3 +233,21 @@ def test_report_errors(tmp_path):
   assert r.returncode == 2
   assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_speedup_figure_has_kd_and_scratch_per_student():
+  # The seeds' figure 7: validation accuracy relative to the teacher's, the
+  # best KD setting (by validation) and scratch at the student's speed-up.
+  teacher = {"model": "big", "best_val_accuracy": 0.8, "size_mb": 40.0}
+  deploy = [{"role": "teacher", "model": "big"},
+            {"role": "student", "model": "small", "size_mb": 1.0,
+             "speedup_vs_teacher": 10.0, "flops_ratio_vs_teacher": 40.0}]
+  best = {("small", "none"): {"val_accuracy_mean": 0.70, "val_selected_mean": 0.70},
+          ("small", "vanilla"): {"val_accuracy_mean": 0.76, "val_selected_mean": 0.76},
+          ("small", "dkd"): {"val_accuracy_mean": 0.74, "val_selected_mean": 0.74}}
+  points, timed = figures.speedup_points(deploy, best, teacher)
+  assert timed
+  assert [(p[0], p[4]) for p in points] == [
+      ("big", "teacher"), ("small", "KD"), ("small", "scratch")]
+  assert [p[1] for p in points] == [1.0, 10.0, 10.0]
+  assert [p[2] for p in points] == pytest.approx([100.0, 95.0, 87.5])
