@@ -4,6 +4,13 @@ meets an edge budget (frames/s and MB).
 
 Model profiles come from `kd_jax.models.profile` and are cached per machine in
 `profile.json`, so the timing runs once per model and CPU.
+
+With `tflite=True` each student also gets its TFLite figures (`measure_tflite`):
+the float32 and int8 files of its trained cells (the deployed setting's, one
+per seed), their batch-1 latency in the TFLite interpreter on 1 and on all
+threads, and the int8 model's test accuracy; cached per cell and machine in
+`tflite.json`. `deploy_format='int8'` checks the budget against the int8
+file (MB, all-threads latency) instead of the float32 JAX model.
 """
 from __future__ import annotations
 
@@ -12,6 +19,12 @@ import os
 import platform
 
 NAN = float("nan")
+DEPLOY_FORMATS = ("float32", "int8")
+# A student's TFLite figures (NaN where not measured): file MB, batch-1 ms on
+# 1 thread and on all threads, float32 and int8, and the int8 test accuracy.
+TFLITE_FIELDS = ("tflite_f32_mb", "tflite_f32_ms_1t", "tflite_f32_ms_all",
+                 "tflite_int8_mb", "tflite_int8_ms_1t", "tflite_int8_ms_all",
+                 "int8_test_accuracy")
 
 
 def cpu_name() -> str:
@@ -64,13 +77,78 @@ def _ratio(num, den):
   return num / den if num and den else NAN
 
 
+def measure_tflite(cell_dir: str, stage: str = "student") -> dict:
+  """TFLITE_FIELDS of one trained cell: its float32 and int8 (calibrated on
+  its training images) TFLite exports, timed at batch 1 on 1 and on all
+  threads, and the int8 model's accuracy on the cell's test split."""
+  import tempfile
+  import numpy as np
+  from kd_jax import export, tflite  # late: reading results needs no JAX
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for kind, quantize in (("f32", "none"), ("int8", "int8")):
+      path = os.path.join(tmp, f"{kind}.tflite")
+      info = export.export_tflite(cell_dir, path, stage=stage, quantize=quantize)
+      with open(path, "rb") as f:
+        blob = f.read()
+      out[f"tflite_{kind}_mb"] = info["bytes"] / 1e6
+      out[f"tflite_{kind}_ms_1t"] = tflite.latency_ms(blob, 1)
+      out[f"tflite_{kind}_ms_all"] = tflite.latency_ms(blob, tflite.all_threads())
+  images, labels = export.split_images(cell_dir, "test", info["image_size"])
+  probs = tflite.Model(blob).call(images)
+  out["int8_test_accuracy"] = float(np.mean(probs.argmax(-1) == labels))
+  return out
+
+
+def tflite_figures(cells, out_dir, measure_fn=None):
+  """{(cell_dir, stage): TFLITE_FIELDS}, cached in out_dir/tflite.json per
+  cell, its results.json's time and machine. A given `measure_fn(cell_dir,
+  stage)` bypasses the cache both ways (as `profiles`' profile_fn)."""
+  path = os.path.join(out_dir, "tflite.json")
+  cache = {}
+  if os.path.exists(path) and measure_fn is None:
+    with open(path) as f:
+      cache = json.load(f)
+  machine = cpu_name()
+  out = {}
+  for cell_dir, stage in cells:
+    results = os.path.join(cell_dir, "results.json")
+    stamp = os.path.getmtime(results) if os.path.exists(results) else 0
+    key = f"{os.path.abspath(cell_dir)}|{stage}|{stamp}|{machine}"
+    if key not in cache:
+      cache[key] = (measure_fn or measure_tflite)(cell_dir, stage)
+    out[(cell_dir, stage)] = cache[key]
+  if measure_fn is None:
+    from kd_jax import reporting
+    reporting.write_json(path, cache)
+  return out
+
+
+def mean_figures(figures) -> dict:
+  """TFLITE_FIELDS averaged over cells (NaN for none)."""
+  return {k: (sum(f[k] for f in figures) / len(figures) if figures else NAN)
+          for k in TFLITE_FIELDS}
+
+
+def meets(latency_ms, size_mb, *, min_fps, max_mb) -> str:
+  if not latency_ms or latency_ms != latency_ms or size_mb != size_mb:
+    return "not measured"
+  return "yes" if 1e3 / latency_ms >= min_fps and size_mb < max_mb else "no"
+
+
 def model_row(role, name, prof, t_prof, *, params, size_mb, accuracy,
-              accuracy_setting, teacher, min_fps, max_mb):
+              accuracy_setting, teacher, min_fps, max_mb, tfl=None,
+              deploy_format="float32"):
   """One model's line of the check; `prof` / `t_prof` are its and the
-  teacher's profiles ({} without a teacher)."""
+  teacher's profiles ({} without a teacher), `tfl` its mean TFLite figures.
+  The budget is checked on the float32 JAX model, or with
+  deploy_format='int8' on the int8 TFLite file (all threads)."""
   lat = prof.get("latency_ms")
   fps = 1e3 / lat if lat else NAN
   t_acc = teacher["test"]["accuracy"] if teacher else NAN
+  tfl = tfl or dict.fromkeys(TFLITE_FIELDS, NAN)
+  budget = ((lat, size_mb) if deploy_format == "float32" else
+            (tfl["tflite_int8_ms_all"], tfl["tflite_int8_mb"]))
   return {
       "model": name, "role": role, "params": params, "size_mb": size_mb,
       "gflops": prof["gflops"], "latency_ms": lat if lat else NAN,
@@ -82,9 +160,21 @@ def model_row(role, name, prof, t_prof, *, params, size_mb, accuracy,
       "test_accuracy": accuracy, "accuracy_setting": accuracy_setting,
       "relative_accuracy": (accuracy / t_acc if t_acc == t_acc and t_acc
                             else NAN),
-      "meets_budget": ("not measured" if not lat else
-                       "yes" if fps >= min_fps and size_mb < max_mb else "no"),
+      **tfl, "int8_frames_per_s": _ratio(1e3, tfl["tflite_int8_ms_all"]),
+      "deploy_format": deploy_format,
+      "meets_budget": meets(*budget, min_fps=min_fps, max_mb=max_mb),
   }
+
+
+def setting_cells(rows, setting, study_dir):
+  """(cell_dir, stage) of each cell of `setting` (a scratch run inside a KD
+  cell is that cell's 'scratch' stage)."""
+  out = []
+  for r in rows:
+    if r["setting"] == setting:
+      cell, _, sub = r["cell"].partition("/")
+      out.append((os.path.join(study_dir, cell), sub or "student"))
+  return out
 
 
 def student_pick(best, student):
@@ -96,9 +186,13 @@ def student_pick(best, student):
 
 
 def check(best, teacher, rows, out_dir, *, min_fps, max_mb, timing,
-          profile_fn=None):
+          profile_fn=None, study_dir=None, tflite=False, tflite_fn=None,
+          deploy_format="float32"):
   """A row per model: the teacher first, then each student. `best` maps
-  (student, method) to its best setting (see `report.best_settings`)."""
+  (student, method) to its best setting (see `report.best_settings`);
+  `tflite` (implied by deploy_format='int8') measures the students' TFLite
+  figures from their cells in `study_dir` (`tflite_fn` stands in for
+  `measure_tflite`)."""
   first = {}
   for r in rows:
     first.setdefault(r["student"], r)
@@ -111,7 +205,16 @@ def check(best, teacher, rows, out_dir, *, min_fps, max_mb, timing,
   prof = profiles(([t_key] if t_key else []) + list(keys.values()), out_dir,
                   timing, profile_fn)
   t_prof = prof[t_key] if t_key else {}
-  budget = {"teacher": teacher, "min_fps": min_fps, "max_mb": max_mb}
+  budget = {"teacher": teacher, "min_fps": min_fps, "max_mb": max_mb,
+            "deploy_format": deploy_format}
+  picks = {name: student_pick(best, name) for name in first}
+  tfl = {}
+  if tflite or deploy_format == "int8":
+    cells = {n: setting_cells(rows, p["setting"], study_dir)
+             for n, p in picks.items()}
+    figures = tflite_figures([c for cs in cells.values() for c in cs],
+                             out_dir, tflite_fn)
+    tfl = {n: mean_figures([figures[c] for c in cs]) for n, cs in cells.items()}
   out = []
   if teacher is not None:
     out.append(model_row("teacher", teacher["model"], prof[t_key], t_prof,
@@ -119,9 +222,9 @@ def check(best, teacher, rows, out_dir, *, min_fps, max_mb, timing,
                          accuracy=teacher["test"]["accuracy"],
                          accuracy_setting="teacher", **budget))
   for name, r in first.items():
-    pick = student_pick(best, name)
     out.append(model_row("student", name, prof[keys[name]], t_prof,
                          params=r["params"], size_mb=r["size_mb"],
-                         accuracy=pick["test_accuracy_mean"],
-                         accuracy_setting=pick["setting"], **budget))
+                         accuracy=picks[name]["test_accuracy_mean"],
+                         accuracy_setting=picks[name]["setting"],
+                         tfl=tfl.get(name), **budget))
   return out

@@ -2,6 +2,7 @@
 and figures, from every cell's `results.json`.
 
   python -m kd_jax.report STUDY_DIR [--out=DIR] [--min_fps=30] [--max_mb=50] [--no_timing]
+                          [--tflite] [--deploy_format=float32|int8]
 
 Writes into `STUDY_DIR/report/` (or `--out`):
   results.csv      one row per finished cell (student, method, T, alpha,
@@ -16,7 +17,11 @@ Writes into `STUDY_DIR/report/` (or `--out`):
                    the whole table, 'n.s.' where not significant
   deployment.csv   per model: params, MB, GFLOPs, batch-1 latency and
                    frames/s on this machine's CPU, speed-up and size ratio
-                   vs the teacher, and whether it meets the edge budget
+                   vs the teacher, and whether it meets the edge budget;
+                   with --tflite per student also its float32 and int8
+                   TFLite files' MB, batch-1 ms on 1 and on all threads,
+                   and the int8 model's test accuracy (--deploy_format=int8:
+                   the budget is checked on the int8 file)
   report.md        all of the above as markdown tables, with the figures
   accuracy_per_student.png  test accuracy per student and method (best
                    setting, mean ± std over seeds), teacher as a line
@@ -26,6 +31,7 @@ Writes into `STUDY_DIR/report/` (or `--out`):
   t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
   training_curves.png       validation accuracy per epoch, mean over seeds
   profile.json     the model profiles (cached: timing runs once per model)
+  tflite.json      the TFLite figures (cached per cell)
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ from kd_jax import console
 if __name__ == "__main__":  # the command: before TensorFlow or JAX is imported
   console.quiet_native_logs()
 
-from kd_jax import deployment, figures, stats  # noqa: E402
+from kd_jax import deployment, figures, stats, tflite  # noqa: E402
 from kd_jax.config_lib import UserError  # noqa: E402
 
 NOT_CELLS = {"teacher", "report", "logs", "teacher_cache"}
@@ -73,7 +79,7 @@ def _row(cell, setting, stage, config):
   return {
       "cell": cell, "setting": setting, "student": stage["model"],
       "method": method,
-      "temperature": kd["temperature"] if method in T_METHODS | SCHEDULE_METHODS else "",
+      "temperature": _temperature(stage, kd, method),
       "alpha": kd["alpha"] if method in T_METHODS | SCHEDULE_METHODS else "",
       "schedule": kd["schedule"] if method in SCHEDULE_METHODS else "",
       "seed": config["seed"],
@@ -95,6 +101,25 @@ def _row(cell, setting, stage, config):
       "train_seconds": stage.get("train_seconds", ""),
       "history": stage.get("history", []),
   }
+
+
+def _temperature(stage, kd, method):
+  """The T a cell trained with: the config's for a fixed-T method; for CTKD
+  the learned one at the end of training (its config's T is unused; the
+  instance-wise variant: the mean over the last logged steps)."""
+  if method in SCHEDULE_METHODS:
+    learned = stage.get("final_temperature", stage.get(
+        "final_train_metrics", {}).get("temperature"))
+    return "" if learned is None else round(float(learned), 3)
+  return kd["temperature"] if method in T_METHODS else ""
+
+
+def _setting_temperature(rows):
+  """A setting's T: its cells' (fixed), or the mean of the learned ones."""
+  learned = [r["temperature"] for r in rows
+             if r["method"] in SCHEDULE_METHODS and r["temperature"] != ""]
+  return (round(sum(learned) / len(learned), 3) if learned
+          else rows[0]["temperature"])
 
 
 def _num(value) -> float:
@@ -163,6 +188,7 @@ def summarize_settings(rows):
     out.append({
         "setting": setting, **{k: first[k] for k in (
             "student", "method", "temperature", "alpha", "schedule")},
+        "temperature": _setting_temperature(rs),
         "seeds": " ".join(str(r["seed"]) for r in rs), "n": acc.n,
         "test_accuracy_mean": acc.mean, "test_accuracy_std": acc.std,
         "ci95_low": acc.ci_low, "ci95_high": acc.ci_high,
@@ -289,7 +315,8 @@ def _md_results(summary):
            "for more than 2 classes) as mean ± sample std over seeds, with "
            "the 95% t confidence interval of the mean (needs 2 or more "
            f"seeds). Selected on: {summary[0]['select_metric']} "
-           "(validation).", ""]
+           "(validation). T of CTKD: the learned final temperature (mean "
+           "over seeds).", ""]
   lines.append(md_table(
       ("setting", "student", "method", "T", "α", "schedule", "seeds",
        "test acc", "95% CI", "bal acc", "AUC", "AUC 95% CI", "val (selected)",
@@ -328,9 +355,11 @@ def _md_comparisons(comps):
 
 
 def _md_deployment(deploy, *, min_fps, max_mb, timing):
+  basis = ("float32 weights" if deploy[0]["deploy_format"] == "float32" else
+           "the int8 TFLite file, all threads")
   lines = ["", "## Deployment check", "",
            f"Budget: ≥ {min_fps:g} frames/s at batch 1 and < {max_mb:g} MB "
-           f"(float32 weights). Measured on this machine's CPU "
+           f"({basis}). Measured on this machine's CPU "
            f"({deployment.cpu_name()}); "
            "speed-up = teacher ms / student ms on the same machine. "
            "Accuracy: the student's best setting by the validation selection "
@@ -340,7 +369,8 @@ def _md_deployment(deploy, *, min_fps, max_mb, timing):
   lines.append(md_table(
       ("model", "role", "params", "MB", "GFLOPs", "ms/frame", "frames/s",
        "speed-up", "FLOPs ratio", "size ratio", "test acc", "rel. acc",
-       "meets budget"),
+       "meets budget" + (" (int8 TFLite)" if deploy[0]["deploy_format"] == "int8"
+                         else "")),
       [(d["model"], d["role"], f"{d['params']:,}", f"{d['size_mb']:.2f}",
         f"{d['gflops']:.3f}", _fmt(d["latency_ms"], 2), _fmt(d["frames_per_s"], 1),
         _fmt(d["speedup_vs_teacher"], 1) + ("" if math.isnan(d["speedup_vs_teacher"]) else "×"),
@@ -349,6 +379,31 @@ def _md_deployment(deploy, *, min_fps, max_mb, timing):
         "–" if math.isnan(d["relative_accuracy"]) else f"{100 * d['relative_accuracy']:.1f}%",
         "–" if d["role"] == "teacher" and d["meets_budget"] == "no" else d["meets_budget"])
        for d in deploy]))
+  return lines + _md_tflite(deploy)
+
+
+def _md_tflite(deploy):
+  """The students' TFLite figures, where they were measured (--tflite)."""
+  rows = [d for d in deploy if not math.isnan(d["tflite_f32_mb"])]
+  if not rows:
+    return []
+  n = f"{tflite.all_threads()} threads"
+  lines = ["", "### TFLite (LiteRT) at batch 1", "",
+           "Each student's deployed setting exported with `python -m "
+           "kd_jax.export --format=tflite` (float32; int8 calibrated on 200 "
+           "training images), timed in the TFLite interpreter on this CPU "
+           f"with 1 thread and with all ({n}); values are means over the "
+           "setting's cells. int8 test acc: the int8 file on each cell's "
+           "test split, next to the float model's.", ""]
+  lines.append(md_table(
+      ("model", "float32 MB", "int8 MB", "float32 ms (1 thread)",
+       f"float32 ms ({n})", "int8 ms (1 thread)", f"int8 ms ({n})",
+       f"int8 frames/s ({n})", "test acc", "int8 test acc"),
+      [(d["model"], _fmt(d["tflite_f32_mb"], 2), _fmt(d["tflite_int8_mb"], 2),
+        _fmt(d["tflite_f32_ms_1t"], 2), _fmt(d["tflite_f32_ms_all"], 2),
+        _fmt(d["tflite_int8_ms_1t"], 2), _fmt(d["tflite_int8_ms_all"], 2),
+        _fmt(d["int8_frames_per_s"], 1), _fmt(d["test_accuracy"]),
+        _fmt(d["int8_test_accuracy"])) for d in rows]))
   return lines
 
 
@@ -365,13 +420,17 @@ def render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
 
 def make_report(study_dir: str, out_dir: str | None = None, *,
                 min_fps: float = 30.0, max_mb: float = 50.0,
-                timing: bool = True, profile_fn=None) -> dict:
+                timing: bool = True, profile_fn=None, tflite: bool = False,
+                deploy_format: str = "float32", tflite_fn=None) -> dict:
   """Writes the report files; returns {'rows', 'summary', 'comparisons',
   'deployment', 'figures', 'out_dir', 'markdown'}. `profile_fn(name, classes,
   size, timing)` -> {'gflops', 'latency_ms'} replaces the model profiler
-  (tests)."""
+  and `tflite_fn(cell_dir, stage)` the TFLite measurement (tests)."""
   if min_fps <= 0 or max_mb <= 0:
     raise UserError(f"min_fps and max_mb must be > 0, got {min_fps}, {max_mb}")
+  if deploy_format not in deployment.DEPLOY_FORMATS:
+    raise UserError(f"--deploy_format={deploy_format!r}; allowed: "
+                    f"{', '.join(deployment.DEPLOY_FORMATS)}")
   rows, teacher, unfinished = gather(study_dir)
   out_dir = out_dir or os.path.join(study_dir, "report")
   os.makedirs(out_dir, exist_ok=True)
@@ -379,7 +438,9 @@ def make_report(study_dir: str, out_dir: str | None = None, *,
   best = best_settings(summary)
   comps = compare(summary)
   deploy = deployment.check(best, teacher, rows, out_dir, min_fps=min_fps,
-                            max_mb=max_mb, timing=timing, profile_fn=profile_fn)
+                            max_mb=max_mb, timing=timing, profile_fn=profile_fn,
+                            study_dir=study_dir, tflite=tflite,
+                            tflite_fn=tflite_fn, deploy_format=deploy_format)
   for name, table in (("results", rows), ("summary", summary),
                       ("comparisons", comps), ("deployment", deploy)):
     write_csv(os.path.join(out_dir, f"{name}.csv"), table)
@@ -405,10 +466,17 @@ def main(argv=None):
   p.add_argument("--max_mb", type=float, default=50.0)
   p.add_argument("--no_timing", action="store_true",
                  help="skip the latency runs (FLOPs ratios only)")
+  p.add_argument("--tflite", action="store_true",
+                 help="also export each student to TFLite (float32, int8) "
+                 "and time it in the TFLite interpreter")
+  p.add_argument("--deploy_format", default="float32",
+                 help="the budget's figures: float32 (the JAX model) or int8 "
+                 "(the int8 TFLite file; implies --tflite)")
   args = p.parse_args(argv)
   try:
     out = make_report(args.study_dir, args.out, min_fps=args.min_fps,
-                      max_mb=args.max_mb, timing=not args.no_timing)
+                      max_mb=args.max_mb, timing=not args.no_timing,
+                      tflite=args.tflite, deploy_format=args.deploy_format)
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)
     return 2

@@ -16,9 +16,14 @@ each window, exactly as select-and-scatter does).
 the shifted-slice path, everything else goes to lax unchanged. The parameter
 shapes and names of the models do not change, so checkpoints are the same
 either way.
+
+Inside `standard_ops()` both trace as lax's own convolution and
+reduce_window instead, for converters to other runtimes (TFLite).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import flax.linen as nn
@@ -28,6 +33,26 @@ from jax import lax
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
+
+
+_STANDARD_OPS = contextvars.ContextVar("kd_jax_standard_ops", default=False)
+
+
+@contextlib.contextmanager
+def standard_ops():
+  """Traces depthwise convs and max-pools as lax's convolution and
+  reduce_window, the max-pool padded with its input's minimum.
+
+  A converter to another runtime (TFLite) maps those ops onto the runtime's
+  depthwise-conv and pooling kernels, where the shifted-slice forms would
+  stay dozens of elementwise ops; and -inf padding would give an int8
+  quantiser an infinite calibration range, while any value at most the
+  input's minimum leaves every window's max unchanged. Same values."""
+  token = _STANDARD_OPS.set(True)
+  try:
+    yield
+  finally:
+    _STANDARD_OPS.reset(token)
 
 
 def _pairs(padding, kernel_hw):
@@ -139,7 +164,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated`, with NHWC depthwise convs as shifted slices."""
   pads = _pairs(padding, rhs.shape[:2])
-  depthwise = (jax.default_backend() == "cpu" and lhs.ndim == 4
+  depthwise = (not _STANDARD_OPS.get() and jax.default_backend() == "cpu"
+               and lhs.ndim == 4
                and dimension_numbers == _NHWC and feature_group_count > 1
                and feature_group_count == lhs.shape[3] == rhs.shape[3]
                and rhs.shape[2] == 1 and batch_group_count == 1
@@ -214,5 +240,10 @@ def max_pool(x_BxHxWxC, window, strides, padding="VALID"):
     return nn.max_pool(x_BxHxWxC, window, strides=strides, padding=padding)
   else:
     pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+  if _STANDARD_OPS.get():
+    xp = _pad(x_BxHxWxC, pads, jnp.min(x_BxHxWxC)) if any(
+        p for pair in pads for p in pair) else x_BxHxWxC
+    return lax.reduce_window(xp, -jnp.inf, lax.max, (1, *window, 1),
+                             (1, *strides, 1), "VALID")
   return _max_pool(x_BxHxWxC, tuple(int(k) for k in window),
                    tuple(int(s) for s in strides), pads, x_BxHxWxC.shape[1:3])
