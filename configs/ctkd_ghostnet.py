@@ -3,7 +3,8 @@
 The echo-view recipe: VGG16 teacher, 112 px, batch 256, 20 epochs with
 early stopping. Point it at your frames with
   --config.dataset.name=folder --config.dataset.data_dir=/path/to/echo
-and name a cell with the arg string, e.g. `configs/ctkd_ghostnet.py:T=2,alpha=0.5,seed=1`;
+and name a cell with the arg string, e.g. `configs/ctkd_ghostnet.py:schedule=linear,alpha=0.5,seed=1`
+(the temperature is learned from kd.init_raw: a fixed T is refused);
 `:runlocal` is the tiny mode used by tests and Colab.
 """
 from kd_jax import config_lib

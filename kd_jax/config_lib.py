@@ -10,6 +10,7 @@ by tests and Colab).
 from __future__ import annotations
 
 import os
+import re
 
 import ml_collections
 
@@ -18,12 +19,15 @@ from kd_jax import losses, methods
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder", "csv")
 OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "step")
 SELECT_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "auc")
 NORMALIZATIONS = ("auto", "half", "imagenet")
 WEIGHT_SOURCES = ("torchvision", "timm", "keras")
 NAN_POLICIES = ("stop", "skip")
 CORRUPT_IMAGES = ("refuse", "skip")
+# config.kd.temperature's default. A learned-temperature method (CTKD)
+# refuses any other value: a fixed T given to it would be silently unused.
+DEFAULT_TEMPERATURE = 4.0
 
 
 class UserError(ValueError):
@@ -42,9 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = "adam"
   c.learning_rate = 1e-3
   c.momentum = 0.9  # sgd only
+  c.nesterov = False  # sgd only: Nesterov momentum (Sutskever et al. 2013)
   c.weight_decay = 0.0
   c.warmup_epochs = 0.0
-  c.lr_schedule = "cosine"  # after the warmup: 'cosine' decay or 'constant'
+  c.lr_schedule = "cosine"  # after the warmup: 'cosine' decay, 'constant' or 'step'
+  c.lr_decay_epochs = ""  # 'step': comma list of epochs, e.g. '150,180,210'
+  c.lr_decay_factor = 0.1  # 'step': the lr is multiplied by it at each
   c.early_stopping_patience = 5  # epochs without val improvement; 0 = off
   # The validation metric that picks the best checkpoint and drives early
   # stopping: accuracy | macro_f1 | balanced_accuracy | auc (ROC-AUC; one-vs-
@@ -121,13 +128,20 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.kd = k = ml_collections.ConfigDict()
   k.method = "vanilla"
-  k.temperature = 4.0
+  k.temperature = DEFAULT_TEMPERATURE  # fixed-temperature methods only
   k.alpha = 0.5
+  # The soft term of Hinton KD (losses.kd_loss: vanilla, fitnets, ctkd,
+  # ctkd_instance) is multiplied by T^2; false drops the factor (a weighted
+  # average of the two cross-entropies, as some reproductions write it).
+  k.t_squared = True
   # CTKD: T = t_start + t_end * sigmoid(raw), raw learned adversarially.
   k.schedule = "cosine"
   k.t_start = 1.0
   k.t_end = 20.0
-  k.init_raw = 0.0
+  # The authors start raw at 1, T = 1 + 20 sigmoid(1) ~ 15.6 (Li et al.
+  # 2023, "Curriculum Temperature for Knowledge Distillation", official
+  # code): the curriculum then lowers or raises it from a soft start.
+  k.init_raw = 1.0
   k.lambda_min = 0.0
   k.lambda_max = 1.0
   k.epoch_cap = 10
@@ -149,6 +163,25 @@ def base_config() -> ml_collections.ConfigDict:
   # e.g. 'resnet18' -> teacher -> resnet18 -> student, each link distilled
   # with this config's method.
   k.assistants = ""
+  # Hints with assistants: per assistant (comma list, or one name for all)
+  # its layer that its teacher's hint guides and that gives the hint to the
+  # next link; every link adds the hint term between its two layers.
+  k.hint_assistant_layers = ""
+  # Feature and relation methods (at, pkt, sp, rkd, vid, crd, reviewkd):
+  # loss = the loss of `feature_logit_method` ('none': cross-entropy) +
+  # feature_weight * feature term. feature_weight 0: the method's default
+  # (methods.py: the CRD benchmark's betas). feature_layers: '' = the
+  # method's default pairs, else a comma list of 'student:teacher' layer
+  # names (one name: the same in both), paired in order.
+  k.feature_logit_method = "none"
+  k.feature_weight = 0.0
+  k.feature_layers = ""
+  # CRD (Tian et al. 2020): negatives per example (capped at the training
+  # set size - 1), embedding size, NCE temperature, memory-bank momentum.
+  k.crd_negatives = 16384
+  k.crd_dim = 128
+  k.crd_temperature = 0.07
+  k.crd_momentum = 0.5
   # DKD (Zhao et al. 2022): CE + alpha' TCKD + beta' NCKD, KD part warmed up
   # linearly over dkd_warmup_epochs.
   k.dkd_alpha = 1.0
@@ -289,6 +322,8 @@ def make_tiny(c: ml_collections.ConfigDict):
   """Tiny/runlocal mode: seconds on a CPU; same code path as a real run."""
   c.runlocal = True
   c.num_epochs = min(c.num_epochs, 2)
+  if c.lr_schedule == "step":  # the decays land inside the short run
+    c.lr_decay_epochs = "1"
   c.batch_size = 16
   c.eval_batch_size = 32
   c.max_steps_per_epoch = 4
@@ -300,10 +335,11 @@ def make_tiny(c: ml_collections.ConfigDict):
   # The student is kept; a big teacher (VGG16: 138M params) is swapped for a
   # small CNN so a tiny run takes seconds on a CPU. With hint layers the
   # swap keeps the family, so the teacher's feature names still exist.
+  named_layers = c.kd.hint_teacher_layer or c.kd.feature_layers
   if (not (c.teacher.checkpoint or c.teacher.init_from or c.teacher.logits)
       and c.teacher.name not in TINY_TEACHERS):
     c.teacher.name = (TINY_HINT_TEACHERS.get(c.teacher.name, "simple_cnn")
-                      if c.kd.hint_teacher_layer else "simple_cnn")
+                      if named_layers else "simple_cnn")
   c.kd.assistants = ",".join(
       m if m in TINY_TEACHERS else "tiny_cnn" for m in model_list(c.kd.assistants))
   if c.teacher.num_epochs > 0:
@@ -370,17 +406,53 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not 0.0 <= c.dataset.val_fraction < 1.0:
     raise UserError(
         f"config.dataset.val_fraction={c.dataset.val_fraction} must be in [0, 1)")
-  if c.kd.method in ("ctkd", "ctkd_instance"):
-    if not (c.kd.t_start > 0 and c.kd.t_end >= 0):
-      raise UserError(f"CTKD temperature range t_start={c.kd.t_start}, "
-                      f"t_end={c.kd.t_end}: need t_start > 0 and t_end >= 0")
-    if c.kd.epoch_cap <= 0:
-      raise UserError(f"config.kd.epoch_cap={c.kd.epoch_cap} must be > 0")
+  if c.nesterov and c.optimizer != "sgd":
+    raise UserError(f"config.nesterov=True needs config.optimizer='sgd' "
+                    f"(got {c.optimizer!r})")
+  _validate_lr_schedule(c)
+  if methods.get(c.kd.method).learns_temperature:
+    _validate_learned_temperature(c.kd)
   _validate_methods(c, one_of, models)
+  _validate_hint_links(c)
+  _validate_features(c, one_of, models)
   _validate_weights(c)
   if c.dataset.normalization == "auto":
     c.dataset.normalization = auto_normalization(c)
   _validate_data_files(c.dataset)
+
+
+def _validate_lr_schedule(c):
+  if c.lr_schedule != "step":
+    return
+  try:
+    epochs = int_list(c.lr_decay_epochs)
+  except ValueError:
+    epochs = []
+  if not epochs or any(not 0 < e <= c.num_epochs for e in epochs):
+    raise UserError(
+        f"config.lr_decay_epochs={c.lr_decay_epochs!r}: lr_schedule='step' "
+        f"needs a comma list of epochs in [1, num_epochs={c.num_epochs}]")
+  if not 0 < c.lr_decay_factor <= 1:
+    raise UserError(
+        f"config.lr_decay_factor={c.lr_decay_factor} must be in (0, 1]")
+
+
+def int_list(text) -> list[int]:
+  """'150,180,210' -> [150, 180, 210] (a single int is a list of one)."""
+  return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def _validate_learned_temperature(k):
+  if k.temperature != DEFAULT_TEMPERATURE:
+    raise UserError(
+        f"config.kd.temperature={k.temperature:g} is a fixed temperature; "
+        f"method {k.method!r} learns its own (from config.kd.init_raw): "
+        f"leave kd.temperature at its default {DEFAULT_TEMPERATURE:g}")
+  if not (k.t_start > 0 and k.t_end >= 0):
+    raise UserError(f"CTKD temperature range t_start={k.t_start}, "
+                    f"t_end={k.t_end}: need t_start > 0 and t_end >= 0")
+  if k.epoch_cap <= 0:
+    raise UserError(f"config.kd.epoch_cap={k.epoch_cap} must be > 0")
 
 
 def _validate_data_files(d):
@@ -530,10 +602,6 @@ def _validate_methods(c, one_of, models) -> None:
   if k.assistants and k.method not in methods.TEACHER_METHODS:
     raise UserError(f"teacher assistants need a teacher; method {k.method!r} "
                     "has none")
-  if k.assistants and k.hint_student_layer:
-    raise UserError("hint layers with teacher assistants are not supported: "
-                    "the layer names differ per link (run the links as "
-                    "separate configs with config.teacher.checkpoint)")
   if k.method == "subclass" and k.subclasses < 2:
     raise UserError(f"config.kd.subclasses={k.subclasses} must be >= 2")
   if k.method == "dml":
@@ -552,3 +620,129 @@ def _validate_methods(c, one_of, models) -> None:
     raise UserError(f"config.kd.temperature_hidden={k.temperature_hidden} "
                     "must be > 0")
   class_weights_setting(c)  # config.loss: every method's CE weights
+
+
+def _validate_hint_links(c) -> None:
+  k = c.kd
+  assistants = model_list(k.assistants)
+  layers = model_list(k.hint_assistant_layers)
+  if not (assistants and k.hint_student_layer):
+    if layers:
+      raise UserError("config.kd.hint_assistant_layers is set without "
+                      "teacher assistants and hint layers")
+    return
+  if len(layers) not in (1, len(assistants)):
+    raise UserError(
+        f"config.kd.hint_assistant_layers={k.hint_assistant_layers!r}: hint "
+        f"layers with {len(assistants)} teacher assistant(s) need one layer "
+        "per assistant (or one name for all): the layer its teacher's hint "
+        "guides and that gives the hint to the next link")
+  if k.hint_stages != 1:
+    raise UserError("hint layers with teacher assistants add the hint term "
+                    "to every link's loss: set config.kd.hint_stages=1")
+
+
+def hint_links(c) -> list[tuple[str, str, tuple[str, str]]]:
+  """(model, its teacher, (guided layer, hint layer)) of each distillation
+  link with hints, teacher side first: the assistants, then the student.
+  Each assistant's layer is guided by its teacher's and hints the next."""
+  k = c.kd
+  models_ = model_list(k.assistants) + [c.student.name]
+  layers = model_list(k.hint_assistant_layers)
+  layers = layers * len(models_[:-1]) if len(layers) == 1 else layers
+  guided = layers + [k.hint_student_layer]
+  teachers = [c.teacher.name] + models_[:-1]
+  hints = [k.hint_teacher_layer] + layers
+  return [(m, t, (g, h)) for m, t, g, h in zip(models_, teachers, guided, hints)]
+
+
+def _validate_features(c, one_of, models) -> None:
+  """The feature and relation methods' settings (the layer names, per link,
+  against the models: `feature_layer_pairs`)."""
+  k = c.kd
+  term = methods.get(k.method).feature
+  if term is None:
+    return
+  one_of(k.feature_logit_method, methods.LOGIT_TERMS,
+         "config.kd.feature_logit_method")
+  if not k.feature_weight >= 0:
+    raise UserError(f"config.kd.feature_weight={k.feature_weight} must be >= 0 "
+                    f"(0: method {k.method!r}'s default {term.weight:g})")
+  if c.teacher.logits:
+    raise UserError(f"method {k.method!r} needs the teacher's features: "
+                    "config.teacher.logits holds its logits only (set "
+                    "config.teacher.checkpoint)")
+  if k.assistants and k.feature_layers:
+    raise UserError("config.kd.feature_layers names the layers of one "
+                    "teacher and student; with teacher assistants leave it "
+                    "'' (each link pairs its models' default layers)")
+  for name, low, what in (("crd_negatives", 1, ">= 1"), ("crd_dim", 1, ">= 1")):
+    if k[name] < low:
+      raise UserError(f"config.kd.{name}={k[name]} must be {what}")
+  if not k.crd_temperature > 0:
+    raise UserError(f"config.kd.crd_temperature={k.crd_temperature} must be > 0")
+  if not 0.0 <= k.crd_momentum < 1.0:
+    raise UserError(f"config.kd.crd_momentum={k.crd_momentum} must be in [0, 1)")
+  chain = [c.teacher.name] + model_list(k.assistants) + [c.student.name]
+  size = c.dataset.image_size
+  for teacher, student in zip(chain[:-1], chain[1:]):
+    feature_layer_pairs(c, models.feature_shapes(student, 10, size),
+                        models.feature_shapes(teacher, 10, size),
+                        student_name=student, teacher_name=teacher)
+
+
+def _natural_key(name: str):
+  """'stage10' after 'stage9': digits compare as numbers."""
+  return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def stage_maps(shapes: dict) -> list[str]:
+  """A model's stage outputs, shallow to deep: its `[B, H, W, C]` features
+  but the stem, in the natural order of their names (block1, block2, ...;
+  the models number their stages)."""
+  return sorted((n for n, s in shapes.items() if len(s) == 4 and n != "stem"),
+                key=_natural_key)
+
+
+def _default_pairs(rule, s_shapes, t_shapes, names):
+  pooled = ("pre_logits", "pre_logits")
+  s_maps, t_maps = stage_maps(s_shapes), stage_maps(t_shapes)
+  n = min(len(s_maps), len(t_maps))
+  if rule != "pooled" and not n:
+    who = names[0] if not s_maps else names[1]
+    raise UserError(f"{who} has no feature maps ([B, H, W, C] features) for "
+                    "the method's default layers; set config.kd.feature_layers")
+  stages = list(zip(s_maps[len(s_maps) - n:], t_maps[len(t_maps) - n:]))
+  return {"stages": stages, "last_stage": stages[-1:], "pooled": [pooled],
+          "stages_and_pooled": stages + [pooled]}[rule]
+
+
+def feature_layer_pairs(c, student_shapes, teacher_shapes, *, student_name,
+                        teacher_name) -> tuple:
+  """((student layer, teacher layer), ...) of config.kd.method's feature
+  term for these models ({name: shape}: models.feature_shapes): those of
+  config.kd.feature_layers, else the method's default (methods.FeatureTerm:
+  the deepest stage maps of both models paired from the last, and/or
+  'pre_logits'). UserError for a name a model lacks, or a flat feature
+  where the method needs maps."""
+  term = methods.get(c.kd.method).feature
+  names = (student_name, teacher_name)
+  pairs = [tuple(p.split(":", 1)) if ":" in p else (p, p)
+           for p in model_list(c.kd.feature_layers)]
+  pairs = pairs or _default_pairs(term.layers, student_shapes, teacher_shapes,
+                                  names)
+  if term.one_pair and len(pairs) != 1:
+    raise UserError(f"config.kd.feature_layers={c.kd.feature_layers!r}: "
+                    f"method {c.kd.method!r} takes one layer pair")
+  for pair in pairs:
+    for layer, shapes, name in zip(pair, (student_shapes, teacher_shapes),
+                                   names):
+      if layer not in shapes:
+        raise UserError(f"config.kd.feature_layers: {layer!r} is not a feature"
+                        f" of {name}; allowed: {', '.join(shapes)}")
+      if term.maps and len(shapes[layer]) != 4:
+        raise UserError(
+            f"config.kd.feature_layers: method {c.kd.method!r} needs feature "
+            f"maps [B, H, W, C]; {name}.{layer} has shape "
+            f"{'x'.join(map(str, shapes[layer][1:]))}")
+  return tuple(pairs)

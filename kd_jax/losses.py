@@ -84,10 +84,14 @@ def kl_per_example(student_logits_BxC, teacher_logits_BxC, temperature):
 
 
 def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha,
-            standardize_logits=False, class_weights=None):
+            standardize_logits=False, class_weights=None, t_squared=True):
   """Hinton KD: mean_i[alpha T^2 KL_i + (1 - alpha) CE_i].
 
   `temperature`: scalar, or `[B]` per example (instance-wise CTKD).
+  `t_squared=False` drops the T^2 factor, mean_i[alpha KL_i + (1 - alpha)
+  CE_i]: the objective some reproductions state (a weighted average of the
+  two cross-entropies); Hinton et al.'s T^2 keeps the soft term's gradient
+  scale independent of T.
   `standardize_logits`: z-score both logits inside the KL term only (Sun et
   al. 2024); the cross-entropy always sees the raw student logits.
   `class_weights` `[C]`: the CE mean is weighted (module docstring).
@@ -96,7 +100,8 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha,
   kl_B = kl_per_example(*_maybe_standardize(
       student_logits, teacher_logits, standardize_logits), t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
-  return _soft_plus_ce(alpha * t**2 * kl_B, (1.0 - alpha) * ce_B, labels,
+  scale = t**2 if t_squared else 1.0
+  return _soft_plus_ce(alpha * scale * kl_B, (1.0 - alpha) * ce_B, labels,
                        class_weights)
 
 
@@ -288,8 +293,12 @@ def mutual_learning_losses(logits_KxBxC, labels, *, temperature=1.0,
   return jnp.stack(out)
 
 
-# Name -> loss used by the trainer (see train.py's `method_loss`).
+# The user-facing method names (methods.py registers what each one needs;
+# a test checks the two lists agree).
 METHODS = ("none", "vanilla", "conditional", "ctkd", "ctkd_instance",
-           "fitnets", "dkd", "dist", "subclass", "dml")
+           "fitnets", "dkd", "dist", "subclass", "dml",
+           # Feature and relation methods (feature_losses.py), each plus a
+           # logit method's loss (config.kd.feature_logit_method).
+           "at", "pkt", "sp", "rkd", "vid", "crd", "reviewkd")
 # Methods that need a teacher (DML's cohort teaches itself; 'none' is CE).
 TEACHER_METHODS = tuple(m for m in METHODS if m not in ("none", "dml"))

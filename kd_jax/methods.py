@@ -15,6 +15,13 @@ where `kd` is the run's `KDSpec` (static numbers) and `temperature`, `alpha`
 and `epoch` are arrays (traced per cell in a vmapped sweep). `class_weights`
 (`[C]` or None, config.loss.class_weights) weights the hard-label
 cross-entropy term of every method (losses.py); soft terms stay unweighted.
+
+A feature or relation method (AT, PKT, SP, RKD, VID, CRD, ReviewKD) has a
+`FeatureTerm`: its loss is that of the logit method
+config.kd.feature_logit_method ('none': the cross-entropy; 'vanilla': the
+CRD benchmark's 'CRD+KD' rows) plus beta times the feature term, which
+kd_modules' module of the term computes from the student's and the
+teacher's features (step.py).
 """
 from __future__ import annotations
 
@@ -54,12 +61,34 @@ class KDSpec:
   lambda_max: float = 1.0
   epoch_cap: int = 10
   hint_weight: float = 100.0
+  t_squared: bool = True
+  feature_logit_method: str = "none"
+  feature_weight: float = 0.0  # 0: the method's FeatureTerm.weight
 
   @classmethod
   def from_config(cls, config) -> "KDSpec":
     kd = config.kd
     return cls(**{f.name: type(f.default)(kd[f.name])
                   for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTerm:
+  """A feature or relation distillation term: the kd_modules module that
+  computes it (`kd_modules.FEATURE_MODULES` key), its default weight beta
+  and its default layer pairs (config_lib.feature_layer_pairs):
+    'stages'             the deepest stage maps of both models, paired from
+                         the last (as many as the shallower model has);
+    'last_stage'         the last stage map of each;
+    'stages_and_pooled'  the stages, then 'pre_logits';
+    'pooled'             'pre_logits' (the embedding before the classifier).
+  `maps`: its layers must be `[B, H, W, C]` maps; `one_pair`: it takes
+  exactly one layer pair."""
+  module: str
+  weight: float
+  layers: str
+  maps: bool = False
+  one_pair: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +103,9 @@ class Method:
   # FitNets stage 1 trains on the hint term alone, at weight 1.
   hint_only: bool = False
   user_facing: bool = True  # False: a stage the pipeline runs by itself
+  # A feature method's logit loss may be this method's (feature_logit_method).
+  logit_term: bool = False
+  feature: FeatureTerm | None = None
 
   @property
   def learns_temperature(self) -> bool:
@@ -99,7 +131,7 @@ def _hinton(kd, s, t, labels_B, *, temperature, alpha, epoch,
   del epoch
   return losses.kd_loss(s, t, labels_B, temperature=temperature, alpha=alpha,
                         standardize_logits=kd.logit_standardization,
-                        class_weights=class_weights)
+                        class_weights=class_weights, t_squared=kd.t_squared)
 
 
 def _conditional(kd, s, t, labels_B, *, temperature, alpha, epoch,
@@ -148,25 +180,52 @@ def _mutual(kd, cohort_KxBxC, t, labels_B, *, temperature, alpha, epoch,
       class_weights=class_weights))
 
 
+def _feature_logits(kd, s, t, labels_B, *, temperature, alpha, epoch,
+                    class_weights=None):
+  """A feature method's logit part: the loss of kd.feature_logit_method."""
+  return METHODS[kd.feature_logit_method].loss(
+      kd, s, t, labels_B, temperature=temperature, alpha=alpha, epoch=epoch,
+      class_weights=class_weights)
+
+
 def _no_logit_loss(kd, s, t, labels_B, *, temperature, alpha, epoch,
                    class_weights=None):
   del kd, s, t, labels_B, temperature, alpha, epoch, class_weights
   return jnp.float32(0.0)
 
 
+def _feature_method(module, weight, layers, **kw) -> Method:
+  return Method(_feature_logits, teacher=True,
+                feature=FeatureTerm(module, weight, layers, **kw))
+
+
 METHODS = {
     "none": Method(_cross_entropy, teacher=False, temperature="one",
-                   vmappable=True),
-    "vanilla": Method(_hinton, teacher=True, vmappable=True),
-    "conditional": Method(_conditional, teacher=True, vmappable=True),
+                   vmappable=True, logit_term=True),
+    "vanilla": Method(_hinton, teacher=True, vmappable=True, logit_term=True),
+    "conditional": Method(_conditional, teacher=True, vmappable=True,
+                          logit_term=True),
     "ctkd": Method(_hinton, teacher=True, temperature="learned",
                    vmappable=True),
     "ctkd_instance": Method(_hinton, teacher=True, temperature="instance"),
     "fitnets": Method(_hinton, teacher=True),
-    "dkd": Method(_dkd, teacher=True, vmappable=True),
-    "dist": Method(_dist, teacher=True, vmappable=True),
+    "dkd": Method(_dkd, teacher=True, vmappable=True, logit_term=True),
+    "dist": Method(_dist, teacher=True, vmappable=True, logit_term=True),
     "subclass": Method(_subclass, teacher=True),
     "dml": Method(_mutual, teacher=False, cohort=True),
+    # Feature and relation methods; beta: the CRD benchmark's (Tian et al.
+    # 2020, RepDistiller) for AT, PKT, SP, RKD (on w_d L_dist + w_a L_angle,
+    # w_d = 25, w_a = 50), VID and CRD; ReviewKD's own (Chen et al. 2021).
+    # Layers as theirs: AT and VID the stage outputs, SP the last stage,
+    # PKT, RKD and CRD the penultimate embedding, ReviewKD every stage and
+    # the embedding.
+    "at": _feature_method("at", 1000.0, "stages", maps=True),
+    "pkt": _feature_method("pkt", 30000.0, "pooled"),
+    "sp": _feature_method("sp", 3000.0, "last_stage"),
+    "rkd": _feature_method("rkd", 1.0, "pooled"),
+    "vid": _feature_method("vid", 1.0, "stages", maps=True),
+    "crd": _feature_method("crd", 0.8, "pooled", one_pair=True),
+    "reviewkd": _feature_method("reviewkd", 1.0, "stages_and_pooled"),
     # Stages the pipeline runs by itself: the subclass teacher, and FitNets
     # stage 1 (the student up to its guided layer, trained on hints alone).
     "subclass_teacher": Method(_subclass_teacher, teacher=False,
@@ -177,7 +236,14 @@ METHODS = {
 
 USER_METHODS = tuple(k for k, m in METHODS.items() if m.user_facing)
 TEACHER_METHODS = tuple(k for k in USER_METHODS if METHODS[k].teacher)
+LOGIT_TERMS = tuple(k for k, m in METHODS.items() if m.logit_term)
 
 
 def get(name: str) -> Method:
   return METHODS[name]
+
+
+def feature_weight(kd: KDSpec, method: Method) -> float:
+  """beta of `method`'s feature term: config.kd.feature_weight, or (0) the
+  method's default."""
+  return kd.feature_weight if kd.feature_weight > 0 else method.feature.weight

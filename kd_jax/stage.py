@@ -75,11 +75,18 @@ def inference_variables(state):
                                   state.batch_stats["student"])
 
 
-def hint_shapes(config, num_classes):
-  """Shapes of the student's guided and the teacher's hint feature, checked:
+def hint_shapes(config, num_classes, link=-1):
+  """Shapes of the guided and the hint feature of distillation link `link`
+  (config_lib.hint_links: the assistants', then the student's), checked:
   both names must exist and the spatial sizes must agree (the 1x1 adapter
   only maps channels)."""
-  k, size = config.kd, config.dataset.image_size
+  size = config.dataset.image_size
+  links = config_lib.hint_links(config)
+  student, teacher, (guided, hint) = links[link]
+  last = link % len(links) == len(links) - 1
+  fields = ("hint_student_layer" if last else "hint_assistant_layers",
+            "hint_teacher_layer" if link % len(links) == 0
+            else "hint_assistant_layers")
 
   def feature_shape(name, layer, what):
     feats = models.feature_shapes(name, num_classes, size)
@@ -88,18 +95,55 @@ def hint_shapes(config, num_classes):
                       f"{name}; allowed: {', '.join(feats)}")
     return feats[layer]
 
-  s_shape = feature_shape(config.student.name, k.hint_student_layer,
-                          "hint_student_layer")
-  t_shape = feature_shape(config.teacher.name, k.hint_teacher_layer,
-                          "hint_teacher_layer")
+  s_shape = feature_shape(student, guided, fields[0])
+  t_shape = feature_shape(teacher, hint, fields[1])
   if len(s_shape) != len(t_shape) or s_shape[1:-1] != t_shape[1:-1]:
     raise UserError(
         f"hint layers do not match in spatial size at {size}px: student "
-        f"{config.student.name}.{k.hint_student_layer} is "
-        f"{'x'.join(map(str, s_shape[1:]))}, teacher {config.teacher.name}."
-        f"{k.hint_teacher_layer} is {'x'.join(map(str, t_shape[1:]))} "
+        f"{student}.{guided} is "
+        f"{'x'.join(map(str, s_shape[1:]))}, teacher {teacher}."
+        f"{hint} is {'x'.join(map(str, t_shape[1:]))} "
         "(pick layers with equal height and width)")
   return s_shape, t_shape
+
+
+def module_feature_shapes(module, variables, image_size) -> dict:
+  """{feature name: shape} of `module` with `variables` (arrays or
+  ShapeDtypeStructs) at batch 1, without computing anything."""
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  feats = jax.eval_shape(lambda v, x: models.apply_with_features(
+      module, v, x, train=False)[1], variables, x)
+  return {k: tuple(v.shape) for k, v in feats.items()}
+
+
+def batch_indices(split, *, global_batch, seed, epoch, num_steps,
+                  start_step=0, process_index=0, process_count=1,
+                  balanced=False):
+  """The rows of `split` in each batch `data.train_batches` yields for the
+  same arguments (this process's part of each global batch)."""
+  order = data.epoch_order(split.labels, seed=seed, epoch=epoch,
+                           balanced=balanced)
+  local = global_batch // process_count
+  lo = process_index * local
+  return [order[s * global_batch:(s + 1) * global_batch][lo:lo + local]
+          for s in range(start_step, num_steps)]
+
+
+def train_batches(split, *, indexed=False, **kw):
+  """data.train_batches; with `indexed`, each batch also carries `index`,
+  its examples' rows in `split` (CRD's memory banks are indexed by them)."""
+  batches = data.train_batches(split, **kw)
+  if not indexed:
+    return batches
+  kw.pop("image_size")
+  rows = batch_indices(split, **kw)
+
+  def gen():
+    for batch, idx in zip(batches, rows, strict=True):
+      # A cheap guard that these rows are the batch's (same order rule).
+      assert np.array_equal(batch["label"], split.labels[idx])
+      yield {**batch, "index": idx.astype(np.int32)}
+  return gen()
 
 
 def host_array(x) -> np.ndarray:
@@ -135,11 +179,12 @@ def evaluate(eval_jit, variables, teacher_vars, split, config, mesh,
   return metrics.summarize(acc, has_teacher)
 
 
-def with_teacher_cache(config, ds, teacher, mesh, role, hint_layer=None):
+def with_teacher_cache(config, ds, teacher, mesh, role, hint_layer=None,
+                       live=""):
   """(dataset, used): the dataset with the teacher's cached logits (and the
   FitNets hint feature of the train split) attached when the cache is on
-  and usable."""
-  ok, why = teacher_cache.usable(config)
+  and usable; `live`: why this stage runs its teacher live anyway."""
+  ok, why = (False, live) if live else teacher_cache.usable(config)
   if teacher is None or not ok:
     if teacher is not None and config.teacher.cache_dir:
       reporting.log(f"[{role}] teacher cache not used: {why}")
@@ -403,14 +448,31 @@ class Stage:
                   for i, name in enumerate(peers)]
     self.spe = data.steps_per_epoch(len(ds.train), config.batch_size,
                                     config.max_steps_per_epoch)
-    self.adapter = self.temperature_module = None
+    self.adapter = self.temperature_module = self.feature = None
+    self.feature_layers = ()
     if hint:
       self.adapter = kd_modules.HintAdapter(
-          hint_shapes(config, ds.num_classes)[1][-1])
+          self.layer_shapes[1][hint[1]][-1])
     if methods.get(method).temperature == "instance":
       k = config.kd
       self.temperature_module = kd_modules.InstanceTemperature(
           hidden=k.temperature_hidden, t_start=k.t_start, t_end=k.t_end)
+    term = methods.get(method).feature
+    if term is not None:
+      self.feature_layers = config_lib.feature_layer_pairs(
+          config, *self.layer_shapes, student_name=model_name,
+          teacher_name=type(teacher.model).__name__)
+      self.feature = kd_modules.FEATURE_MODULES[term.module](
+          config.kd, ds.train.labels)
+
+  @functools.cached_property
+  def layer_shapes(self) -> tuple[dict, dict]:
+    """({feature: shape} of the model, {feature: shape} of its teacher)."""
+    size, t = self.config.dataset.image_size, self.teacher
+    like = models.init_shapes(self.model_name,
+                              self.ds.num_classes * self.subclasses, size)
+    return (module_feature_shapes(self.model, like, size),
+            module_feature_shapes(t.model, t.variables, size))
 
   def spec(self) -> step_lib.StepSpec:
     t = self.teacher
@@ -420,7 +482,8 @@ class Stage:
         teacher_subclasses=t.subclasses if t is not None else 1,
         subclasses=self.subclasses,
         peers=[(k, m) for k, _, m in self.peers], hint=self.hint,
-        adapter=self.adapter, temperature_module=self.temperature_module)
+        adapter=self.adapter, temperature_module=self.temperature_module,
+        feature=self.feature, feature_layers=self.feature_layers)
 
   def _student_variables(self, rng):
     fresh = init_variables(self.model, self.config, self.mesh, rng)
@@ -464,13 +527,33 @@ class Stage:
           lambda r: self.temperature_module.init(r, z, z)["params"],
           out_shardings=repl)(jax.random.fold_in(rng, 7))
     if self.adapter is not None:
-      s_shape = hint_shapes(config, self.ds.num_classes)[0]
+      s_shape = self.layer_shapes[0][self.hint[0]]
       f = jnp.zeros((1,) + s_shape[1:], jnp.float32)
       params["adapter"] = jax.jit(lambda r: self.adapter.init(r, f)["params"],
                                   out_shardings=repl)(jax.random.fold_in(rng, 8))
+    if self.feature is not None:
+      params["feature"], batch_stats["feature"] = self.feature_variables(
+          jax.random.fold_in(rng, 9))
     state = jax.jit(functools.partial(step_lib.new_train_state, tx),
                     out_shardings=repl)(params, batch_stats)
     return tx, state
+
+  def feature_variables(self, rng):
+    """(params, other collections) of the feature term's module, fresh."""
+    s_shapes, t_shapes = self.layer_shapes
+    like = lambda shapes, layers: [jax.ShapeDtypeStruct(
+        (2,) + shapes[k][1:], jnp.float32) for k in layers]
+    s = like(s_shapes, [a for a, _ in self.feature_layers])
+    t = like(t_shapes, [b for _, b in self.feature_layers])
+    return jax.jit(lambda r: kd_modules.feature_variables(self.feature, s, t, r),
+                   out_shardings=sharding.replicated(self.mesh))(rng)
+
+  def describe_feature_term(self) -> str:
+    beta = methods.feature_weight(methods.KDSpec.from_config(self.config),
+                                  methods.get(self.method))
+    return (f"[{self.role}] {self.method}: {self.config.kd.feature_logit_method}"
+            f" loss + {beta:g} x feature term on (student:teacher) "
+            + ", ".join(f"{a}:{b}" for a, b in self.feature_layers))
 
   def step_fns(self, spec, repl) -> list:
     """The jitted train step of each phase (one without fine-tuning)."""
@@ -502,7 +585,12 @@ class Stage:
     weights = class_weights(config, self.ds, self.role)  # checked before I/O
     ds, cache_used = with_teacher_cache(
         config, self.ds, self.teacher, mesh, self.role,
-        self.hint[1] if self.hint else None)
+        self.hint[1] if self.hint else None,
+        live="" if self.feature is None else (
+            f"method {self.method!r} reads the teacher's feature maps of "
+            "every batch, so the teacher runs live"))
+    if self.feature is not None:
+      reporting.log(self.describe_feature_term())
     tr = Tracker(config, ds, role=self.role, model_name=self.model_name,
                  method=self.method, stage_dir=self.stage_dir,
                  fingerprint_=fingerprint(config, self.ds, self.role,
@@ -541,8 +629,9 @@ class Stage:
         reporting.log(f"[{self.role}] fine-tuning epoch {loop['epoch'] + 1}/"
                       f"{self.frozen_epochs}: head only, backbone frozen, lr "
                       f"{config.finetune.frozen_lr:g}")
-      batches = data.train_batches(
-          ds.train, global_batch=config.batch_size, seed=spec.data_seed,
+      batches = train_batches(
+          ds.train, indexed=self.feature is not None,
+          global_batch=config.batch_size, seed=spec.data_seed,
           epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
           image_size=config.dataset.image_size,
           process_index=jax.process_index(), process_count=jax.process_count(),
@@ -604,6 +693,10 @@ class Stage:
           self.init_from) else os.path.abspath(self.init_from))
     if self.peers:
       res["cohort"] = self._cohort_results(state, test)
+    if self.feature is not None:
+      res["feature_layers"] = [list(p) for p in self.feature_layers]
+      res["feature_weight"] = methods.feature_weight(spec.kd,
+                                                     methods.get(self.method))
     return tr.finish(res)
 
   def _cohort_results(self, state, test):

@@ -12,10 +12,12 @@ A single run jits `train_step`; a sweep jits `jax.vmap(train_step)` over
 stacked states and hyperparameters, so both run the same code (mixed
 precision, the non-finite guard, logit standardisation).
 
-A batch is a dict: `image` (uint8 `[B, H, W, C]`), `label` (`[B]`) and,
+A batch is a dict: `image` (uint8 `[B, H, W, C]`), `label` (`[B]`), for
+CRD `index` (`[B]`: each example's row in the training split) and,
 where the teacher's outputs are cached or computed once for several cells,
 `teacher_logits` and (FitNets) `hint`. Without them a step with a teacher
-runs the frozen teacher in inference mode on the same augmented batch.
+runs the frozen teacher in inference mode on the same augmented batch (a
+feature method always does: it needs the teacher's feature maps).
 The teacher's variables are an argument of the step, never part of the
 state, so they are never saved with the student.
 """
@@ -31,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kd_jax import config_lib, data, losses, methods, metrics, models
+from kd_jax import config_lib, data, kd_modules, losses, methods, metrics
+from kd_jax import models
 
 
 @flax.struct.dataclass
@@ -39,8 +42,12 @@ class TrainState:
   step: jnp.ndarray
   # {'student': ...} plus, by method: 'temperature' (CTKD raw scalar or the
   # instance-wise MLP), 'adapter' (FitNets), 'peer<i>' (DML cohort).
+  # 'feature' (a feature method's module: VID regressors, CRD heads, ...).
   params: Any
-  batch_stats: Any  # {'student': ..., 'peer<i>': ...}
+  # The state the step updates without gradients: {'student': BN stats,
+  # 'peer<i>': ...} and, for a feature method, 'feature': its module's
+  # other collections (ReviewKD's BN stats, CRD's memory banks).
+  batch_stats: Any
   opt_state: Any
 
 
@@ -91,6 +98,8 @@ class StepSpec:
   hint: tuple | None = None  # FitNets: (student layer, teacher layer)
   adapter: Any = None  # FitNets' 1x1 adapter module
   temperature_module: Any = None  # instance-wise CTKD's MLP
+  feature: Any = None  # a feature method's module (kd_modules)
+  feature_layers: tuple = ()  # its ((student layer, teacher layer), ...)
   mixed_precision: bool = False  # bf16 compute; f32 params, stats and loss
   # Fine-tuning's first phase: the model runs in inference mode (BatchNorm
   # on its running statistics, which stay as they are; no dropout) and the
@@ -105,7 +114,8 @@ def data_seed(config) -> int:
 
 def make_spec(config, student, method: str, *, steps_per_epoch, teacher=None,
               teacher_subclasses=1, subclasses=1, peers=(), hint=None,
-              adapter=None, temperature_module=None) -> StepSpec:
+              adapter=None, temperature_module=None, feature=None,
+              feature_layers=()) -> StepSpec:
   """The static part of a run's step, read from `config` once, outside jit."""
   return StepSpec(
       method=method, student=student,
@@ -114,7 +124,8 @@ def make_spec(config, student, method: str, *, steps_per_epoch, teacher=None,
       data_seed=data_seed(config), teacher=teacher,
       teacher_subclasses=teacher_subclasses, subclasses=subclasses,
       peers=tuple(peers), hint=tuple(hint) if hint else None, adapter=adapter,
-      temperature_module=temperature_module,
+      temperature_module=temperature_module, feature=feature,
+      feature_layers=tuple(map(tuple, feature_layers)),
       mixed_precision=bool(config.mixed_precision))
 
 
@@ -199,26 +210,41 @@ def new_train_state(tx, params, batch_stats) -> TrainState:
 # ------------------------------------------------------------- optimizer
 
 
+def lr_schedule(config, *, learning_rate, num_epochs, steps_per_epoch):
+  """The learning rate per step: a linear warmup, then cosine decay to 0,
+  constant, or 'step': x `lr_decay_factor` at each of `lr_decay_epochs` (the
+  CIFAR benchmark's 150,180,210 of 240)."""
+  total = max(1, num_epochs * steps_per_epoch)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  if config.lr_schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0 if warmup else learning_rate, learning_rate, warmup, total)
+  if config.lr_schedule == "step":
+    after = optax.piecewise_constant_schedule(learning_rate, {
+        int(e) * steps_per_epoch - warmup: config.lr_decay_factor
+        for e in config_lib.int_list(config.lr_decay_epochs)})
+  else:
+    after = optax.constant_schedule(learning_rate)
+  if not warmup:
+    return after
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, learning_rate, warmup), after], [warmup])
+
+
 def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
                    ctkd: bool):
   """The student's optimizer (also for adapters and DML peers); with a
   learned temperature (CTKD) a multi_transform whose 'temperature' part
   ascends the loss: update = +mu * g, where the step has already scaled g
   by the curriculum's lambda (Li et al. 2023, eq. 6; `scale_temperature_grads`)."""
-  total = max(1, num_epochs * steps_per_epoch)
-  warmup = int(config.warmup_epochs * steps_per_epoch)
-  if config.lr_schedule == "constant":
-    lr = optax.join_schedules([optax.linear_schedule(
-        0.0, learning_rate, warmup), optax.constant_schedule(learning_rate)],
-        [warmup]) if warmup else learning_rate
-  else:
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0 if warmup else learning_rate, learning_rate, warmup, total)
+  lr = lr_schedule(config, learning_rate=learning_rate, num_epochs=num_epochs,
+                   steps_per_epoch=steps_per_epoch)
   if config.optimizer == "adam":
     student_tx = optax.adamw(lr, weight_decay=config.weight_decay)
   else:
     student_tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                             optax.sgd(lr, momentum=config.momentum))
+                             optax.sgd(lr, momentum=config.momentum,
+                                       nesterov=bool(config.nesterov)))
   transforms = {"student": student_tx}
   if ctkd:
     kd = config.kd
@@ -289,12 +315,20 @@ def augmented(spec: StepSpec, images, step):
   return spec.preprocess(images, step_rngs(spec.data_seed, step)[0])
 
 
+def teacher_layers(spec: StepSpec) -> tuple:
+  """The teacher features the step reads: the hint layer, the feature
+  term's layers."""
+  hint = (spec.hint[1],) if spec.hint else ()
+  return tuple(dict.fromkeys(hint + tuple(t for _, t in spec.feature_layers)))
+
+
 def teacher_outputs(spec: StepSpec, teacher_vars, x):
-  """(logits, hint feature or None) of the frozen teacher, inference mode."""
-  if spec.hint:
+  """(logits, {layer: feature} or None) of the frozen teacher, inference
+  mode."""
+  if teacher_layers(spec):
     logits, feats, _ = models.apply_with_features(
         spec.teacher, teacher_vars, x, train=False)
-    return logits, feats[spec.hint[1]]
+    return logits, {k: feats[k] for k in teacher_layers(spec)}
   if spec.mixed_precision:
     return to_f32(spec.teacher.apply(*to_bf16((teacher_vars, x)),
                                      train=False)), None
@@ -308,15 +342,13 @@ def live_teacher_logits(spec: StepSpec, teacher_vars, images, step):
 
 
 def _teacher_signal(spec, batch, teacher_vars, x):
-  if "teacher_logits" in batch:
-    hint = batch.get("hint")
-    return (jax.lax.stop_gradient(batch["teacher_logits"]),
-            None if hint is None else jax.lax.stop_gradient(hint))
+  """(teacher logits, {layer: teacher feature} or None), constants."""
+  if "teacher_logits" in batch and not spec.feature_layers:
+    feats = {spec.hint[1]: batch["hint"]} if "hint" in batch else None
+    return jax.lax.stop_gradient((batch["teacher_logits"], feats))
   if spec.teacher is None:
     return None, None
-  logits, feature = teacher_outputs(spec, teacher_vars, x)
-  return (jax.lax.stop_gradient(logits),
-          None if feature is None else jax.lax.stop_gradient(feature))
+  return jax.lax.stop_gradient(teacher_outputs(spec, teacher_vars, x))
 
 
 def _forward(spec, module, params, batch_stats, x, rng):
@@ -347,9 +379,34 @@ def _temperature(spec, method, params, hp, t_logits, s_logits):
   return hp["temperature"]
 
 
+class StepInputs(NamedTuple):
+  x: Any  # the preprocessed images
+  labels_B: Any
+  index_B: Any  # rows in the training split (CRD), or None
+  t_logits: Any
+  t_feats: Any  # {teacher layer: feature} or None
+  batch_stats: Any
+  epoch: Any
+  rng: Any  # dropout
+
+
+def _feature_term(spec, method, inputs, params, s_feats):
+  """(beta * the feature term, the term, its module's new collections)."""
+  s = [s_feats[a] for a, _ in spec.feature_layers]
+  t = [inputs.t_feats[b] for _, b in spec.feature_layers]
+  state = inputs.batch_stats["feature"]
+  batch = kd_modules.FeatureBatch(inputs.index_B, inputs.labels_B,
+                                  jax.random.fold_in(inputs.rng, 1))
+  term, new_state = spec.feature.apply(
+      {"params": params["feature"], **state}, s, t, batch, train=True,
+      mutable=list(state))
+  return methods.feature_weight(spec.kd, method) * term, term, new_state
+
+
 def _loss(spec, method, inputs, hp, params):
   """(loss, (student logits, new batch stats, mean T, extra metrics))."""
-  x, labels_B, t_logits, t_feature, batch_stats, epoch, rng = inputs
+  x, labels_B, rng = inputs.x, inputs.labels_B, inputs.rng
+  t_logits, batch_stats = inputs.t_logits, inputs.batch_stats
   s_logits, s_feats, stats = _forward(spec, spec.student, params["student"],
                                       batch_stats["student"], x, rng)
   new_stats, aux, logits_in = {"student": stats}, {}, s_logits
@@ -365,13 +422,18 @@ def _loss(spec, method, inputs, hp, params):
         [jnp.mean(jnp.argmax(z, -1) == labels_B) for z in cohort[1:]]))
     logits_in = jnp.stack(cohort)
   loss = method.loss(spec.kd, logits_in, t_logits, labels_B,
-                     temperature=temperature, alpha=hp["alpha"], epoch=epoch,
-                     class_weights=hp.get("class_weights"))
+                     temperature=temperature, alpha=hp["alpha"],
+                     epoch=inputs.epoch, class_weights=hp.get("class_weights"))
   if spec.hint:
     adapted = spec.adapter.apply({"params": params["adapter"]},
                                  s_feats[spec.hint[0]])
-    aux["hint_loss"] = h = losses.hint_loss(adapted, t_feature)
+    aux["hint_loss"] = h = losses.hint_loss(adapted,
+                                            inputs.t_feats[spec.hint[1]])
     loss = loss + (h if method.hint_only else spec.kd.hint_weight * h)
+  if method.feature is not None:
+    weighted, aux["feature_loss"], new_stats["feature"] = _feature_term(
+        spec, method, inputs, params, s_feats)
+    loss = loss + weighted
   return loss, (s_logits, new_stats, jnp.mean(temperature), aux)
 
 
@@ -419,10 +481,11 @@ def make_train_step(spec: StepSpec, tx):
   def train_step(state: TrainState, batch, hp, teacher_vars):
     x = augmented(spec, batch["image"], state.step)
     labels_B = batch["label"]
-    t_logits, t_feature = _teacher_signal(spec, batch, teacher_vars, x)
+    t_logits, t_feats = _teacher_signal(spec, batch, teacher_vars, x)
     epoch = state.step // spec.steps_per_epoch
     rng = step_rngs(hp["seed"], state.step)[1]
-    inputs = (x, labels_B, t_logits, t_feature, state.batch_stats, epoch, rng)
+    inputs = StepInputs(x, labels_B, batch.get("index"), t_logits, t_feats,
+                        state.batch_stats, epoch, rng)
     (loss, (logits, batch_stats, temperature, aux)), grads = (
         jax.value_and_grad(functools.partial(_loss, spec, method, inputs, hp),
                            has_aux=True)(state.params))

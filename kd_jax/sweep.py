@@ -39,6 +39,10 @@ def vmap_problem(config) -> str | None:
   """Why a cell cannot be trained in a vmapped group, or None: the one rule
   sweeps and studies share."""
   method = methods.get(config.kd.method)
+  if method.feature is not None:
+    return (f"feature method {config.kd.method!r} trains cell by cell: each "
+            "cell reads the live teacher's feature maps and trains its own "
+            "feature modules (CRD: its own memory banks)")
   if not method.vmappable:
     allowed = ", ".join(k for k, m in methods.METHODS.items() if m.vmappable)
     return f"method {config.kd.method!r} cannot be vmapped; allowed: {allowed}"

@@ -96,8 +96,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   needs_teacher = method.teacher
   groups = config_lib.subclasses(config)
   hints = config_lib.hints_enabled(config)
-  if hints:
-    stage_lib.hint_shapes(config, ds.num_classes)  # a bad layer pair fails here
+  # Each link's (guided layer, hint layer): the assistants', the student's.
+  links = [pair for _, _, pair in config_lib.hint_links(config)] if hints else []
+  for i in range(len(links)):
+    stage_lib.hint_shapes(config, ds.num_classes, i)  # a bad pair fails here
   teacher = None
   teacher_result = None
   if needs_teacher and config.teacher.logits:
@@ -141,10 +143,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     link_dir = os.path.join(workdir, f"assistant{i + 1}_{name}")
     rows.append(Stage(config, role=f"assistant{i + 1}", model_name=name,
                       method=kd.method, stage_dir=link_dir, teacher=teacher,
-                      subclasses=groups, **student_run).run())
+                      subclasses=groups, hint=links[i] if hints else None,
+                      **student_run).run())
     teacher = load_frozen(config, ds, mesh, link_dir, name=name,
                           subclasses=groups)
-  hint = (kd.hint_student_layer, kd.hint_teacher_layer) if hints else None
+  hint = links[-1] if hints else None
   init_from = s_init = config.student.init_from
   s_frozen = finetune_epochs(config, s_init)
   if hints and kd.hint_stages == 2:

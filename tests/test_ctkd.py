@@ -73,3 +73,50 @@ def test_lambda_zero_freezes_temperature_in_first_epoch():
     # epoch 1: lambda > 0 -> ascent (+)
     u, _ = tx.update(step.scale_temperature_grads(kd, g, 1, cosine), st, params)
     assert float(u["temperature"]) > 0.0
+
+
+def test_the_temperature_starts_where_the_authors_start():
+  """raw = 1: T = 1 + 20 sigmoid(1) ~ 15.6 (Li et al. 2023's code)."""
+  kd = config_lib.base_config().kd
+  t0 = float(losses.ctkd_temperature(kd.init_raw, t_start=kd.t_start,
+                                     t_end=kd.t_end))
+  assert kd.init_raw == 1.0
+  np.testing.assert_allclose(t0, 1.0 + 20.0 / (1.0 + np.exp(-1.0)), rtol=1e-6)
+  assert 15.6 < t0 < 15.7
+
+
+@pytest.mark.parametrize("method", ["ctkd", "ctkd_instance"])
+def test_a_fixed_temperature_given_to_a_learned_one_is_refused(method):
+  c = config_lib.base_config()
+  c.kd.method = method
+  config_lib.validate(c)  # the default T: not given
+  c.kd.temperature = 2.0
+  with pytest.raises(config_lib.UserError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == (
+      f"config.kd.temperature=2 is a fixed temperature; method {method!r} "
+      "learns its own (from config.kd.init_raw): leave kd.temperature at its "
+      "default 4")
+
+
+def test_report_shows_the_learned_final_temperature(tmp_path):
+  """The study report's T of a CTKD cell is its learned final temperature
+  (mean over seeds in the summary), not the config's unused T."""
+  import json
+  from kd_jax import report
+  for seed, final in ((0, 7.25), (1, 9.75)):
+    d = tmp_path / f"method-ctkd__seed-{seed}"
+    d.mkdir()
+    config = {"seed": seed, "dataset": {"image_size": 32},
+              "kd": {"temperature": 4.0, "alpha": 0.5, "schedule": "cosine"}}
+    stage = {"model": "m", "method": "ctkd", "params": 1, "size_mb": 0.1,
+             "num_classes": 2, "dataset": "d", "best_val_accuracy": 0.5,
+             "final_temperature": final,
+             "test": {"accuracy": 0.5, "macro_f1": 0.5}}
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "results.json").write_text(json.dumps(
+        {"config": config, "stages": {"student": stage}}))
+  rows, _, _ = report.gather(str(tmp_path))
+  assert sorted(r["temperature"] for r in rows) == [7.25, 9.75]
+  (summary,) = report.summarize_settings(rows)
+  assert summary["temperature"] == 8.5

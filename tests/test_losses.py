@@ -69,6 +69,23 @@ def test_kd_loss_grad_matches_analytic(T):
   np.testing.assert_allclose(g, np_kd_grad(s, t, y, T, 0.7), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("T", [0.5, 4.0, 12.0])
+@pytest.mark.parametrize("alpha", [0.3, 0.9])
+def test_kd_loss_without_t_squared_matches_numpy(T, alpha):
+  """t_squared=False: mean_i[alpha KL_i + (1 - alpha) CE_i], the soft
+  term's T^2 factor dropped (value and gradient)."""
+  s, t, y = batch(int(T * 7 + alpha * 10))
+  np_loss = np.mean(alpha * np_kl(t, s, T) + (1 - alpha) * np_ce(s, y))
+  f = lambda z: losses.kd_loss(z, jnp.asarray(t, jnp.float32), jnp.asarray(y),
+                               temperature=T, alpha=alpha, t_squared=False)
+  z = jnp.asarray(s, jnp.float32)
+  np.testing.assert_allclose(f(z), np_loss, rtol=2e-5, atol=1e-5)
+  onehot = np.eye(s.shape[1])[y]
+  np_grad = (alpha / T * (np_softmax(s / T) - np_softmax(t / T))
+             + (1 - alpha) * (np_softmax(s) - onehot)) / len(y)
+  np.testing.assert_allclose(jax.grad(f)(z), np_grad, rtol=1e-4, atol=1e-6)
+
+
 def test_kd_is_batchmean_not_divided_by_classes():
   # Hand-computed: B=1, C=2, teacher [ln 3, 0] -> p_t = (3/4, 1/4);
   # student [0, 0] -> p_s = (1/2, 1/2); T=1, alpha=1.

@@ -522,3 +522,24 @@ def test_instance_temperature_module(t_start, t_end):
   assert all(float(jnp.abs(x).sum()) > 0 for x in jax.tree.leaves(gp))
   np.testing.assert_allclose(ga, out["g_direct"][0], rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(gb, out["g_direct"][1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "fitnets", "ctkd"])
+def test_registry_hinton_loss_honours_t_squared(name):
+  """config.kd.t_squared reaches every method whose loss is kd_loss."""
+  from kd_jax import methods
+  rng = np.random.default_rng(3)
+  s, t = (jnp.asarray(rng.normal(0, 2, (6, 5)), jnp.float32) for _ in range(2))
+  y = jnp.asarray(rng.integers(0, 5, 6))
+  for t_squared in (True, False):
+    got = methods.get(name).loss(
+        methods.KDSpec(t_squared=t_squared), s, t, y, temperature=3.0,
+        alpha=0.6, epoch=0)
+    want = losses.kd_loss(s, t, y, temperature=3.0, alpha=0.6,
+                          t_squared=t_squared)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert not np.isclose(
+      methods.get(name).loss(methods.KDSpec(t_squared=False), s, t, y,
+                             temperature=3.0, alpha=0.6, epoch=0),
+      methods.get(name).loss(methods.KDSpec(), s, t, y, temperature=3.0,
+                             alpha=0.6, epoch=0))

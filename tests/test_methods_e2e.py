@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, data, methods, models, sharding, stage, step, train
+from kd_jax import checkpointing, config_lib, data, methods, models, sharding
+from kd_jax import stage, step, train
 from kd_jax.config_lib import UserError
 from tests import helpers
 
@@ -122,6 +123,59 @@ def test_teacher_assistant_chain_each_link_teaches_the_next(tmp_path):
   assert again["rows"] == summary["rows"]  # deterministic rerun of the link
 
 
+def test_assistants_with_hints_each_link_guided_by_its_teacher(tmp_path):
+  """teacher -> assistant -> student with hints: each link adds the hint
+  term between its own guided layer and its teacher's hint layer."""
+  c, workdir, summary, _ = _run(
+      tmp_path, "method=fitnets,student=tiny_cnn,teacher=simple_cnn,"
+      "assistants=simple_cnn,kd.hint_student_layer=block1,"
+      "kd.hint_teacher_layer=block1,kd.hint_assistant_layers=block1,"
+      "kd.hint_weight=10", scratch_baseline=False, num_epochs=1)
+  assert [r["stage"] for r in summary["rows"]] == [
+      "teacher", "assistant1", "student (fitnets)"]
+  link_dir = os.path.join(workdir, "assistant1_simple_cnn")
+  for d, adapter in ((link_dir, (1, 1, 88, 88)),
+                     (os.path.join(workdir, "student"), (1, 1, 50, 88))):
+    res = helpers.read_json(os.path.join(d, "results.json"))
+    assert res["final_train_metrics"]["hint_loss"] > 0
+    _, state = helpers.restore_raw(os.path.join(d, "checkpoints", "latest"),
+                                   "state")
+    assert state["params"]["adapter"]["conv"]["kernel"].shape == adapter
+  student = helpers.read_json(os.path.join(workdir, "student", "results.json"))
+  assert student["teacher_checkpoint"] == os.path.join(link_dir, "checkpoints",
+                                                       "best")
+
+
+def test_hint_links_pair_each_model_with_its_teacher():
+  c = helpers.tiny_config("method=fitnets", **{
+      "student.name": "s", "teacher.name": "t", "kd.assistants": "a1,a2",
+      "kd.hint_student_layer": "gs", "kd.hint_teacher_layer": "ht",
+      "kd.hint_assistant_layers": "l1,l2"})
+  assert config_lib.hint_links(c) == [
+      ("a1", "t", ("l1", "ht")), ("a2", "a1", ("l2", "l1")),
+      ("s", "a2", ("gs", "l2"))]
+  c.kd.hint_assistant_layers = "l1"  # one name for all assistants
+  assert [pair for *_, pair in config_lib.hint_links(c)] == [
+      ("l1", "ht"), ("l1", "l1"), ("gs", "l1")]
+  c.student.name, c.teacher.name, c.kd.assistants = "mlp", "mlp", "mlp,mlp"
+  c.kd.hint_assistant_layers = "l1,l2,l3"
+  with pytest.raises(UserError, match="need one layer per assistant"):
+    config_lib.validate(c)
+  c = helpers.tiny_config(
+      "dataset=digits,method=fitnets,student=tiny_cnn,teacher=simple_cnn,"
+      "assistants=simple_cnn", **{"kd.hint_student_layer": "block1",
+                                  "kd.hint_teacher_layer": "block1",
+                                  "kd.hint_assistant_layers": "block2"})
+  with pytest.raises(UserError, match=r"hint layers do not match in spatial "
+                     r"size at 28px: student simple_cnn.block2 is 7x7x176, "
+                     r"teacher simple_cnn.block1 is 14x14x88"):
+    stage.hint_shapes(c, 10, 0)
+  with pytest.raises(UserError, match="config.kd.hint_assistant_layers="
+                     "'block9' is not a feature of simple_cnn"):
+    c.kd.hint_assistant_layers = "block9"
+    stage.hint_shapes(c, 10, 1)
+
+
 def test_subclass_teacher_and_student_have_grouped_heads(tmp_path):
   c, workdir, summary, ds = _run(tmp_path, "method=subclass,subclasses=3")
   teacher_vars, student_vars = _best(workdir, "teacher"), _best(workdir, "student")
@@ -166,7 +220,9 @@ def test_deep_mutual_learning_trains_the_cohort_together(tmp_path):
 
 
 def test_instance_ctkd_temperature_is_per_example_and_reversed(tmp_path):
-  c, workdir, _, _ = _run(tmp_path, "method=ctkd_instance")
+  # The quickstart's fixed T = 2 is refused for a learned temperature.
+  c, workdir, _, _ = _run(tmp_path, "method=ctkd_instance", **{
+      "kd.temperature": config_lib.DEFAULT_TEMPERATURE})
   rows = [r for r in map(__import__("json").loads, open(
       os.path.join(workdir, "student", "logs", "metrics.jsonl")))
           if "temperature" in r]

@@ -68,3 +68,45 @@ def test_vmapped_step_equals_plain_steps(mixed):
     np.testing.assert_allclose(p_metrics["loss"], vm_metrics["loss"][i],
                                rtol=1e-5)
   assert float(plain[0][1]["loss"]) != float(plain[1][1]["loss"])
+
+
+def test_sgd_with_nesterov_momentum_matches_numpy():
+  """config.nesterov: v <- mu v + g, update = -lr (g + mu v) (PyTorch's
+  SGD(nesterov=True)); refused with Adam."""
+  c = config_lib.base_config()
+  c.optimizer, c.nesterov, c.momentum, c.lr_schedule = "sgd", True, 0.9, "constant"
+  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=1,
+                           steps_per_epoch=10, ctkd=False)
+  params = {"student": jnp.zeros(3)}
+  opt_state, v = tx.init(params), np.zeros(3)
+  for g in (np.array([1.0, -2.0, 0.5]), np.array([0.3, 0.1, -1.0])):
+    updates, opt_state = tx.update({"student": jnp.asarray(g, jnp.float32)},
+                                   opt_state, params)
+    v = 0.9 * v + g
+    np.testing.assert_allclose(updates["student"], -0.1 * (g + 0.9 * v),
+                               rtol=1e-6)
+  c.optimizer = "adam"
+  with pytest.raises(config_lib.UserError, match="config.nesterov=True needs "
+                     "config.optimizer='sgd'"):
+    config_lib.validate(c)
+
+
+def test_step_lr_schedule_decays_at_the_given_epochs():
+  # The CIFAR benchmark's recipe: x0.1 at epochs 150, 180 and 210 of 240.
+  c = config_lib.base_config()
+  c.optimizer, c.lr_schedule, c.num_epochs = "sgd", "step", 240
+  c.lr_decay_epochs = "150,180,210"
+  config_lib.validate(c)
+  lr = step.lr_schedule(c, learning_rate=0.05, num_epochs=240,
+                            steps_per_epoch=10)
+  got = [float(lr(s)) for s in (0, 1499, 1500, 1799, 1800, 2100, 2399)]
+  assert got == pytest.approx([0.05, 0.05, 5e-3, 5e-3, 5e-4, 5e-5, 5e-5])
+  c.warmup_epochs = 1.0  # a linear warmup first, the decays at the same epochs
+  lr = step.lr_schedule(c, learning_rate=0.05, num_epochs=240,
+                            steps_per_epoch=10)
+  assert [float(lr(s)) for s in (5, 10, 1499, 1500)] == pytest.approx(
+      [0.025, 0.05, 0.05, 5e-3])
+  for bad in ("", "0", "241", "x"):
+    c.lr_decay_epochs = bad
+    with pytest.raises(config_lib.UserError, match="lr_decay_epochs"):
+      config_lib.validate(c)

@@ -51,7 +51,8 @@ def _params(workdir):
     # both cells in one vmap call (what GPUs run)
     ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, False, {}),
     # one cell per call (the CPU default), cached teacher logits
-    ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"], 0, False, {}),
+    ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"], 0, False,
+     {"kd.temperature": 4.0}),
     # one cell per call with augmentation: no cache, one live teacher
     # forward per step shared by both calls
     ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 1, True, {}),

@@ -16,6 +16,7 @@ Conventions every model follows (so the trainer can treat them alike):
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -92,12 +93,19 @@ def count_params(name: str, num_classes: int = 1000, image_size: int = 224) -> i
 
 def feature_shapes(name: str, num_classes: int, image_size: int) -> dict:
   """{feature name: shape} of one forward pass at batch 1 (no real init)."""
+  return dict(_feature_shapes(name, num_classes, image_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _feature_shapes(name: str, num_classes: int, image_size: int) -> tuple:
+  # Cached: config validation asks for the same models' features once per
+  # study cell, and tracing a deep ResNet takes seconds.
   model = get_model(name, num_classes=num_classes)
   like = init_shapes(name, num_classes, image_size)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   feats = jax.eval_shape(
       lambda v, x: apply_with_features(model, v, x, train=False)[1], like, x)
-  return {k: tuple(v.shape) for k, v in sorted(feats.items())}
+  return tuple((k, tuple(v.shape)) for k, v in sorted(feats.items()))
 
 
 def apply_with_features(model, variables, x, *, train: bool, mutable=(),

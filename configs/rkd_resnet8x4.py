@@ -1,0 +1,20 @@
+"""RKD, relational KD (Park et al. 2019): CE + 1 * (25 * distance-wise + 50
+* angle-wise) Huber losses on the penultimate embeddings of a batch.
+
+resnet32x4 teacher -> resnet8x4 student on CIFAR-100 with the CRD
+benchmark's recipe (configs/crd_resnet8x4.py, which documents it);
+`:kd.feature_logit_method=vanilla` adds Hinton KD. Layer pairs and beta:
+`kd.feature_layers`, `kd.feature_weight`.
+"""
+import importlib.util
+import os
+
+
+def get_config(arg=None):
+  spec = importlib.util.spec_from_file_location(
+      "kd_jax_crd_recipe",
+      os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                   "crd_resnet8x4.py"))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  return recipe.get_config(arg, method="rkd")
