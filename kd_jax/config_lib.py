@@ -25,6 +25,7 @@ NORMALIZATIONS = ("auto", "half", "imagenet")
 WEIGHT_SOURCES = ("torchvision", "timm", "keras")
 NAN_POLICIES = ("stop", "skip")
 CORRUPT_IMAGES = ("refuse", "skip")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 # config.kd.temperature's default. A learned-temperature method (CTKD)
 # refuses any other value: a fixed T given to it would be silently unused.
 DEFAULT_TEMPERATURE = 4.0
@@ -113,6 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Teacher-output cache (teacher_cache.py): '' = off; a directory = compute
   # the teacher's logits once per split and reuse them (no augmentation).
   t.cache_dir = ""
+  # The frozen teacher's forward (live and cached): 'float32' or 'bfloat16'
+  # (its variables and input cast to bf16, its outputs back to float32; for
+  # CPUs with AVX512-BF16/AMX and accelerators). The student stays float32.
+  t.compute_dtype = "float32"
 
   c.student = s = ml_collections.ConfigDict()
   s.name = "mobilenet_v3_small"
@@ -358,6 +363,11 @@ def hint_epochs(c) -> int:
   return c.kd.hint_epochs if c.kd.hint_epochs > 0 else c.num_epochs
 
 
+def teacher_bf16(c) -> bool:
+  """Whether the frozen teacher's forwards (live and cached) run in bf16."""
+  return c.teacher.compute_dtype == "bfloat16"
+
+
 def teacher_lr(c) -> float:
   return c.teacher.learning_rate if c.teacher.learning_rate > 0 else c.learning_rate
 
@@ -384,6 +394,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   one_of(c.dataset.normalization, NORMALIZATIONS, "config.dataset.normalization")
   one_of(c.nan_policy, NAN_POLICIES, "config.nan_policy")
   one_of(c.dataset.corrupt_images, CORRUPT_IMAGES, "config.dataset.corrupt_images")
+  one_of(c.teacher.compute_dtype, COMPUTE_DTYPES, "config.teacher.compute_dtype")
   if not c.kd.temperature > 0:
     raise UserError(
         f"config.kd.temperature={c.kd.temperature} must be > 0")

@@ -580,15 +580,19 @@ def epoch_order(labels, *, seed, epoch, balanced=False):
 
 def train_batches(split: Split, *, global_batch, seed, epoch, num_steps,
                   start_step=0, image_size, process_index=0, process_count=1,
-                  balanced=False):
+                  balanced=False, indexed=False):
   """This process's rows of global batches `start_step..num_steps-1` of
-  `epoch`; `balanced`: class-balanced draws (`epoch_order`)."""
+  `epoch`; `balanced`: class-balanced draws (`epoch_order`); `indexed`: each
+  batch also carries `index`, its examples' rows in `split` (CRD's memory
+  banks are indexed by them)."""
   order = epoch_order(split.labels, seed=seed, epoch=epoch, balanced=balanced)
   local = global_batch // process_count
   lo = process_index * local
   index_batches = [order[s * global_batch:(s + 1) * global_batch][lo:lo + local]
                    for s in range(start_step, num_steps)]
-  yield from _gather_batches(split, index_batches, image_size)
+  for idx, batch in zip(index_batches,
+                        _gather_batches(split, index_batches, image_size)):
+    yield {**batch, "index": idx.astype(np.int32)} if indexed else batch
 
 
 def eval_batches(split: Split, *, global_batch, image_size, process_index=0,

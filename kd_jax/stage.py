@@ -116,36 +116,6 @@ def module_feature_shapes(module, variables, image_size) -> dict:
   return {k: tuple(v.shape) for k, v in feats.items()}
 
 
-def batch_indices(split, *, global_batch, seed, epoch, num_steps,
-                  start_step=0, process_index=0, process_count=1,
-                  balanced=False):
-  """The rows of `split` in each batch `data.train_batches` yields for the
-  same arguments (this process's part of each global batch)."""
-  order = data.epoch_order(split.labels, seed=seed, epoch=epoch,
-                           balanced=balanced)
-  local = global_batch // process_count
-  lo = process_index * local
-  return [order[s * global_batch:(s + 1) * global_batch][lo:lo + local]
-          for s in range(start_step, num_steps)]
-
-
-def train_batches(split, *, indexed=False, **kw):
-  """data.train_batches; with `indexed`, each batch also carries `index`,
-  its examples' rows in `split` (CRD's memory banks are indexed by them)."""
-  batches = data.train_batches(split, **kw)
-  if not indexed:
-    return batches
-  kw.pop("image_size")
-  rows = batch_indices(split, **kw)
-
-  def gen():
-    for batch, idx in zip(batches, rows, strict=True):
-      # A cheap guard that these rows are the batch's (same order rule).
-      assert np.array_equal(batch["label"], split.labels[idx])
-      yield {**batch, "index": idx.astype(np.int32)}
-  return gen()
-
-
 def host_array(x) -> np.ndarray:
   """`x` whole on this host (gathered from every process when sharded)."""
   if getattr(x, "is_fully_addressable", True):
@@ -629,7 +599,7 @@ class Stage:
         reporting.log(f"[{self.role}] fine-tuning epoch {loop['epoch'] + 1}/"
                       f"{self.frozen_epochs}: head only, backbone frozen, lr "
                       f"{config.finetune.frozen_lr:g}")
-      batches = train_batches(
+      batches = data.train_batches(
           ds.train, indexed=self.feature is not None,
           global_batch=config.batch_size, seed=spec.data_seed,
           epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],

@@ -101,6 +101,7 @@ class StepSpec:
   feature: Any = None  # a feature method's module (kd_modules)
   feature_layers: tuple = ()  # its ((student layer, teacher layer), ...)
   mixed_precision: bool = False  # bf16 compute; f32 params, stats and loss
+  teacher_bf16: bool = False  # teacher.compute_dtype: its forward in bf16
   # Fine-tuning's first phase: the model runs in inference mode (BatchNorm
   # on its running statistics, which stay as they are; no dropout) and the
   # optimizer (`finetune_optimizers`) updates the head only.
@@ -126,7 +127,8 @@ def make_spec(config, student, method: str, *, steps_per_epoch, teacher=None,
       peers=tuple(peers), hint=tuple(hint) if hint else None, adapter=adapter,
       temperature_module=temperature_module, feature=feature,
       feature_layers=tuple(map(tuple, feature_layers)),
-      mixed_precision=bool(config.mixed_precision))
+      mixed_precision=bool(config.mixed_precision),
+      teacher_bf16=config_lib.teacher_bf16(config))
 
 
 def hyperparams(config, class_weights=None) -> dict:
@@ -201,6 +203,15 @@ def to_bf16(tree):
 def to_f32(tree):
   return jax.tree.map(lambda a: a.astype(jnp.float32)
                       if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def frozen_forward(apply, variables, x, bf16: bool):
+  """`apply(variables, x)` of a frozen model; with `bf16`, its variables and
+  input in bfloat16 and its floating outputs back in float32, so the loss
+  and whatever consumes them stay float32."""
+  if not bf16:
+    return apply(variables, x)
+  return to_f32(apply(*to_bf16((variables, x))))
 
 
 def new_train_state(tx, params, batch_stats) -> TrainState:
@@ -324,15 +335,19 @@ def teacher_layers(spec: StepSpec) -> tuple:
 
 def teacher_outputs(spec: StepSpec, teacher_vars, x):
   """(logits, {layer: feature} or None) of the frozen teacher, inference
-  mode."""
-  if teacher_layers(spec):
-    logits, feats, _ = models.apply_with_features(
-        spec.teacher, teacher_vars, x, train=False)
-    return logits, {k: feats[k] for k in teacher_layers(spec)}
-  if spec.mixed_precision:
-    return to_f32(spec.teacher.apply(*to_bf16((teacher_vars, x)),
-                                     train=False)), None
-  return spec.teacher.apply(teacher_vars, x, train=False), None
+  mode, in float32; computed in bf16 with `teacher_bf16`, and for the
+  logits alone under mixed precision."""
+  layers = teacher_layers(spec)
+  if layers:
+    def apply(variables, inputs):
+      logits, feats, _ = models.apply_with_features(
+          spec.teacher, variables, inputs, train=False)
+      return logits, {k: feats[k] for k in layers}
+    return frozen_forward(apply, teacher_vars, x, spec.teacher_bf16)
+  logits = frozen_forward(
+      lambda v, inputs: spec.teacher.apply(v, inputs, train=False),
+      teacher_vars, x, spec.teacher_bf16 or spec.mixed_precision)
+  return logits, None
 
 
 def live_teacher_logits(spec: StepSpec, teacher_vars, images, step):

@@ -11,8 +11,9 @@ memory map: mind the disk, e.g. 10k examples of a 28x28x256 map = 8 GB).
 The key hashes everything the logits depend on: the teacher's variables
 (content, not path), its architecture and logits per class, the split's
 examples (pixels for in-memory data; paths, sizes and mtimes for image
-folders) and the preprocessing (image size, normalisation). Any change gives
-a new key, so a stale cache is never read.
+folders), the preprocessing (image size, normalisation) and the teacher's
+compute dtype (`teacher.compute_dtype`). Any change gives a new key, so a
+stale cache is never read.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from kd_jax import config_lib, data, models, reporting, sharding
+from kd_jax import step as step_lib
 
 SPLITS = ("train", "val", "test")
 
@@ -46,11 +48,16 @@ def _hash_tree(h, tree):
 
 def cache_key(config, ds, teacher_name, teacher) -> str:
   h = hashlib.blake2b(digest_size=16)
-  h.update(json.dumps({
+  fields = {
       "teacher": teacher_name, "subclasses": teacher.subclasses,
       "image_size": config.dataset.image_size,
       "normalization": config_lib.normalization(config),
-  }, sort_keys=True).encode())
+  }
+  # Named only when bf16, so float32 keys stay as they were and existing
+  # caches still hit.
+  if config_lib.teacher_bf16(config):
+    fields["compute_dtype"] = config.teacher.compute_dtype
+  h.update(json.dumps(fields, sort_keys=True).encode())
   _hash_tree(h, teacher.variables)
   for name in SPLITS:
     h.update(name.encode())
@@ -60,11 +67,13 @@ def cache_key(config, ds, teacher_name, teacher) -> str:
 
 def _over_split(config, fn, variables, split, mesh) -> np.ndarray:
   """`fn(variables, preprocessed images)` for every example of `split`, in
-  order, as float32 (jitted, over evaluation batches)."""
+  order, as float32 (jitted, over evaluation batches; in bfloat16 with
+  `teacher.compute_dtype=bfloat16`, as the live teacher runs)."""
   def fwd(variables, images):
     x = data.preprocess(images, image_size=config.dataset.image_size,
                         normalization=config_lib.normalization(config))
-    return fn(variables, x)
+    return step_lib.frozen_forward(fn, variables, x,
+                                   config_lib.teacher_bf16(config))
   fwd_jit = jax.jit(fwd)
   out = []
   for host_batch in data.eval_batches(
@@ -132,6 +141,7 @@ def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:
         "teacher": teacher_name, "teacher_checkpoint": teacher.path,
         "dataset": ds.name, "image_size": config.dataset.image_size,
         "normalization": config_lib.normalization(config),
+        "compute_dtype": config.teacher.compute_dtype,
         "splits": {n: list(out[n].shape) for n in SPLITS}})
   reporting.log(f"teacher cache {root}: "
                 + (f"computed {', '.join(computed)}" if computed else "hit"))

@@ -44,7 +44,7 @@ def _stage(c, stage_dir="/nonexistent", teacher_vars=None):
 
 
 def _first_batch(c, ds):
-  return next(stage.train_batches(
+  return next(data.train_batches(
       ds.train, indexed=True, global_batch=c.batch_size, seed=0, epoch=0,
       num_steps=1, image_size=16))
 
