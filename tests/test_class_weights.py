@@ -111,7 +111,8 @@ def _inputs(name):
 
 def _ce_part(name, s, t, w):
   """NumPy: the hard-label CE part of `name`'s loss (0: none)."""
-  if name in ("none", "dkd", "dist"):
+  if name in ("none", "dkd", "dist") or methods.METHODS[name].feature:
+    # (a feature method's logit part is kd.feature_logit_method's: 'none')
     return _wmean(_ce_B(s, Y), Y, w)
   if name in ("vanilla", "ctkd", "ctkd_instance", "fitnets"):
     return (1 - ALPHA) * _wmean(_ce_B(s, Y), Y, w)
