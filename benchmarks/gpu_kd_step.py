@@ -9,9 +9,19 @@ jitted KD step (float32, and bf16 with `mixed_precision=True`) with a batch
 already on the device and with batches from kd_jax's input pipeline
 (host arrays -> device every step); the same step in PyTorch (torchvision
 models, float32, and bf16 autocast). The step's FLOPs and bytes come from
-XLA's cost analysis of the compiled step; they are divided by the measured
+XLA:CPU's cost analysis of the same step (XLA:GPU's leaves out the
+convolutions cuDNN runs; the bf16 row reuses the f32 step's counts); they are
+divided by the measured
 ceilings of this device: a large bf16 and float32 matrix product (FLOP/s)
 and a large device-to-device copy (bytes read + written per second).
+
+The grid row is the T x alpha study (configs/cifar_grid.py: 28 vanilla-KD
+cells) as `kd_jax.study run --vmap` trains it on a GPU: one jitted
+`sweep.make_sweep_step` over all 28 cells, fed the teacher's cached logits
+(no augmentation), each cell its own batch-size rows; images/s counts every
+cell's images.
+
+  --ceiling_n=1024 --batch=8 --steps=2 --grid_cells=2  is a CPU dry run.
 """
 from __future__ import annotations
 
@@ -29,15 +39,30 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kd_jax import config_lib, cpu_runtime, data, models, sharding, stage  # noqa: E402
+from kd_jax import config_lib, cpu_runtime, data, models, sharding, stage, sweep  # noqa: E402
 from kd_jax import step as step_lib  # noqa: E402
-from kd_step_vs_torch import CASES, median_step_time  # noqa: E402
+from kd_step_vs_torch import CASES  # noqa: E402
+
+GRID_T = (2, 4, 6, 8, 10, 12, 14)  # configs/cifar_grid.py
+GRID_ALPHA = (0.3, 0.5, 0.7, 0.9)
+GRID_BATCH = {"cifar": 128, "echo": 64}  # the grid config's, the echo study's
 
 
-def ceilings():
+def median_step_time(fn, reps, warmup=1):
+  """Median wall seconds of `fn()` over `reps` calls after `warmup`."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def ceilings(n=8192):
   """Measured matmul FLOP/s (bf16, f32) and copy bandwidth of this device."""
   out = {}
-  n = 8192
   for dtype in (jnp.bfloat16, jnp.float32):
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
@@ -45,15 +70,28 @@ def ceilings():
     mm(a, b).block_until_ready()
     t = median_step_time(lambda: mm(a, b).block_until_ready(), 10, warmup=0)
     out[f"matmul_{jnp.dtype(dtype).name}_tflops"] = 2 * n**3 / t / 1e12
-  x = jax.random.normal(jax.random.PRNGKey(2), (256 * 1024 * 1024,), jnp.float32)
-  cp = jax.jit(lambda x: x + 1.0)  # one read + one write of 1 GiB
+  x = jax.random.normal(jax.random.PRNGKey(2), (4 * n * n,), jnp.float32)
+  cp = jax.jit(lambda x: x + 1.0)  # one read + one write (1 GiB at n=8192)
   cp(x).block_until_ready()
   t = median_step_time(lambda: cp(x).block_until_ready(), 10, warmup=0)
   out["copy_tb_per_s"] = 2 * x.size * 4 / t / 1e12
   return out
 
 
-def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
+def cpu_cost(fn, *args) -> dict:
+  """XLA:CPU's cost analysis of `fn(*args)`: XLA:GPU's does not count the
+  convolutions it hands to cuDNN, so FLOPs (and bytes, an estimate that
+  depends on fusion) come from the CPU compile of the same function."""
+  cpu = jax.devices("cpu")[0]
+  cost = jax.jit(fn).lower(*jax.device_put(args, cpu)).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return {"flops": float(cost.get("flops", float("nan"))),
+          "bytes": float(cost.get("bytes accessed", float("nan")))}
+
+
+def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
+             cost=None):
   c = config_lib.base_config()
   c.dataset.image_size, c.batch_size = size, batch
   c.kd.method, c.kd.temperature, c.kd.alpha = "vanilla", 4.0, 0.5
@@ -75,7 +113,8 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
   hp = jax.device_put(step_lib.hyperparams(c), repl)
   spec = step_lib.make_spec(c, student, "vanilla", steps_per_epoch=1000,
                             teacher=teacher_model)
-  step = jax.jit(step_lib.make_train_step(spec, tx), donate_argnums=0)
+  raw_step = step_lib.make_train_step(spec, tx)
+  step = jax.jit(raw_step, donate_argnums=0)
   rng = np.random.default_rng(0)
   n = batch * 8
   split = data.Split(rng.integers(0, classes, n).astype(np.int32),
@@ -83,9 +122,7 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
   host = next(data.train_batches(split, global_batch=batch, seed=0, epoch=0,
                                  num_steps=1, image_size=size))
   dev_batch = sharding.global_batch(host, mesh)
-  cost = step.lower(state, dev_batch, hp, t_vars).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
+  cost = cost or cpu_cost(raw_step, state, dev_batch, hp, t_vars)
   for _ in range(3):
     state, m = step(state, dev_batch, hp, t_vars)
   jax.block_until_ready(state)
@@ -113,27 +150,88 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16):
   t_pipe = (time.perf_counter() - t0) / steps
   return {"step_s": t_dev, "images_per_s": batch / t_dev,
           "pipeline_images_per_s": batch / t_pipe,
-          "flops": float(cost.get("flops", float("nan"))),
-          "bytes": float(cost.get("bytes accessed", float("nan")))}
+          **cost}
 
 
-def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16):
+def grid_step(student_name, size, classes, batch, steps, cells):
+  """The vmapped T x alpha grid: `cells` vanilla-KD cells in one step, fed
+  cached teacher logits."""
+  configs = []
+  for t in GRID_T:
+    for a in GRID_ALPHA:
+      c = config_lib.base_config()
+      c.dataset.image_size, c.batch_size = size, batch
+      c.kd.method, c.kd.temperature, c.kd.alpha = "vanilla", float(t), a
+      configs.append(c)
+  configs = configs[:cells]
+  mesh = sharding.make_mesh()
+  repl = sharding.replicated(mesh)
+  student = models.get_model(student_name, num_classes=classes)
+  tx = step_lib.make_optimizer(configs[0], learning_rate=1e-3, num_epochs=1,
+                               steps_per_epoch=1000, ctkd=False)
+  p, bs = stage.init_variables(student, configs[0], mesh, jax.random.PRNGKey(0))
+  one = step_lib.new_train_state(tx, {"student": p}, {"student": bs})
+  states = jax.device_put(
+      jax.tree.map(lambda x: jnp.stack([x] * len(configs)), one), repl)
+  hp = jax.device_put(step_lib.stack_hyperparams(configs), repl)
+  active = jax.device_put(jnp.ones(len(configs), bool), repl)
+  spec = step_lib.make_spec(configs[0], student, "vanilla",
+                            steps_per_epoch=1000)
+  raw = sweep.make_sweep_step(spec, tx)
+  step = jax.jit(raw, donate_argnums=0)
+  rng = np.random.default_rng(0)
+  split = data.Split(rng.integers(0, classes, batch).astype(np.int32),
+                     rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+  host = next(data.train_batches(split, global_batch=batch, seed=0, epoch=0,
+                                 num_steps=1, image_size=size))
+  host["teacher_logits"] = rng.normal(size=(batch, classes)).astype(np.float32)
+  dev_batch = sharding.global_batch(host, mesh)
+  # One cell's step times the cells: XLA's cost analysis counts a vmapped
+  # depthwise convolution (grouped, cells x channels groups) as if it were
+  # dense, over 100x too many FLOPs for MobileNetV3.
+  single = cpu_cost(step_lib.make_train_step(spec, tx), one, dev_batch,
+                    step_lib.hyperparams(configs[0]), None)
+  cost = {k: v * len(configs) for k, v in single.items()}
+  for _ in range(3):
+    states, _ = step(states, hp, active, dev_batch, None)
+  jax.block_until_ready(states)
+
+  def run():
+    nonlocal states
+    for _ in range(steps):
+      states, _ = step(states, hp, active, dev_batch, None)
+    jax.block_until_ready(states)
+  t = median_step_time(run, 3, warmup=0) / steps
+  return {"step_s": t, "images_per_s": len(configs) * batch / t,
+          "cells": len(configs), **cost}
+
+
+def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16,
+               options=frozenset()):
+  """The PyTorch peer's images/s as a performance-minded user runs it: TF32
+  (as JAX's default float32 precision on this GPU), cuDNN autotuning, fused
+  Adam; `options`: 'cl' (channels_last), 'compile' (torch.compile)."""
   try:
     import torch
     import torchvision
   except ImportError:
     return None
-  if teacher_name != "vgg16":
+  if teacher_name != "vgg16" or not torch.cuda.is_available():
     return None  # the torch peer covers the echo case (torchvision models)
+  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+  torch.backends.cudnn.benchmark = True
   dev = torch.device("cuda")
-  teacher = torchvision.models.vgg16(num_classes=classes).to(dev).eval()
-  student = torchvision.models.mobilenet_v3_small(num_classes=classes).to(dev).train()
-  opt = torch.optim.Adam(student.parameters(), lr=1e-3)
-  x8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev)
+  fmt = torch.channels_last if "cl" in options else torch.contiguous_format
+  teacher = torchvision.models.vgg16(num_classes=classes).to(dev, memory_format=fmt).eval()
+  student = torchvision.models.mobilenet_v3_small(num_classes=classes).to(
+      dev, memory_format=fmt).train()
+  opt = torch.optim.Adam(student.parameters(), lr=1e-3, fused=True)
+  x8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
+                     device=dev).contiguous(memory_format=fmt)
   y = torch.randint(0, classes, (batch,), device=dev)
   t_, a_ = 4.0, 0.5
 
-  def one():
+  def loss_fn(x8, y):
     x = (x8.float() / 255.0 - 0.5) / 0.5
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
       with torch.no_grad():
@@ -143,7 +241,12 @@ def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16):
     kl = torch.nn.functional.kl_div(torch.log_softmax(zs / t_, -1),
                                     torch.log_softmax(zt / t_, -1),
                                     reduction="batchmean", log_target=True)
-    loss = a_ * t_**2 * kl + (1 - a_) * torch.nn.functional.cross_entropy(zs, y)
+    return a_ * t_**2 * kl + (1 - a_) * torch.nn.functional.cross_entropy(zs, y)
+
+  fwd = torch.compile(loss_fn) if "compile" in options else loss_fn
+
+  def one():
+    loss = fwd(x8, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -160,48 +263,99 @@ def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16):
   return {"images_per_s": batch / t}
 
 
+def best_torch(args, tname, sname, size, classes, batch, bf16):
+  """{variant: images/s} of the torch variants and the best one's name."""
+  rates = {}
+  for v in args.torch_variants.split(","):
+    opts = frozenset() if v == "eager" else frozenset(v.split("+"))
+    try:
+      r = torch_step(tname, sname, size, classes, batch, args.steps, bf16, opts)
+    except Exception as e:  # a variant that fails (e.g. compile) is reported
+      print(f"torch {v}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+      continue
+    if r is None:
+      return {}, None
+    rates[v] = r["images_per_s"]
+  if not rates:
+    return {}, None
+  return rates, max(rates, key=rates.get)
+
+
+HEAD = ("case", "batch", "prec", "kd_jax img/s", "pipeline img/s",
+        "torch img/s", "jax/torch", "TFLOP/s", "% of matmul", "TB/s",
+        "% of copy")
+
+
+def with_fractions(r, ceil, bf16):
+  """Row `r` with its TFLOP/s and TB/s as fractions of the ceilings."""
+  peak = ceil["matmul_bfloat16_tflops" if bf16 else "matmul_float32_tflops"]
+  tflops = r["flops"] / r["step_s"] / 1e12
+  tbps = r["bytes"] / r["step_s"] / 1e12
+  return {**r, "precision": "bf16" if bf16 else "f32", "tflops": tflops,
+          "flop_fraction": tflops / peak, "tb_per_s": tbps,
+          "bandwidth_fraction": tbps / ceil["copy_tb_per_s"]}
+
+
+def format_row(r) -> str:
+  t = r.get("torch_images_per_s")
+  pipe = r.get("pipeline_images_per_s")
+  return " | ".join([
+      r["case"], str(r["batch"]), r["precision"], f"{r['images_per_s']:.0f}",
+      f"{pipe:.0f}" if pipe else "-",
+      f"{t:.0f} ({r['torch_best']})" if t else "-",
+      f"{r['images_per_s'] / t:.2f}" if t else "-", f"{r['tflops']:.1f}",
+      f"{100 * r['flop_fraction']:.1f}", f"{r['tb_per_s']:.2f}",
+      f"{100 * r['bandwidth_fraction']:.1f}"])
+
+
+def measure(args, ceil):
+  """Yields the table's rows, one measurement at a time."""
+  for case in args.cases.split(","):
+    tname, sname, size, classes = CASES[case]
+    for batch in map(int, args.batch.split(",") if not args.no_single else ()):
+      cost = None  # the bf16 row takes the f32 step's FLOPs and bytes
+      for bf16 in (False, True):
+        r = jax_step(tname, sname, size, classes, batch, args.steps, bf16, cost)
+        cost = {"flops": r["flops"], "bytes": r["bytes"]}
+        rates, best = best_torch(args, tname, sname, size, classes, batch, bf16)
+        yield with_fractions(
+            {"case": case, "batch": batch, **r, "torch_variants": rates,
+             "torch_best": best,
+             "torch_images_per_s": rates[best] if best else None},
+            ceil, bf16)
+    if args.grid_cells:
+      batch = GRID_BATCH[case]
+      r = grid_step(sname, size, classes, batch, args.steps, args.grid_cells)
+      yield with_fractions({"case": f"{case} grid x{r['cells']}",
+                            "batch": batch, **r}, ceil, False)
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--batch", default="64,256")
   p.add_argument("--steps", type=int, default=30)
   p.add_argument("--cases", default="echo,cifar")
+  p.add_argument("--no_single", action="store_true",
+                 help="the grid rows only")
+  p.add_argument("--grid_cells", type=int, default=len(GRID_T) * len(GRID_ALPHA))
+  p.add_argument("--ceiling_n", type=int, default=8192)
+  p.add_argument("--torch_variants", default="eager,cl,cl+compile")
   p.add_argument("--json", default="")
   args = p.parse_args()
   cpu_runtime.configure()  # as kd_jax's commands run; before the backend starts
   dev = jax.devices()[0]
-  ceil = ceilings()
+  ceil = ceilings(args.ceiling_n)
   print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
   print("measured ceilings: " + ", ".join(f"{k} {v:.1f}" for k, v in ceil.items()))
+  print(" | ".join(HEAD), flush=True)
   rows = []
-  for case in args.cases.split(","):
-    tname, sname, size, classes = CASES[case]
-    for batch in map(int, args.batch.split(",")):
-      for bf16 in (False, True):
-        r = jax_step(tname, sname, size, classes, batch, args.steps, bf16)
-        tr = torch_step(tname, sname, size, classes, batch, args.steps, bf16)
-        peak = ceil["matmul_bfloat16_tflops" if bf16 else "matmul_float32_tflops"]
-        tflops = r["flops"] / r["step_s"] / 1e12
-        tbps = r["bytes"] / r["step_s"] / 1e12
-        rows.append({
-            "case": case, "batch": batch, "precision": "bf16" if bf16 else "f32",
-            **r, "tflops": tflops, "flop_fraction": tflops / peak,
-            "tb_per_s": tbps, "bandwidth_fraction": tbps / ceil["copy_tb_per_s"],
-            "torch_images_per_s": tr["images_per_s"] if tr else None})
-  head = ("case", "batch", "prec", "kd_jax img/s", "pipeline img/s",
-          "torch img/s", "jax/torch", "TFLOP/s", "% of matmul", "TB/s", "% of copy")
-  print(" | ".join(head))
-  for r in rows:
-    t = r["torch_images_per_s"]
-    print(" | ".join([
-        r["case"], str(r["batch"]), r["precision"], f"{r['images_per_s']:.0f}",
-        f"{r['pipeline_images_per_s']:.0f}", f"{t:.0f}" if t else "-",
-        f"{r['images_per_s'] / t:.2f}" if t else "-", f"{r['tflops']:.1f}",
-        f"{100 * r['flop_fraction']:.1f}", f"{r['tb_per_s']:.2f}",
-        f"{100 * r['bandwidth_fraction']:.1f}"]))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"device": dev.device_kind, "ceilings": ceil, "rows": rows}, f,
-                indent=1)
+  for r in measure(args, ceil):
+    rows.append(r)
+    print(format_row(r), flush=True)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump({"device": dev.device_kind, "ceilings": ceil, "rows": rows},
+                  f, indent=1)
 
 
 if __name__ == "__main__":
