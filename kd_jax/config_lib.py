@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
   # class, in the split's order (data.limit).
   d.train_limit = 0
   d.eval_limit = 0
+  # The transfer set (Hinton et al. 2015, section 3): the distilled stages
+  # (student, scratch, assistants, hint) train on N of the training images
+  # (0 = all; a fixed sample as above) while the teacher trains on all of
+  # them, as a teacher trained on more data than the student gets does.
+  d.transfer_limit = 0
   # 'auto': what imported weights were trained with (ImageNet mean/std for
   # torchvision/timm, [-1, 1] for Keras), else 'half' ([-1, 1]).
   d.normalization = "auto"
@@ -408,15 +413,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                     "be a positive integer (or -1: same as num_epochs)")
   if not c.learning_rate > 0:
     raise UserError(f"config.learning_rate={c.learning_rate} must be > 0")
-  if not 28 <= c.dataset.image_size <= 224 and not c.runlocal:
-    raise UserError(
-        f"config.dataset.image_size={c.dataset.image_size} must be in [28, 224]")
-  if c.dataset.image_size < 8:
-    raise UserError(
-        f"config.dataset.image_size={c.dataset.image_size} is too small")
-  if not 0.0 <= c.dataset.val_fraction < 1.0:
-    raise UserError(
-        f"config.dataset.val_fraction={c.dataset.val_fraction} must be in [0, 1)")
+  _validate_dataset_numbers(c.dataset, c.runlocal)
   if c.nesterov and c.optimizer != "sgd":
     raise UserError(f"config.nesterov=True needs config.optimizer='sgd' "
                     f"(got {c.optimizer!r})")
@@ -464,6 +461,20 @@ def _validate_learned_temperature(k):
                     f"t_end={k.t_end}: need t_start > 0 and t_end >= 0")
   if k.epoch_cap <= 0:
     raise UserError(f"config.kd.epoch_cap={k.epoch_cap} must be > 0")
+
+
+def _validate_dataset_numbers(d, runlocal):
+  if not 28 <= d.image_size <= 224 and not runlocal:
+    raise UserError(
+        f"config.dataset.image_size={d.image_size} must be in [28, 224]")
+  if d.image_size < 8:
+    raise UserError(f"config.dataset.image_size={d.image_size} is too small")
+  for name in ("train_limit", "eval_limit", "transfer_limit"):
+    if int(d[name]) < 0:
+      raise UserError(f"config.dataset.{name}={d[name]} must be >= 0 (0: all)")
+  if not 0.0 <= d.val_fraction < 1.0:
+    raise UserError(
+        f"config.dataset.val_fraction={d.val_fraction} must be in [0, 1)")
 
 
 def _validate_data_files(d):

@@ -435,6 +435,15 @@ def limit(split: Split, n, seed=SAMPLE_SEED) -> Split:
   return split.take(np.sort(np.concatenate(picks)))
 
 
+def stage_data(config, ds: Dataset, role: str) -> Dataset:
+  """The data a stage of `role` trains on: every training image for the
+  teacher, the transfer set (`dataset.transfer_limit`) for the others."""
+  n = config.dataset.transfer_limit
+  if role == "teacher" or not n:
+    return ds
+  return dataclasses.replace(ds, train=limit(ds.train, n))
+
+
 def resolve_name(name):
   if name == "default":
     return "fashion_mnist_local" if fashion_mnist_available() else "digits"

@@ -191,7 +191,7 @@ def fingerprint(config, ds, role, model_name) -> str:
   # 'auto' and the value it resolves to are the same setup.
   cfg["dataset"]["normalization"] = config_lib.normalization(config)
   h.update(json.dumps([cfg, role, model_name], sort_keys=True).encode())
-  h.update(data.digest(ds).encode())
+  h.update(data.digest(data.stage_data(config, ds, role)).encode())
   return h.hexdigest()
 
 
@@ -355,6 +355,7 @@ class Tracker:
     res = {
         "role": self.role, "model": self.model_name, "method": self.method,
         "dataset": self.ds.name, "num_classes": self.ds.num_classes,
+        "train_examples": len(self.ds.train),
         "image_size": c.dataset.image_size,
         "params": param_count(best_vars["params"]),
         "size_mb": size_mb(best_vars), "test": test,
@@ -400,6 +401,7 @@ class Stage:
                init_from="", select_best=True, peers=(), hint=None,
                frozen_epochs=0):
     self.config, self.role, self.method = config, role, method
+    ds = data.stage_data(config, ds, role)
     self.model_name, self.stage_dir = model_name, stage_dir
     self.num_epochs, self.learning_rate = num_epochs, learning_rate
     self.ds, self.mesh, self.teacher = ds, mesh, teacher

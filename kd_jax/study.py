@@ -195,7 +195,7 @@ class Study:
       return None
     _, common = parse_study_arg(self.arg)
     overrides = {"student.name": c.teacher.name, "kd.method": "none",
-                 "scratch_baseline": False,
+                 "scratch_baseline": False, "dataset.transfer_limit": 0,
                  "num_epochs": config_lib.teacher_epochs(c),
                  "learning_rate": config_lib.teacher_lr(c), "seed": c.seed}
     return Cell(TEACHER_DIR, common, TEACHER_DIR, self.teacher_workdir,

@@ -150,7 +150,8 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   reporting.log(f"sweep: {len(todo)} cells of {config.student.name} "
                 f"({config.kd.method}) in one vmapped program; data: "
                 f"{ds.describe()}")
-  rows = _train_cells(todo, ds, mesh, teacher, vmap_chunk)
+  rows = _train_cells(todo, data.stage_data(config, ds, "student"), mesh,
+                      teacher, vmap_chunk)
   out = []
   for (c, w), student in zip(todo, rows):
     stages = [teacher_result, student] if teacher_result else [student]

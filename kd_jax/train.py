@@ -117,6 +117,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          json.loads(config.to_json()))
   reporting.log(f"data: {ds.describe()}; devices: {mesh.size} "
                 f"({jax.default_backend()}, {jax.process_count()} process(es))")
+  if config.dataset.transfer_limit:
+    n = len(data.stage_data(config, ds, "student").train)
+    reporting.log(f"transfer set: {n} of the {len(ds.train)} training images "
+                  "(the teacher trains on all of them)")
   common = dict(ds=ds, mesh=mesh)
   student_run = dict(num_epochs=config.num_epochs,
                      learning_rate=config.learning_rate, **common)
