@@ -117,7 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.num_epochs = -1  # -1: same as num_epochs
   t.learning_rate = -1.0  # -1: same as learning_rate
   # Teacher-output cache (teacher_cache.py): '' = off; a directory = compute
-  # the teacher's logits once per split and reuse them (no augmentation).
+  # the teacher's logits once per split and reuse them (with augmentation:
+  # once per augmented batch, shared by the runs of one data seed).
   t.cache_dir = ""
   # The frozen teacher's forward (live and cached): 'float32' or 'bfloat16'
   # (its variables and input cast to bf16, its outputs back to float32; for

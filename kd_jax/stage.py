@@ -577,6 +577,10 @@ class Stage:
                     f"{tr.loop['epoch'] + 1}, batch {tr.loop['step_in_epoch']})")
     spec = self.spec()
     step_jits = self.step_fns(spec, repl)
+    views = None if cache_used else teacher_cache.augmented_views(
+        config, self.ds, self.teacher, spec, spe, mesh, self.role,
+        live="FitNets hints and feature terms read the teacher's features"
+        if self.hint or self.feature is not None else "")
     hp = jax.device_put(step_lib.hyperparams(config, weights), repl)
     eval_jit = jax.jit(step_lib.make_eval_step(
         spec.preprocess, self.model, subclasses=self.subclasses,
@@ -609,7 +613,12 @@ class Stage:
           process_index=jax.process_index(), process_count=jax.process_count(),
           balanced=config.dataset.balanced_sampling)
       t_epoch = time.time()
+      # The cached views are batch s of epoch e augmented as step e*spe + s.
+      assert views is None or step == loop["epoch"] * spe + loop["step_in_epoch"]
       for host_batch in batches:
+        if views is not None:
+          host_batch["teacher_logits"] = views.logits(loop["epoch"],
+                                                      loop["step_in_epoch"])
         batch = sharding.global_batch(host_batch, mesh)
         state, step_metrics = step_jit(state, batch, hp, self.teacher_vars)
         pending.append(step_metrics)

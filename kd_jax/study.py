@@ -10,7 +10,8 @@ Layout of a study directory:
   <study_dir>/<cell>/           one run per cell (`cell_dirname(arg)`), each
                                 KD cell distilling from teacher/student
   <study_dir>/teacher_cache/    the teacher's logits, computed once for all
-                                cells (teacher_cache.py; off with augmentation)
+                                cells (teacher_cache.py; with augmentation,
+                                once per augmented batch and data seed)
   <study_dir>/logs/<cell>.log   the cell's console output
 A cell whose `results.json` exists is finished and skipped; an unfinished
 one resumes from its checkpoints, so rerunning a study after an interruption

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import config_lib, data, methods, models, preemption, reporting
-from kd_jax import sharding, stage as stage_lib, step as step_lib, train
+from kd_jax import sharding, stage as stage_lib, step as step_lib, teacher_cache
+from kd_jax import train
 from kd_jax.config_lib import UserError
 
 VMAP_FIELDS = ("kd.temperature", "kd.alpha", "kd.schedule", "seed",
@@ -273,13 +274,27 @@ def _setup(todo, ds, mesh, teacher, chunk):
   return spec, cells, ds, cache_used, spe
 
 
+def _teacher_source(config, ds, teacher, spec, spe, mesh, cache_used):
+  """(augmented views cache, live teacher function): where the cells'
+  teacher logits come from when the per-example cache does not serve them
+  (both None when it does, or without a teacher)."""
+  if teacher is None or cache_used:
+    return None, None
+  views = teacher_cache.augmented_views(config, ds, teacher, spec, spe, mesh,
+                                        "sweep")
+  if views is not None:
+    return views, None
+  return None, jax.jit(lambda v, im, s: step_lib.live_teacher_logits(
+      spec, v, im, s))
+
+
 def _train_cells(todo, ds, mesh, teacher, chunk):
   """The sweep's epoch loop over its cells."""
   configs = [c for c, _ in todo]
   config, k_cells = configs[0], len(configs)
   spec, cells, ds, cache_used, spe = _setup(todo, ds, mesh, teacher, chunk)
-  teacher_fn = (jax.jit(lambda v, im, s: step_lib.live_teacher_logits(
-      spec, v, im, s)) if teacher is not None and not cache_used else None)
+  views, teacher_fn = _teacher_source(config, ds, teacher, spec, spe, mesh,
+                                      cache_used)
   teacher_vars = teacher.variables if teacher is not None else None
   eval_jit = jax.jit(step_lib.make_eval_step(spec.preprocess, spec.student,
                                              teacher=spec.teacher))
@@ -300,6 +315,9 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
         image_size=config.dataset.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         balanced=config.dataset.balanced_sampling):
+      if views is not None:
+        host_batch["teacher_logits"] = views.logits(loop["epoch"],
+                                                    step - loop["epoch"] * spe)
       batch = sharding.global_batch(host_batch, mesh)
       if teacher_fn is not None:  # once per step, not once per chunk
         batch["teacher_logits"] = teacher_fn(teacher_vars, batch["image"],

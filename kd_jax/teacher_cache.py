@@ -14,6 +14,16 @@ examples (pixels for in-memory data; paths, sizes and mtimes for image
 folders), the preprocessing (image size, normalisation) and the teacher's
 compute dtype (`teacher.compute_dtype`). Any change gives a new key, so a
 stale cache is never read.
+
+With augmentation (random crop/flip) the teacher's input changes every
+epoch, but a seeded augmentation makes batch s of epoch e the same crops and
+flips of the same examples in every run with the same data seed: the
+teacher's logits of the augmented batches (`AugmentedViews`) are then a
+fixed function of (epoch, batch), computed by the first run that reaches an
+epoch and read by every other (a study's cells of one seed: other methods,
+students, hyperparameters). Files: `<cache_dir>/views-<key>/epoch-<e>.npy`
+(float32 `[steps per epoch, batch, K]`; CIFAR-100 at batch 64: 20 MB per
+epoch).
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -146,3 +157,84 @@ def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:
   reporting.log(f"teacher cache {root}: "
                 + (f"computed {', '.join(computed)}" if computed else "hit"))
   return out
+
+
+def views_problem(config, live="") -> str | None:
+  """Why a run does not cache its teacher's logits of augmented batches
+  (None: it does); `live`: why the run needs its teacher live anyway."""
+  if not config.teacher.cache_dir:
+    return "off"
+  if not (config.dataset.random_crop or config.dataset.random_flip):
+    return "no augmentation: the per-example cache serves the run"
+  if live:
+    return live
+  if jax.process_count() > 1:
+    return "several processes (each would need its own rows of every view)"
+  return None
+
+
+class AugmentedViews:
+  """The frozen teacher's logits of every augmented training batch of a run,
+  one file per epoch, computed the first time any run reaches that epoch."""
+
+  def __init__(self, config, ds, teacher, spec: step_lib.StepSpec, spe, mesh):
+    self.config, self.ds, self.teacher, self.spe, self.mesh = (
+        config, ds, teacher, spe, mesh)
+    self.spec = spec
+    d = config.dataset
+    h = hashlib.blake2b(digest_size=16)
+    h.update(cache_key(config, ds, type(teacher.model).__name__,
+                       teacher).encode())
+    h.update(json.dumps({
+        "data_seed": spec.data_seed, "batch_size": config.batch_size,
+        "steps_per_epoch": spe, "balanced": bool(d.balanced_sampling),
+        "random_crop": bool(d.random_crop), "random_flip": bool(d.random_flip),
+        "crop_padding": int(d.crop_padding),
+        "mixed_precision": bool(config.mixed_precision)},
+        sort_keys=True).encode())
+    self.root = os.path.join(config.teacher.cache_dir, "views-" + h.hexdigest())
+    self._fn = jax.jit(lambda v, images, step: step_lib.live_teacher_logits(
+        spec, v, images, step))
+    self._epoch, self._logits = -1, None
+
+  def logits(self, epoch, step_in_epoch) -> np.ndarray:
+    """`[batch, K]`: the teacher's logits of batch `step_in_epoch` of
+    `epoch`, augmented as the train step augments it."""
+    if epoch != self._epoch:
+      self._logits, self._epoch = self._load_or_compute(epoch), epoch
+    return np.asarray(self._logits[step_in_epoch])
+
+  def _load_or_compute(self, epoch) -> np.ndarray:
+    path = os.path.join(self.root, f"epoch-{epoch}.npy")
+    if os.path.exists(path):
+      arr = np.load(path, mmap_mode="r")
+      if arr.shape[:2] == (self.spe, self.config.batch_size):
+        return arr
+    out = []
+    for s, host_batch in enumerate(data.train_batches(
+        self.ds.train, global_batch=self.config.batch_size,
+        seed=self.spec.data_seed, epoch=epoch, num_steps=self.spe,
+        image_size=self.config.dataset.image_size,
+        balanced=self.config.dataset.balanced_sampling)):
+      images = sharding.global_batch(host_batch["image"], self.mesh)
+      out.append(np.asarray(self._fn(self.teacher.variables, images,
+                                     jnp.int32(epoch * self.spe + s))))
+    arr = np.stack(out).astype(np.float32)
+    reporting.write_atomic(path, lambda f: np.save(f, arr))
+    if epoch == 0:
+      reporting.log(f"teacher cache {self.root}: augmented batches' logits, "
+                    f"one file per epoch ({arr.nbytes / 1e6:.1f} MB each)")
+    return arr
+
+
+def augmented_views(config, ds, teacher, spec, spe, mesh, role,
+                    live="") -> AugmentedViews | None:
+  """The run's `AugmentedViews`, or None (logged unless the cache is off)."""
+  if teacher is None:
+    return None
+  why = views_problem(config, live)
+  if why is None:
+    return AugmentedViews(config, ds, teacher, spec, spe, mesh)
+  if why != "off" and not why.startswith("no augmentation"):
+    reporting.log(f"[{role}] augmented batches' teacher logits not cached: {why}")
+  return None

@@ -62,9 +62,11 @@ def test_vmapped_step_equals_plain_steps(mixed):
   vm_state, vm_metrics = jax.jit(jax.vmap(train_step, in_axes=(0, None, 0, None)))(
       stacked, batch, step.stack_hyperparams(configs), t_vars)
   for i, (p_state, p_metrics) in enumerate(plain):
+    # The vmapped program rounds in another fusion order; Adam normalises
+    # the few near-zero gradients that differ up to a step's size (~1e-5).
     for a, b in zip(jax.tree.leaves(p_state),
                     jax.tree.leaves(jax.tree.map(lambda x: x[i], vm_state))):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(p_metrics["loss"], vm_metrics["loss"][i],
                                rtol=1e-5)
   assert float(plain[0][1]["loss"]) != float(plain[1][1]["loss"])

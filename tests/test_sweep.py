@@ -53,12 +53,15 @@ def _params(workdir):
     # one cell per call (the CPU default), cached teacher logits
     ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"], 0, False,
      {"kd.temperature": 4.0}),
-    # one cell per call with augmentation: no cache, one live teacher
+    # one cell per call with augmentation, no cache: one live teacher
     # forward per step shared by both calls
+    ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 1, True,
+     {"teacher.cache_dir": ""}),
+    # augmentation with the cache on: the augmented batches' cached logits
     ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 1, True, {}),
     # bf16 compute in both, with the live teacher (also in bf16)
     ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, True,
-     {"mixed_precision": True}),
+     {"mixed_precision": True, "teacher.cache_dir": ""}),
     ("dkd", ["T=2,seed=0", "T=4,seed=1"], 2, False, {"mixed_precision": True}),
     # every other vmappable method, logit standardisation on
     ("conditional", ["T=2,seed=0", "T=4,seed=1"], 0, False,
@@ -74,7 +77,7 @@ def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, ce
                                                chunk, flip, extra):
   configs = _cells(teacher_dir, method, cells, **{
       "kd.lambda_min": 0.3, "dataset.random_flip": flip,
-      "teacher.cache_dir": str(tmp_path / "cache"), **extra})  # off with augmentation
+      "teacher.cache_dir": str(tmp_path / "cache"), **extra})
   if "nan_policy" in extra:
     _poison_teacher_cache(configs[0], teacher_dir, rows=[3, 70])
   separate = [train.train_and_evaluate(c, str(tmp_path / f"sep{i}"))
@@ -110,6 +113,8 @@ def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, ce
       assert os.path.exists(tmp_path / f"vm{i}" / name), name
     assert helpers.read_json(tmp_path / f"vm{i}" / "config.json") == \
         helpers.read_json(tmp_path / f"sep{i}" / "config.json")
+  views = glob.glob(str(tmp_path / "cache" / "views-*" / "epoch-*.npy"))
+  assert bool(views) == (flip and "teacher.cache_dir" not in extra)
   if method == "ctkd":
     t = [r["final_temperature"] for r in (v["stages"]["student"] for v in vmapped)]
     assert t[0] != t[1]

@@ -33,7 +33,7 @@ def test_logits_file_trains_the_student_of_its_teacher(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   cache = str(tmp_path / "cache")
   args = [QS, "--config.scratch_baseline=false",
-          "--config.teacher.name=mlp_small"]
+          "--config.teacher.name=mlp"]  # the quickstart's student model
   a = str(tmp_path / "a")
   r = helpers.run_cli(*args, f"--config.teacher.checkpoint={teacher}",
                       f"--config.teacher.cache_dir={cache}", f"--workdir={a}")
