@@ -122,7 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.cache_dir = ""
   # The frozen teacher's forward (live and cached): 'float32' or 'bfloat16'
   # (its variables and input cast to bf16, its outputs back to float32; for
-  # CPUs with AVX512-BF16/AMX and accelerators). The student stays float32.
+  # accelerators; XLA:CPU runs bf16 convolutions at its float32 rate, see
+  # benchmarks/RESULTS.md). The student stays float32.
   t.compute_dtype = "float32"
 
   c.student = s = ml_collections.ConfigDict()
