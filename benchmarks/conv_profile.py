@@ -32,9 +32,10 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
          512, 512, 512, "M")
 
 
-def timed(fn, runs):
-  """Median seconds of fn() over `runs` calls after one warm-up."""
-  fn()
+def timed(fn, runs, warmup=1):
+  """Median seconds of fn() over `runs` calls after `warmup` ones."""
+  for _ in range(warmup):
+    fn()
   ts = []
   for _ in range(runs):
     t = time.perf_counter()

@@ -41,23 +41,12 @@ import numpy as np  # noqa: E402
 
 from kd_jax import config_lib, cpu_runtime, data, models, sharding, stage, sweep  # noqa: E402
 from kd_jax import step as step_lib  # noqa: E402
+from conv_profile import timed  # noqa: E402
 from kd_step_vs_torch import CASES  # noqa: E402
 
 GRID_T = (2, 4, 6, 8, 10, 12, 14)  # configs/cifar_grid.py
 GRID_ALPHA = (0.3, 0.5, 0.7, 0.9)
 GRID_BATCH = {"cifar": 128, "echo": 64}  # the grid config's, the echo study's
-
-
-def median_step_time(fn, reps, warmup=1):
-  """Median wall seconds of `fn()` over `reps` calls after `warmup`."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
 
 
 def ceilings(n=8192):
@@ -68,12 +57,12 @@ def ceilings(n=8192):
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     mm = jax.jit(lambda a, b: a @ b)
     mm(a, b).block_until_ready()
-    t = median_step_time(lambda: mm(a, b).block_until_ready(), 10, warmup=0)
+    t = timed(lambda: mm(a, b).block_until_ready(), 10, warmup=0)
     out[f"matmul_{jnp.dtype(dtype).name}_tflops"] = 2 * n**3 / t / 1e12
   x = jax.random.normal(jax.random.PRNGKey(2), (4 * n * n,), jnp.float32)
   cp = jax.jit(lambda x: x + 1.0)  # one read + one write (1 GiB at n=8192)
   cp(x).block_until_ready()
-  t = median_step_time(lambda: cp(x).block_until_ready(), 10, warmup=0)
+  t = timed(lambda: cp(x).block_until_ready(), 10, warmup=0)
   out["copy_tb_per_s"] = 2 * x.size * 4 / t / 1e12
   return out
 
@@ -143,7 +132,7 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
         if pipeline.count >= steps:
           jax.block_until_ready(state)
           return
-  t_dev = median_step_time(on_device, 3, warmup=0) / steps
+  t_dev = timed(on_device, 3, warmup=0) / steps
   pipeline.count = 0
   t0 = time.perf_counter()
   pipeline()
@@ -201,7 +190,7 @@ def grid_step(student_name, size, classes, batch, steps, cells):
     for _ in range(steps):
       states, _ = step(states, hp, active, dev_batch, None)
     jax.block_until_ready(states)
-  t = median_step_time(run, 3, warmup=0) / steps
+  t = timed(run, 3, warmup=0) / steps
   return {"step_s": t, "images_per_s": len(configs) * batch / t,
           "cells": len(configs), **cost}
 
@@ -259,7 +248,7 @@ def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16,
     for _ in range(steps):
       one()
     torch.cuda.synchronize()
-  t = median_step_time(run, 3, warmup=0) / steps
+  t = timed(run, 3, warmup=0) / steps
   return {"images_per_s": batch / t}
 
 

@@ -7,15 +7,9 @@ benchmark's recipe (configs/crd_resnet8x4.py, which documents it);
 `:kd.feature_logit_method=vanilla` adds Hinton KD. Layer pairs and beta:
 `kd.feature_layers`, `kd.feature_weight`.
 """
-import importlib.util
-import os
+from kd_jax import config_lib
 
 
 def get_config(arg=None):
-  spec = importlib.util.spec_from_file_location(
-      "kd_jax_crd_recipe",
-      os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                   "crd_resnet8x4.py"))
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
+  recipe = config_lib.sibling_config(__file__, "crd_resnet8x4.py")
   return recipe.get_config(arg, method="pkt")

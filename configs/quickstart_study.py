@@ -5,27 +5,15 @@ version the tests run; `--arg=seeds=5` for more seeds):
   python -m kd_jax.study run configs/quickstart_study.py --study_dir=/tmp/qs_study
   python -m kd_jax.report /tmp/qs_study
 """
-import importlib.util
-import os
-
-from kd_jax import study
+from kd_jax import config_lib, study
 
 STUDENTS = ("mlp_small", "tiny_cnn")
-
-
-def _quickstart():
-  spec = importlib.util.spec_from_file_location(
-      "kd_jax_quickstart_config",
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 def get_config(arg=None):
   """The quickstart recipe (configs/quickstart.py), one cell at a time: the
   scratch students are cells of their own, so no per-cell scratch run."""
-  c = _quickstart().get_config(arg)
+  c = config_lib.sibling_config(__file__, "quickstart.py").get_config(arg)
   c.scratch_baseline = False
   return c
 

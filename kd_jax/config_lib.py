@@ -9,6 +9,7 @@ by tests and Colab).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 
@@ -35,7 +36,20 @@ class UserError(ValueError):
   """Bad input from the user: reported as one line, never as a traceback."""
 
 
+def sibling_config(config_file: str, name: str):
+  """The config module `name` (e.g. "crd_resnet8x4.py") in the folder of
+  `config_file` (a config's `__file__`): a cell that starts from another
+  file's recipe loads it by path, since configs/ is not a package."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  spec = importlib.util.spec_from_file_location(
+      "kd_jax_config_" + os.path.splitext(name)[0], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
 def base_config() -> ml_collections.ConfigDict:
+  """Every field a run reads, at its default (a cell overrides some)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Data order and augmentation follow data_seed (-1: seed); initial weights
@@ -68,7 +82,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.nan_policy = "stop"
   c.runlocal = False
 
-  c.dataset = d = ml_collections.ConfigDict()
+  c.dataset = _dataset_config()
+  c.teacher = _teacher_config()
+
+  c.student = s = ml_collections.ConfigDict()
+  s.name = "mobilenet_v3_small"
+  s.init_from = ""  # weights the student (and scratch) start from
+
+  # Two-phase fine-tuning of every stage that starts from `init_from`
+  # weights: first `frozen_epochs` epochs train the classifier head only
+  # (backbone frozen, its BatchNorm in inference mode) at `frozen_lr`, then
+  # the remaining epochs train all layers at the stage's learning rate.
+  c.finetune = f = ml_collections.ConfigDict()
+  f.frozen_epochs = 0
+  f.frozen_lr = 1e-3
+
+  c.kd = _kd_config()
+
+  c.loss = ml_collections.ConfigDict()
+  # Weights of the hard-label cross-entropy term of every method (teacher,
+  # scratch and student stages): 'none', 'balanced' (w_c = N / (C n_c) over
+  # the training split, as scikit-learn) or a comma list of C positive
+  # floats, e.g. '1,2.5'. The CE becomes the weighted mean (losses.py).
+  c.loss.class_weights = "none"
+  return c
+
+
+def _dataset_config() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
   d.name = "default"
   # TFDS data_dir, the image-folder root ('folder'), or the directory the
   # CSV's file names are relative to ('csv').
@@ -101,8 +142,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Each epoch draws its order with replacement by inverse class frequency,
   # so classes appear equally often in expectation (imbalanced data).
   d.balanced_sampling = False
+  return d
 
-  c.teacher = t = ml_collections.ConfigDict()
+
+def _teacher_config() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
   t.name = "vgg16"
   # The frozen teacher, used as is: a kd_jax run (workdir, stage dir or
   # checkpoints/best) or a weight file 'torchvision:PATH' / 'timm:PATH' /
@@ -125,20 +169,13 @@ def base_config() -> ml_collections.ConfigDict:
   # accelerators; XLA:CPU runs bf16 convolutions at its float32 rate, see
   # benchmarks/RESULTS.md). The student stays float32.
   t.compute_dtype = "float32"
+  return t
 
-  c.student = s = ml_collections.ConfigDict()
-  s.name = "mobilenet_v3_small"
-  s.init_from = ""  # weights the student (and scratch) start from
 
-  # Two-phase fine-tuning of every stage that starts from `init_from`
-  # weights: first `frozen_epochs` epochs train the classifier head only
-  # (backbone frozen, its BatchNorm in inference mode) at `frozen_lr`, then
-  # the remaining epochs train all layers at the stage's learning rate.
-  c.finetune = f = ml_collections.ConfigDict()
-  f.frozen_epochs = 0
-  f.frozen_lr = 1e-3
-
-  c.kd = k = ml_collections.ConfigDict()
+def _kd_config() -> ml_collections.ConfigDict:
+  """The distillation fields: the logit methods', hints' and assistants';
+  then the feature and relation methods' (`_add_feature_kd_fields`)."""
+  k = ml_collections.ConfigDict()
   k.method = "vanilla"
   k.temperature = DEFAULT_TEMPERATURE  # fixed-temperature methods only
   k.alpha = 0.5
@@ -179,6 +216,11 @@ def base_config() -> ml_collections.ConfigDict:
   # its layer that its teacher's hint guides and that gives the hint to the
   # next link; every link adds the hint term between its two layers.
   k.hint_assistant_layers = ""
+  _add_feature_kd_fields(k)
+  return k
+
+
+def _add_feature_kd_fields(k: ml_collections.ConfigDict) -> None:
   # Feature and relation methods (at, pkt, sp, rkd, vid, crd, reviewkd):
   # loss = the loss of `feature_logit_method` ('none': cross-entropy) +
   # feature_weight * feature term. feature_weight 0: the method's default
@@ -210,14 +252,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Deep mutual learning: the cohort is the student plus these peers
   # (comma list of models; '' = one peer with the student's architecture).
   k.peers = ""
-
-  c.loss = ml_collections.ConfigDict()
-  # Weights of the hard-label cross-entropy term of every method (teacher,
-  # scratch and student stages): 'none', 'balanced' (w_c = N / (C n_c) over
-  # the training split, as scikit-learn) or a comma list of C positive
-  # floats, e.g. '1,2.5'. The CE becomes the weighted mean (losses.py).
-  c.loss.class_weights = "none"
-  return c
 
 
 ALIASES = {

@@ -191,7 +191,6 @@ def summarize_settings(rows):
         "temperature": _setting_temperature(rs),
         "seeds": " ".join(str(r["seed"]) for r in rs), "n": acc.n,
         "test_accuracy_mean": acc.mean, "test_accuracy_std": acc.std,
-        "ci95_low": acc.ci_low, "ci95_high": acc.ci_high,
         "test_accuracy_ci95_low": acc.ci_low,
         "test_accuracy_ci95_high": acc.ci_high,
         "val_accuracy_mean": _mean(r["val_accuracy"] for r in rs),

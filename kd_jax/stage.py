@@ -613,12 +613,10 @@ class Stage:
           process_index=jax.process_index(), process_count=jax.process_count(),
           balanced=config.dataset.balanced_sampling)
       t_epoch = time.time()
-      # The cached views are batch s of epoch e augmented as step e*spe + s.
-      assert views is None or step == loop["epoch"] * spe + loop["step_in_epoch"]
+      if views is not None:
+        batches = views.attach(batches, loop["epoch"], loop["step_in_epoch"],
+                               step)
       for host_batch in batches:
-        if views is not None:
-          host_batch["teacher_logits"] = views.logits(loop["epoch"],
-                                                      loop["step_in_epoch"])
         batch = sharding.global_batch(host_batch, mesh)
         state, step_metrics = step_jit(state, batch, hp, self.teacher_vars)
         pending.append(step_metrics)

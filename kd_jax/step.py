@@ -356,6 +356,12 @@ def live_teacher_logits(spec: StepSpec, teacher_vars, images, step):
   return teacher_outputs(spec, teacher_vars, augmented(spec, images, step))[0]
 
 
+def make_live_teacher_fn(spec: StepSpec):
+  """`live_teacher_logits` for `spec`, jitted: `(teacher_vars, images, step)
+  -> logits`, for callers that run the teacher outside the train step."""
+  return jax.jit(functools.partial(live_teacher_logits, spec))
+
+
 def _teacher_signal(spec, batch, teacher_vars, x):
   """(teacher logits, {layer: teacher feature} or None), constants."""
   if "teacher_logits" in batch and not spec.feature_layers:

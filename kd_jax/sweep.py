@@ -284,8 +284,7 @@ def _teacher_source(config, ds, teacher, spec, spe, mesh, cache_used):
                                         "sweep")
   if views is not None:
     return views, None
-  return None, jax.jit(lambda v, im, s: step_lib.live_teacher_logits(
-      spec, v, im, s))
+  return None, step_lib.make_live_teacher_fn(spec)
 
 
 def _train_cells(todo, ds, mesh, teacher, chunk):
@@ -309,15 +308,16 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
   while (loop["epoch"] < config.num_epochs
          and not all(t.loop["stopped"] for t in cells.trackers)):
     t_epoch, pending = time.time(), []
-    for host_batch in data.train_batches(
+    batches = data.train_batches(
         ds.train, global_batch=config.batch_size, seed=spec.data_seed,
         epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
         image_size=config.dataset.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        balanced=config.dataset.balanced_sampling):
-      if views is not None:
-        host_batch["teacher_logits"] = views.logits(loop["epoch"],
-                                                    step - loop["epoch"] * spe)
+        balanced=config.dataset.balanced_sampling)
+    if views is not None:
+      batches = views.attach(batches, loop["epoch"], loop["step_in_epoch"],
+                             step)
+    for host_batch in batches:
       batch = sharding.global_batch(host_batch, mesh)
       if teacher_fn is not None:  # once per step, not once per chunk
         batch["teacher_logits"] = teacher_fn(teacher_vars, batch["image"],

@@ -193,8 +193,7 @@ class AugmentedViews:
         "mixed_precision": bool(config.mixed_precision)},
         sort_keys=True).encode())
     self.root = os.path.join(config.teacher.cache_dir, "views-" + h.hexdigest())
-    self._fn = jax.jit(lambda v, images, step: step_lib.live_teacher_logits(
-        spec, v, images, step))
+    self._fn = step_lib.make_live_teacher_fn(spec)
     self._epoch, self._logits = -1, None
 
   def logits(self, epoch, step_in_epoch) -> np.ndarray:
@@ -203,6 +202,19 @@ class AugmentedViews:
     if epoch != self._epoch:
       self._logits, self._epoch = self._load_or_compute(epoch), epoch
     return np.asarray(self._logits[step_in_epoch])
+
+  def attach(self, batches, epoch, start_step, global_step):
+    """`batches` (host batches `start_step`, ... of `epoch`) with their
+    cached teacher logits; `global_step`: the train step of the first one,
+    which must augment it as the cached view was augmented."""
+    if global_step != epoch * self.spe + start_step:
+      raise RuntimeError(
+          f"train step {global_step} is not batch {start_step} of epoch "
+          f"{epoch} ({self.spe} steps per epoch): the cached augmented views "
+          f"would not match the step's augmentation")
+    for s, host_batch in enumerate(batches, start_step):
+      host_batch["teacher_logits"] = self.logits(epoch, s)
+      yield host_batch
 
   def _load_or_compute(self, epoch) -> np.ndarray:
     path = os.path.join(self.root, f"epoch-{epoch}.npy")

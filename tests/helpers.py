@@ -92,3 +92,13 @@ def restore_raw(manager_dir, item):
       **{item: ocp.args.StandardRestore(target)}))
   mngr.close()
   return step, out[item]
+
+
+def train_digits_teacher(root):
+  """Trains the tiny simple_cnn on digits in `root` (no distillation) and
+  returns its checkpoint directory, for `teacher.checkpoint`."""
+  from kd_jax import train
+  c = tiny_config("dataset=digits,method=none,student=simple_cnn",
+                  scratch_baseline=False)
+  train.train_and_evaluate(c, str(root))
+  return os.path.join(str(root), "student")

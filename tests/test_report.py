@@ -155,7 +155,8 @@ def test_report_of_a_synthetic_study(synthetic_study):
   s = summary["student-small__method-none"]
   half = T975_DF2 * 0.02 / math.sqrt(3)
   assert (int(s["n"]), float(s["test_accuracy_mean"]), float(s["test_accuracy_std"]),
-          float(s["ci95_low"]), float(s["ci95_high"])) == pytest.approx(
+          float(s["test_accuracy_ci95_low"]),
+          float(s["test_accuracy_ci95_high"])) == pytest.approx(
               (3, 0.82, 0.02, 0.82 - half, 0.82 + half))
 
   comps = _csv(os.path.join(rdir, "comparisons.csv"))

@@ -14,11 +14,7 @@ from tests import helpers
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("sweep_teacher")
-  c = helpers.tiny_config("dataset=digits,method=none,student=simple_cnn",
-                          scratch_baseline=False)
-  train.train_and_evaluate(c, str(root))
-  return os.path.join(str(root), "student")
+  return helpers.train_digits_teacher(tmp_path_factory.mktemp("sweep_teacher"))
 
 
 def _cells(teacher_dir, method, cells, **extra):

@@ -17,11 +17,7 @@ AUG = {"dataset.random_flip": True, "dataset.random_crop": True}
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("views_teacher")
-  c = helpers.tiny_config("dataset=digits,method=none,student=simple_cnn",
-                          scratch_baseline=False)
-  train.train_and_evaluate(c, str(root))
-  return os.path.join(str(root), "student")
+  return helpers.train_digits_teacher(tmp_path_factory.mktemp("views_teacher"))
 
 
 def _config(teacher_dir, cache_dir, arg=""):
