@@ -2,7 +2,7 @@
 `teacher.compute_dtype=float32` and `=bfloat16`, over seeds, in one run.
 
   python benchmarks/bf16_teacher_accuracy.py [--config=configs/quickstart.py]
-      [--seeds=3] [--teacher=RUN_OR_CHECKPOINT] [--teacher_name=mlp_1200x2]
+      [--arg=teacher=simple_cnn] [--seeds=3] [--teacher=RUN_OR_CHECKPOINT] [--teacher_name=mlp_1200x2]
       [--workdir=DIR]
 
 Without --teacher the first run (seed 0, float32) also trains the config's
@@ -27,14 +27,19 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from kd_jax import console  # noqa: E402
+
+console.quiet_native_logs()  # before JAX and TensorFlow are imported
+
 from kd_jax import config_lib, cpu_runtime, stats, train  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
 
-def _config(path, **overrides):
-  c = config_lib.sibling_config(os.path.join(REPO, path), os.path.basename(path))
-  c = c.get_config()
+def _config(path, arg, **overrides):
+  module = config_lib.sibling_config(os.path.join(REPO, path),
+                                     os.path.basename(path))
+  c = module.get_config(arg or None)
   for key, value in overrides.items():
     config_lib.set_path(c, key, value)
   return c
@@ -49,6 +54,7 @@ def _student(workdir):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--config", default="configs/quickstart.py")
+  p.add_argument("--arg", default="", help="the config's arg string")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--teacher", default="",
                  help="a trained teacher (run dir or checkpoint); '' = train one")
@@ -59,18 +65,18 @@ def main():
   root = args.workdir or tempfile.mkdtemp(prefix="kd_bf16_teacher_")
   t0 = time.time()
   teacher = args.teacher
-  name = args.teacher_name or _config(args.config).teacher.name
+  name = args.teacher_name or _config(args.config, args.arg).teacher.name
   acc, agree = {d: {} for d in DTYPES}, {d: {} for d in DTYPES}
   for seed in range(args.seeds):
     for dtype in DTYPES:
       wd = os.path.join(root, f"{dtype}-seed{seed}")
       own = {"teacher.checkpoint": teacher, "teacher.name": name} if teacher else {}
-      train.train_and_evaluate(_config(args.config, **{
+      train.train_and_evaluate(_config(args.config, args.arg, **{
           "seed": seed, "scratch_baseline": False,
           "teacher.compute_dtype": dtype, **own}), wd)
       teacher = teacher or os.path.join(wd, "teacher")
       acc[dtype][seed], agree[dtype][seed] = _student(wd)
-  print(f"\n{args.config}: teacher {name} ({teacher}), {args.seeds} seeds, "
+  print(f"\n{args.config}:{args.arg}: teacher {name} ({teacher}), {args.seeds} seeds, "
         f"{time.time() - t0:.0f} s")
   print("seed | student acc f32 | student acc bf16 | agreement f32 | agreement bf16")
   for seed in range(args.seeds):
