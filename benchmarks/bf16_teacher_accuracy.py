@@ -76,7 +76,8 @@ def main():
           "teacher.compute_dtype": dtype, **own}), wd)
       teacher = teacher or os.path.join(wd, "teacher")
       acc[dtype][seed], agree[dtype][seed] = _student(wd)
-  print(f"\n{args.config}:{args.arg}: teacher {name} ({teacher}), {args.seeds} seeds, "
+  cell = args.config + (":" + args.arg if args.arg else "")
+  print(f"\n{cell}: teacher {name} ({teacher}), {args.seeds} seeds, "
         f"{time.time() - t0:.0f} s")
   print("seed | student acc f32 | student acc bf16 | agreement f32 | agreement bf16")
   for seed in range(args.seeds):
