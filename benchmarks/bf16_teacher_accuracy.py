@@ -2,15 +2,14 @@
 `teacher.compute_dtype=float32` and `=bfloat16`, over seeds, in one run.
 
   python benchmarks/bf16_teacher_accuracy.py [--config=configs/quickstart.py]
-      [--arg=teacher=simple_cnn] [--seeds=3] [--teacher=RUN_OR_CHECKPOINT] [--teacher_name=mlp_1200x2]
-      [--workdir=DIR]
+      [--arg=teacher=simple_cnn] [--seeds=3] [--teacher=RUN_OR_CHECKPOINT]
+      [--teacher_name=mlp_1200x2] [--workdir=DIR]
 
 Without --teacher the first run (seed 0, float32) also trains the config's
 teacher, as `kd_jax.main` does, and the others load that teacher. For each
 seed and each dtype it distils the config's student from that frozen
-teacher (no scratch baseline) and reads the
-student's test accuracy and its top-1 agreement with the teacher from
-`student/results.json`. Prints one row per seed, each dtype's mean +- std,
+teacher (no scratch baseline) and reads the student's test accuracy and its
+top-1 agreement with the teacher from `student/results.json`. Prints one row per seed, each dtype's mean +- std,
 and the paired t-test of bfloat16 - float32 over the seeds (kd_jax.stats).
 The teacher's forward in bf16 rounds its inputs, weights and activations
 to 8 mantissa bits; its logits go back to float32 (`step.frozen_forward`).
@@ -37,9 +36,8 @@ DTYPES = ("float32", "bfloat16")
 
 
 def _config(path, arg, **overrides):
-  module = config_lib.sibling_config(os.path.join(REPO, path),
-                                     os.path.basename(path))
-  c = module.get_config(arg or None)
+  c = config_lib.load_config_module(os.path.join(REPO, path)).get_config(
+      arg or None)
   for key, value in overrides.items():
     config_lib.set_path(c, key, value)
   return c

@@ -36,16 +36,22 @@ class UserError(ValueError):
   """Bad input from the user: reported as one line, never as a traceback."""
 
 
-def sibling_config(config_file: str, name: str):
-  """The config module `name` (e.g. "crd_resnet8x4.py") in the folder of
-  `config_file` (a config's `__file__`): a cell that starts from another
-  file's recipe loads it by path, since configs/ is not a package."""
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+def load_config_module(path: str):
+  """The config (or study) file at `path` as a module: configs/ is not a
+  package, so its files are loaded by path."""
   spec = importlib.util.spec_from_file_location(
-      "kd_jax_config_" + os.path.splitext(name)[0], path)
+      "kd_jax_config_" + os.path.splitext(os.path.basename(path))[0], path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
+
+
+def sibling_config(config_file: str, name: str):
+  """The config module `name` (e.g. "crd_resnet8x4.py"), relative to the
+  folder of `config_file` (a config's `__file__`): for a cell that starts
+  from another file's recipe."""
+  return load_config_module(
+      os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import importlib.util
 import json
 import os
 import shlex
@@ -100,10 +99,7 @@ def split_spec(spec: str, arg: str = "") -> tuple[str, str]:
 def load_module(path: str):
   if not os.path.isfile(path):
     raise UserError(f"study file {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(
-      "kd_jax_study_" + os.path.basename(path)[:-3], path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = config_lib.load_config_module(path)
   for fn in ("get_config", "cells"):
     if not hasattr(mod, fn):
       raise UserError(f"{path} is not a study file: it has no {fn}()")

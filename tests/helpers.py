@@ -24,12 +24,9 @@ def tiny_config(arg="", **overrides):
 
 def load_config(filename, arg=None):
   """configs/<filename>'s get_config(arg)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "cfg_" + filename[:-3], os.path.join(REPO, "configs", filename))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  from kd_jax import config_lib
+  return config_lib.load_config_module(
+      os.path.join(REPO, "configs", filename)).get_config(arg)
 
 
 def write_image_folder(root, classes=("A2C", "A4C", "PLAX"), per_split=None,

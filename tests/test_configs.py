@@ -1,6 +1,5 @@
 """Every config file: loads, validates, names cells by arg string, has a tiny mode."""
 import glob
-import importlib.util
 import os
 
 import pytest
@@ -19,15 +18,8 @@ METHOD_CONFIGS = {"scratch": "none", "vanilla_kd": "vanilla",
                   "logit_standardization": "vanilla", "dml": "dml"}
 
 
-def _module(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def load(path, arg=None):
-  return _module(path).get_config(arg)
+  return config_lib.load_config_module(path).get_config(arg)
 
 
 # Configs that start from pretrained weight files: validation checks the
@@ -36,7 +28,7 @@ WEIGHT_CONFIGS = ("mhist_transfer.py",)
 
 
 def _weights_arg(path, tmp_path):
-  mod = _module(path)
+  mod = config_lib.load_config_module(path)
   for name in (mod.TEACHER_FILE, mod.STUDENT_FILE):
     (tmp_path / name).write_bytes(b"")
   return f"weights_dir={tmp_path}"

@@ -12,10 +12,8 @@ teacher's 128-unit dense layer. Seeds 0..4 (`--arg=seeds=N`).
   python -m kd_jax.study run configs/repro/fashion_methods_cnn_teacher.py --study_dir=studies/fashion_cnn_teacher --in_process --vmap
   python -m kd_jax.report studies/fashion_cnn_teacher --no_timing
 """
-import importlib.util
-import os
 
-from kd_jax import study
+from kd_jax import config_lib, study
 
 SETTINGS = (
     "method=none", "method=vanilla", "method=conditional",
@@ -27,12 +25,7 @@ SETTINGS = (
 
 
 def _protocol():
-  spec = importlib.util.spec_from_file_location(
-      "kd_jax_fashion_methods",
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_methods.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return config_lib.sibling_config(__file__, "fashion_methods.py")
 
 
 def get_config(arg=None):

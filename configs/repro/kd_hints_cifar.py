@@ -19,8 +19,6 @@ Cells (one shared teacher; seeds 0.. with `seeds=N`, default 1):
   python -m kd_jax.study run configs/repro/kd_hints_cifar.py --arg=dataset.data_dir=/data/tfds
   python -m kd_jax.report <study_dir> --no_timing
 """
-import importlib.util
-import os
 
 from kd_jax import config_lib, study
 
@@ -39,13 +37,7 @@ SETTINGS = (
 
 
 def get_config(arg=None):
-  spec = importlib.util.spec_from_file_location(
-      "kd_jax_cifar_grid",
-      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                   "cifar_grid.py"))
-  grid = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(grid)
-  c = grid.get_config()
+  c = config_lib.sibling_config(__file__, "../cifar_grid.py").get_config()
   c.kd.temperature, c.kd.alpha = 12.0, 0.5
   c.kd.hint_weight = 1.0  # the report gives no weight for its hint terms
   c.scratch_baseline = False  # the scratch students are cells of their own
