@@ -32,8 +32,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from kd_jax import cpu_runtime, study  # noqa: E402
-from kd_jax.deployment import cpu_name  # noqa: E402
+from kd_jax import cpu_runtime  # noqa: E402
+from kd_jax.study import runner as study
+from kd_jax.study.deployment import cpu_name  # noqa: E402
 
 
 def main():

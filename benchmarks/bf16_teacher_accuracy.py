@@ -30,7 +30,10 @@ from kd_jax import console  # noqa: E402
 
 console.quiet_native_logs()  # before JAX and TensorFlow are imported
 
-from kd_jax import config_lib, cpu_runtime, stats, train  # noqa: E402
+from kd_jax import config_lib  # noqa: E402
+from kd_jax import cpu_runtime
+from kd_jax.study import stats
+from kd_jax.train import pipeline as train
 
 DTYPES = ("float32", "bfloat16")
 

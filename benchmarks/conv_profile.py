@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from kd_jax import cpu_runtime  # noqa: E402
-from kd_jax.deployment import cpu_name  # noqa: E402
+from kd_jax.study.deployment import cpu_name  # noqa: E402
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
          512, 512, 512, "M")

@@ -35,14 +35,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+from conv_profile import timed  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from kd_step_vs_torch import CASES  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kd_jax import config_lib, cpu_runtime, data, models, sharding, stage, sweep  # noqa: E402
-from kd_jax import step as step_lib  # noqa: E402
-from conv_profile import timed  # noqa: E402
-from kd_step_vs_torch import CASES  # noqa: E402
+from kd_jax import config_lib  # noqa: E402
+from kd_jax import cpu_runtime
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.train import sharding
+from kd_jax.train import stage
+from kd_jax.train import step as step_lib  # noqa: E402
+from kd_jax.train import sweep
 
 GRID_T = (2, 4, 6, 8, 10, 12, 14)  # configs/cifar_grid.py
 GRID_ALPHA = (0.3, 0.5, 0.7, 0.9)

@@ -149,9 +149,12 @@ def jax_setup(case, batch, size, teacher_dtype):
   teacher module) of one case."""
   import jax
 
-  from kd_jax import config_lib, models, sharding, stage
-  from kd_jax import step as step_lib
+  from kd_jax import config_lib
+  from kd_jax import models
   from kd_jax.models import profile
+  from kd_jax.train import sharding
+  from kd_jax.train import stage
+  from kd_jax.train import step as step_lib
 
   tname, sname, _, classes = CASES[case]
   c = config_lib.base_config()
@@ -182,8 +185,10 @@ def jax_case(case, batch, steps, warmup, size, teacher_dtype="float32"):
   """kd_jax's rates for one case; with a bf16 teacher, on-device only."""
   import jax
 
-  from kd_jax import data, sharding, stage
-  from kd_jax import step as step_lib
+  from kd_jax.data import datasets as data
+  from kd_jax.train import sharding
+  from kd_jax.train import stage
+  from kd_jax.train import step as step_lib
 
   c, mesh, step, state, hp, t_vars, teacher = jax_setup(
       case, batch, size, teacher_dtype)
@@ -419,7 +424,7 @@ def report_header(args, rounds, host_memory_reuse):
   import flax
   import jax
 
-  from kd_jax.deployment import cpu_name
+  from kd_jax.study.deployment import cpu_name
 
   flags = cpu_flags()
   have = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())

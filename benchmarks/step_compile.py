@@ -17,8 +17,11 @@ sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from kd_jax import cpu_runtime  # noqa: E402
 
 cpu_runtime.configure()
-from kd_jax import config_lib, models, stage, sweep  # noqa: E402
-from kd_jax import step as step_lib  # noqa: E402
+from kd_jax import config_lib  # noqa: E402
+from kd_jax import models
+from kd_jax.train import stage
+from kd_jax.train import step as step_lib  # noqa: E402
+from kd_jax.train import sweep
 
 
 def main(mode):

@@ -37,10 +37,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from kd_jax import cpu_runtime, study  # noqa: E402
-from kd_jax.deployment import cpu_name  # noqa: E402
 from kd_step_vs_torch import CASES  # noqa: E402
 
+from kd_jax import cpu_runtime  # noqa: E402
+from kd_jax.study import runner as study
+from kd_jax.study.deployment import cpu_name  # noqa: E402
 
 # pair (a case of kd_step_vs_torch.py: teacher, student, px) -> (batch size,
 # teacher epochs); cifar is the grid config's own pair and batch size.

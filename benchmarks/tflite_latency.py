@@ -39,9 +39,13 @@ cpu_runtime.configure()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kd_jax import data, export, models, reporting, tflite  # noqa: E402
-from kd_jax.deployment import cpu_name  # noqa: E402
+from kd_jax import models  # noqa: E402
+from kd_jax import reporting
+from kd_jax.data import datasets as data
+from kd_jax.deploy import export
+from kd_jax.deploy import tflite
 from kd_jax.models import profile  # noqa: E402
+from kd_jax.study.deployment import cpu_name  # noqa: E402
 
 ECHO_STUDENTS = ("mobilenet_v3_small", "mobilenet_v3_large",
                  "shufflenet_v2_x1_0", "ghostnet_100")

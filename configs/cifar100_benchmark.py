@@ -33,7 +33,8 @@ top-1 (%), scratch / KD / CRD from Tian et al. 2020, DKD from Zhao et al.
   vgg13 -> MobileNetV2            64.60 / 67.37 / 69.73 / 69.71
   resnet32x4 -> ShuffleNetV2      71.82 / 74.45 / 75.65 / 77.07
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 PAIRS = ("resnet56-resnet20", "resnet110-resnet32", "resnet32x4-resnet8x4",
          "wrn_40_2-wrn_16_2", "wrn_40_2-wrn_40_1", "vgg13_cifar-vgg8_cifar",

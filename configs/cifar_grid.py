@@ -19,7 +19,8 @@ report; 0.01, 30 and 128 here. CIFAR comes from a prepared TFDS directory
 The same grid with Hinton's T^2: --arg=kd.t_squared=true; the report's hint
 and teacher-assistant experiments: configs/repro/kd_hints_cifar.py.
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 TEMPERATURES = (2, 4, 6, 8, 10, 12, 14)
 ALPHAS = (0.3, 0.5, 0.7, 0.9)

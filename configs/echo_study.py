@@ -10,7 +10,8 @@ at the frames: --arg=dataset.name=folder,dataset.data_dir=/data/echo
   sbatch launch/slurm_study.sh configs/echo_study.py studies/echo dataset.name=folder,dataset.data_dir=/data/echo
   python -m kd_jax.report studies/echo
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 STUDENTS = ("mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v2_x1_0",
             "ghostnet_100")

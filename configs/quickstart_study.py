@@ -5,7 +5,8 @@ version the tests run; `--arg=seeds=5` for more seeds):
   python -m kd_jax.study run configs/quickstart_study.py --study_dir=/tmp/qs_study
   python -m kd_jax.report /tmp/qs_study
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 STUDENTS = ("mlp_small", "tiny_cnn")
 

@@ -16,7 +16,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from kd_jax import cpu_runtime  # noqa: E402
-from kd_jax.config_lib import UserError  # noqa: E402
+from kd_jax.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -41,7 +41,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  from kd_jax import preemption, sharding, train  # heavy: after flag parsing
+  from kd_jax.train import preemption  # heavy: after flag parsing
+  from kd_jax.train import sharding
+  from kd_jax.train import pipeline as train
   try:
     sharding.maybe_initialize_distributed()
     workdir = FLAGS.workdir or default_workdir(

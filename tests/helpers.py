@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -75,7 +74,8 @@ def restore_raw(manager_dir, item):
   """Restores one array item of the newest checkpoint onto this process's
   first device (whatever device topology saved it)."""
   import jax
-  from kd_jax import checkpointing
+
+  from kd_jax.train import checkpointing
   if item == "state":  # 'latest' holds the train state packed
     return checkpointing.read_packed_state(manager_dir)
   mngr = ocp.CheckpointManager(
@@ -94,7 +94,7 @@ def restore_raw(manager_dir, item):
 def train_digits_teacher(root):
   """Trains the tiny simple_cnn on digits in `root` (no distillation) and
   returns its checkpoint directory, for `teacher.checkpoint`."""
-  from kd_jax import train
+  from kd_jax.train import pipeline as train
   c = tiny_config("dataset=digits,method=none,student=simple_cnn",
                   scratch_baseline=False)
   train.train_and_evaluate(c, str(root))

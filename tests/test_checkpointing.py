@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing
+from kd_jax.train import checkpointing
 
 
 def _state():

@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from kd_jax import config_lib, report, study
+from kd_jax import config_lib
+from kd_jax.study import report
+from kd_jax.study import runner as study
 from tests import helpers
 
 PATH = os.path.join(helpers.REPO, "configs", "cifar100_benchmark.py")

@@ -10,8 +10,12 @@ import pytest
 from sklearn.metrics import log_loss
 from sklearn.utils.class_weight import compute_class_weight
 
-from kd_jax import config_lib, losses, methods, step, train
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax.distill import losses
+from kd_jax.distill import methods
+from kd_jax.errors import UserError
+from kd_jax.train import pipeline as train
+from kd_jax.train import step
 from tests import helpers
 
 B, C, S, T, ALPHA = 12, 3, 2, 3.0, 0.3

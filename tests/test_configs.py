@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from kd_jax import config_lib, train
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax.errors import UserError
+from kd_jax.train import pipeline as train
 from tests import helpers
 
 CONFIGS = sorted(glob.glob(os.path.join(helpers.REPO, "configs", "*.py"))

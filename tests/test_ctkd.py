@@ -5,8 +5,12 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import config_lib, losses, methods, step
-from tests.test_losses import batch, np_kd
+from kd_jax import config_lib
+from kd_jax.distill import losses
+from kd_jax.distill import methods
+from kd_jax.train import step
+from tests.test_losses import batch
+from tests.test_losses import np_kd
 
 
 def np_ctkd_loss(raw, s, t, y, alpha):
@@ -103,7 +107,8 @@ def test_report_shows_the_learned_final_temperature(tmp_path):
   """The study report's T of a CTKD cell is its learned final temperature
   (mean over seeds in the summary), not the config's unused T."""
   import json
-  from kd_jax import report
+
+  from kd_jax.study import report
   for seed, final in ((0, 7.25), (1, 9.75)):
     d = tmp_path / f"method-ctkd__seed-{seed}"
     d.mkdir()

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from kd_jax import data
-from kd_jax.config_lib import UserError
+from kd_jax.data import datasets as data
+from kd_jax.errors import UserError
 from tests import helpers
 
 CLASSES4 = ("A2C", "A4C", "PLAX", "PSAX")

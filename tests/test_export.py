@@ -8,11 +8,16 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from kd_jax import data, export, models, predict, step, train
-from kd_jax.config_lib import UserError
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.deploy import export
+from kd_jax.deploy import predict
+from kd_jax.errors import UserError
+from kd_jax.train import pipeline as train
+from kd_jax.train import step
 from tests import helpers
 
 

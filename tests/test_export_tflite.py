@@ -10,13 +10,21 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from kd_jax import data, deployment, export, models, predict, report, step
-from kd_jax import tflite, train
-from kd_jax.config_lib import UserError
-from kd_jax.models import fast_ops, profile
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.deploy import export
+from kd_jax.deploy import predict
+from kd_jax.deploy import tflite
+from kd_jax.errors import UserError
+from kd_jax.models import fast_ops
+from kd_jax.models import profile
+from kd_jax.study import deployment
+from kd_jax.study import report
+from kd_jax.train import pipeline as train
+from kd_jax.train import step
 from tests import helpers
 
 # Every student of the zoo: the mobile families, the small CNNs and MLPs,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import feature_losses as fl
+from kd_jax.distill import feature_losses as fl
 
 RTOL = 1e-5
 

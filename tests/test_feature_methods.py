@@ -9,9 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, config_lib, data, feature_losses as fl
-from kd_jax import losses, models, preemption, stage, step, sweep, train
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.distill import feature_losses as fl
+from kd_jax.distill import losses
+from kd_jax.errors import UserError
+from kd_jax.train import checkpointing
+from kd_jax.train import pipeline as train
+from kd_jax.train import preemption
+from kd_jax.train import stage
+from kd_jax.train import step
+from kd_jax.train import sweep
 from tests import helpers
 
 MESH = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))

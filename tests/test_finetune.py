@@ -8,8 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import data, models, preemption, stage, step
-from kd_jax import train
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.train import pipeline as train
+from kd_jax.train import preemption
+from kd_jax.train import stage
+from kd_jax.train import step
 from tests import helpers
 
 MESH = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword")
 
 from kd_jax import models  # noqa: E402
-from kd_jax.models import convert, keras_weights  # noqa: E402
+from kd_jax import weight_spec
+from kd_jax.models.interop import keras_weights
 
 KERAS = {"resnet50_v2": "ResNet50V2", "mobilenet_v2_keras": "MobileNetV2"}
 SIZES = (224, 112)
@@ -199,7 +200,7 @@ def test_notop_file_and_other_class_count_keep_the_fresh_head(case):
 
 
 def _error_from(name, like, path):
-  with pytest.raises(convert.WeightImportError) as e:
+  with pytest.raises(weight_spec.WeightImportError) as e:
     keras_weights.assign(name, like, str(path))
   message = str(e.value)
   assert "\n" not in message

@@ -10,7 +10,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 # The 'interop' extra (the README's test command installs it): these tests
 # run in CI, never skipped.
 import safetensors.torch as safetensors_torch
@@ -19,7 +18,8 @@ import torch
 import torchvision
 
 from kd_jax import models
-from kd_jax.models import convert
+from kd_jax import weight_spec
+from kd_jax.models.interop import convert
 
 # name -> the test file's format: .pth for a few, so both readers are covered.
 CASES = {
@@ -160,7 +160,7 @@ def test_bfloat16_safetensors(resnet18_file, tmp_path):
 
 
 def one_line_error(name, path, num_classes=1000):
-  with pytest.raises(convert.WeightImportError) as info:
+  with pytest.raises(weight_spec.WeightImportError) as info:
     convert.import_weights(name, path, num_classes=num_classes)
   message = str(info.value)
   assert "\n" not in message, message

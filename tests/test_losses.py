@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import losses
+from kd_jax.distill import losses
 
 jax.config.update("jax_enable_x64", False)
 

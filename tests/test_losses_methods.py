@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import kd_modules, losses
+from kd_jax.distill import kd_modules
+from kd_jax.distill import losses
 
 jax.config.update("jax_enable_x64", False)
 
@@ -527,7 +528,7 @@ def test_instance_temperature_module(t_start, t_end):
 @pytest.mark.parametrize("name", ["vanilla", "fitnets", "ctkd"])
 def test_registry_hinton_loss_honours_t_squared(name):
   """config.kd.t_squared reaches every method whose loss is kd_loss."""
-  from kd_jax import methods
+  from kd_jax.distill import methods
   rng = np.random.default_rng(3)
   s, t = (jnp.asarray(rng.normal(0, 2, (6, 5)), jnp.float32) for _ in range(2))
   y = jnp.asarray(rng.integers(0, 5, 6))

@@ -8,9 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, config_lib, data, methods, models, sharding
-from kd_jax import stage, step, train
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.distill import methods
+from kd_jax.errors import UserError
+from kd_jax.train import checkpointing
+from kd_jax.train import pipeline as train
+from kd_jax.train import sharding
+from kd_jax.train import stage
+from kd_jax.train import step
 from tests import helpers
 
 

@@ -7,7 +7,7 @@ import os
 import h5py
 import pytest
 
-from kd_jax import checkpointing
+from kd_jax.train import checkpointing
 from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings(

@@ -146,7 +146,7 @@ def test_resnet34_imports_torchvision_weights(tmp_path):
   """The generic torch import maps torchvision's resnet34 layer for layer."""
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
-  from kd_jax.models import convert
+  from kd_jax.models.interop import convert
   torch.manual_seed(0)
   net = torchvision.models.resnet34(weights=None)
   assert sum(p.numel() for p in net.parameters()) == \

@@ -7,11 +7,12 @@ import sys
 
 import av
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from kd_jax import prepare
-from tests.helpers import REPO, tiny_config
+from kd_jax.data import prepare
+from tests.helpers import REPO
+from tests.helpers import tiny_config
 
 CLASSES = ("A2C", "A4C", "PLAX")
 FRAMES, WIDTH, HEIGHT = 8, 48, 40
@@ -239,7 +240,7 @@ def test_without_group_column_each_video_is_a_group(data, capsys):
 
 
 def test_output_loads_as_a_kd_jax_folder_dataset(default_out):
-  from kd_jax import data as kd_data
+  from kd_jax.data import datasets as kd_data
   ds = kd_data.load(tiny_config(**{"dataset.name": "folder",
                                    "dataset.data_dir": default_out}))
   assert ds.class_names == CLASSES

@@ -138,7 +138,7 @@ def test_ctkd_temperature_stays_in_range_under_a_huge_step(tmp_path):
   c = helpers.tiny_config("dataset=digits,method=ctkd",
                           **{"kd.temperature_lr": 1e6, "kd.lambda_min": 1.0,
                              "kd.temperature": 4.0})
-  from kd_jax import train
+  from kd_jax.train import pipeline as train
   train.train_and_evaluate(c, str(tmp_path))
   import json
   temps = [json.loads(l)["temperature"] for l in open(

@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
-from kd_jax import figures, report, stats
-from kd_jax.config_lib import UserError
+from kd_jax.errors import UserError
+from kd_jax.study import figures
+from kd_jax.study import report
+from kd_jax.study import stats
 from tests import helpers
 
 T975_DF2 = 4.302652729911275  # t quantile 0.975, 2 degrees of freedom

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from kd_jax import figures, report, stats
+from kd_jax.study import figures
+from kd_jax.study import report
+from kd_jax.study import stats
 
 # AUC per seed; validation AUC picks 'vanilla T=1' although 'vanilla T=4'
 # has the higher validation accuracy.

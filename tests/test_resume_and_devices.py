@@ -81,8 +81,12 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
 sys.path.insert(0, {repo!r})
 from tests import helpers
-from kd_jax import data, models, sharding, stage, train
-from kd_jax import step as step_lib
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.train import sharding
+from kd_jax.train import stage
+from kd_jax.train import pipeline as train
+from kd_jax.train import step as step_lib
 
 # 1) A whole tiny run (teacher + vanilla KD student) on every device.
 #    SGD keeps updates linear in the gradient (Adam's g/sqrt(v) turns float

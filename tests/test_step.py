@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import config_lib, data, methods, models, stage, step
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.distill import methods
+from kd_jax.train import stage
+from kd_jax.train import step
 from tests import helpers
 
 

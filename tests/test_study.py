@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from kd_jax import study
-from kd_jax.config_lib import UserError
+from kd_jax.errors import UserError
+from kd_jax.study import runner as study
 from tests import helpers
 
 QS_STUDY = os.path.join("configs", "quickstart_study.py")

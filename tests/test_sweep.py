@@ -7,8 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import data, sharding, study, sweep, teacher_cache, train
-from kd_jax.config_lib import UserError
+from kd_jax.data import datasets as data
+from kd_jax.errors import UserError
+from kd_jax.study import runner as study
+from kd_jax.train import pipeline as train
+from kd_jax.train import sharding
+from kd_jax.train import sweep
+from kd_jax.train import teacher_cache
 from tests import helpers
 
 

@@ -6,8 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import config_lib, data, models, sharding, stage, step
-from kd_jax import teacher_cache
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.train import sharding
+from kd_jax.train import stage
+from kd_jax.train import step
+from kd_jax.train import teacher_cache
 from tests import helpers
 
 # bf16 keeps 8 significant bits (relative rounding 2^-8 per value); a few

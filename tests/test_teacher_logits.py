@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from kd_jax import data, teacher_logits
+from kd_jax.data import datasets as data
+from kd_jax.data import teacher_logits
 from tests import helpers
 
 QS = "--config=configs/quickstart.py:runlocal,dataset=digits"

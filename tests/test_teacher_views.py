@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import data, models, sharding, step, teacher_cache, train
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.train import pipeline as train
+from kd_jax.train import sharding
+from kd_jax.train import step
+from kd_jax.train import teacher_cache
 from tests import helpers
 
 AUG = {"dataset.random_flip": True, "dataset.random_crop": True}

@@ -5,11 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from sklearn.metrics import f1_score
+import tensorflow_datasets as tfds
 
-from kd_jax import config_lib, data, models, sharding, stage, train
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.errors import UserError
+from kd_jax.train import pipeline as train
+from kd_jax.train import sharding
+from kd_jax.train import stage
 from tests import helpers
 
 

@@ -5,8 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from kd_jax import config_lib, data, study, train
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax.data import datasets as data
+from kd_jax.errors import UserError
+from kd_jax.study import runner as study
+from kd_jax.train import pipeline as train
 from tests import helpers
 
 CLASSES = ("A2C", "A4C", "PLAX", "PSAX")

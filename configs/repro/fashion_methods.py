@@ -13,7 +13,8 @@ seeds 0..4 by default (`--arg=seeds=N`).
   python -m kd_jax.study run configs/repro/fashion_methods.py --study_dir=studies/fashion_methods --in_process --vmap
   python -m kd_jax.report studies/fashion_methods --no_timing
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 SETTINGS = (
     "method=none", "method=vanilla", "method=conditional",

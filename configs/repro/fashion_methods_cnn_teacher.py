@@ -13,7 +13,8 @@ teacher's 128-unit dense layer. Seeds 0..4 (`--arg=seeds=N`).
   python -m kd_jax.report studies/fashion_cnn_teacher --no_timing
 """
 
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 SETTINGS = (
     "method=none", "method=vanilla", "method=conditional",

@@ -8,7 +8,8 @@ given in the arg (e.g. that study's):
   python -m kd_jax.study run configs/repro/fashion_wide_student.py --arg=teacher.checkpoint=/tmp/exp/fashion_cnn/teacher --study_dir=/tmp/exp/s784 --in_process --vmap
   python -m kd_jax.report /tmp/exp/s784 --no_timing
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 SETTINGS = ("method=none", "method=vanilla", "method=vanilla,T=2,alpha=0.5")
 

@@ -16,7 +16,8 @@ of the paper's long SGD training; dropout 0.2 on the teacher's hidden layers
 +-2 px; the greyscale image is repeated to 3 channels, so the first layers
 have 3x the paper's input weights (the same function class).
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 
 def get_config(arg=None):

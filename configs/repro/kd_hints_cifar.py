@@ -20,7 +20,8 @@ Cells (one shared teacher; seeds 0.. with `seeds=N`, default 1):
   python -m kd_jax.report <study_dir> --no_timing
 """
 
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 HINTS = "kd.hint_student_layer={s},kd.hint_teacher_layer={t}"
 SETTINGS = (

@@ -22,7 +22,8 @@ Choices the report leaves open, stated: Adam 1e-3 with cosine decay, batch
 128, 5 teacher epochs and 10 student epochs, no augmentation (so the
 teacher's logits are cached), the best validation epoch kept.
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 SETTINGS = ("method=none", "method=vanilla", "method=subclass")
 

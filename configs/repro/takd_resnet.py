@@ -13,7 +13,8 @@ default 1). The plain CNN chain: configs/repro/takd_plain_cnn.py.
 
   python -m kd_jax.study run configs/repro/takd_resnet.py --arg=dataset.data_dir=/data/tfds,seeds=3
 """
-from kd_jax import config_lib, study
+from kd_jax import config_lib
+from kd_jax.study import runner as study
 
 ASSISTANTS = ("resnet56", "resnet32", "resnet20", "resnet14")
 

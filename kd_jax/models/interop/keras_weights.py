@@ -34,9 +34,11 @@ import json
 import re
 import zipfile
 
+from flax import traverse_util
 import h5py
 import numpy as np
-from flax import traverse_util
+
+from kd_jax.weight_spec import WeightImportError
 
 HEAD = "predictions"  # Keras applications' include_top classifier
 # The last part of a Keras weight name (':0' dropped) -> Flax (collection, leaf).
@@ -54,8 +56,6 @@ KERAS3_ORDER = {"bn": ("gamma", "beta", "moving_mean", "moving_variance"),
 
 
 def _error(message):
-  # convert imports this module lazily, so importing it here makes no cycle.
-  from kd_jax.models.convert import WeightImportError
   return WeightImportError(message)
 
 

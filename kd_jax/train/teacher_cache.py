@@ -32,12 +32,16 @@ import json
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from kd_jax import config_lib, data, models, reporting, sharding
-from kd_jax import step as step_lib
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax import reporting
+from kd_jax.data import datasets as data
+from kd_jax.train import sharding
+from kd_jax.train import step as step_lib
 
 SPLITS = ("train", "val", "test")
 

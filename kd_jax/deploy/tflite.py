@@ -75,8 +75,9 @@ def convert(infer, image_size: int, *, quantize: str = "none",
     raise ValueError(f"quantize={quantize!r}; allowed: {', '.join(QUANTIZE)}")
   if quantize == "int8" and (calibration is None or not len(calibration)):
     raise ValueError("quantize='int8' needs calibration images")
-  import tensorflow as tf
   from jax.experimental import jax2tf
+  import tensorflow as tf
+
   from kd_jax.models import fast_ops
 
   def fresh(images):

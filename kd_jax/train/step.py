@@ -33,8 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kd_jax import config_lib, data, kd_modules, losses, methods, metrics
+from kd_jax import config_lib
+from kd_jax import metrics
 from kd_jax import models
+from kd_jax.data import datasets as data
+from kd_jax.distill import kd_modules
+from kd_jax.distill import losses
+from kd_jax.distill import methods
 
 
 @flax.struct.dataclass

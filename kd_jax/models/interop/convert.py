@@ -7,7 +7,7 @@ included. Sources:
   torchvision / timm: a state dict in `.safetensors` (read with the
     `safetensors` package, no torch needed) or `.pth` / `.pt` (needs torch).
   keras: Keras applications weights, `.h5` / `.weights.h5` / `.keras`
-    (read with h5py; `kd_jax.models.keras_weights`).
+    (read with h5py; `kd_jax.models.interop.keras_weights`).
 A classifier head whose class count differs from `num_classes` (or that the
 file lacks, e.g. Keras' `include_top=False` weights) keeps the model's fresh
 initialisation; `ImportResult.head_reinitialised` says so.
@@ -31,16 +31,11 @@ import os
 import jax
 import numpy as np
 
-SOURCES = ("torchvision", "timm", "keras")
-# The normalisation (a key of data.NORMALIZATION) each source's models were
-# trained with: ImageNet mean/std for torchvision and timm, [-1, 1] for Keras.
-NORMALIZATION = {"torchvision": "imagenet", "timm": "imagenet", "keras": "half"}
-TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-KERAS_SUFFIXES = (".h5", ".keras", ".hdf5")
-
-
-class WeightImportError(ValueError):
-  """A weight file that cannot be read or does not fit the model (one line)."""
+from kd_jax.models import zoo
+from kd_jax.models.interop import keras_weights
+from kd_jax.weight_spec import infer_source
+from kd_jax.weight_spec import SOURCES
+from kd_jax.weight_spec import WeightImportError
 
 
 @dataclasses.dataclass
@@ -50,35 +45,12 @@ class ImportResult:
   head_reinitialised: bool
 
 
-def infer_source(path: str) -> str:
-  """'keras' for HDF5 / .keras files; 'torchvision' for torch state dicts
-  (torchvision and timm files share a layout; the model name decides)."""
-  lower = path.lower()
-  if lower.endswith(KERAS_SUFFIXES):
-    return "keras"
-  if lower.endswith(TORCH_SUFFIXES):
-    return "torchvision"
-  raise WeightImportError(
-      f"cannot tell the framework of {path!r} from its name; allowed: "
-      f"{', '.join(TORCH_SUFFIXES + KERAS_SUFFIXES)} files, or give the "
-      "source (torchvision:PATH, timm:PATH, keras:PATH)")
-
-
-def parse_spec(spec: str) -> tuple[str | None, str]:
-  """'torchvision:PATH' -> ('torchvision', PATH); a plain path -> (None, PATH)."""
-  head, sep, rest = spec.partition(":")
-  if sep and head in SOURCES:
-    return head, rest
-  return None, spec
-
-
 def init_variables(name: str, num_classes: int, image_size: int = 224,
                    rng=None) -> dict:
   """The zoo model's fresh variables as numpy arrays (the import's template)."""
-  from kd_jax import models
-  model = models.get_model(name, num_classes=num_classes)
+  model = zoo.get_model(name, num_classes=num_classes)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  variables = jax.jit(lambda r: models.init(model, r, image_size))(rng)
+  variables = jax.jit(lambda r: zoo.init(model, r, image_size))(rng)
   return jax.tree.map(np.asarray, variables)
 
 
@@ -98,10 +70,8 @@ def import_weights_full(name: str, path: str, *, num_classes: int,
   # Shapes suffice to place the file's tensors; fresh values need a jitted
   # init, whose compilation takes seconds to tens of seconds on a CPU, so
   # they are made only for a head that the file cannot fill.
-  from kd_jax import models
-  shapes = models.init_shapes(name, num_classes, 224)
+  shapes = zoo.init_shapes(name, num_classes, 224)
   if source == "keras":
-    from kd_jax.models import keras_weights
     variables, reinit = keras_weights.assign(name, shapes, path)
   else:
     variables, reinit = assign_torch(name, shapes, read_state_dict(path))
@@ -241,7 +211,6 @@ def _flax_modules(name: str) -> tuple[tuple[tuple[str, ...], str], ...]:
   are key-sorted, so the order comes from intercepting an abstract init; the
   class count changes no layer order, so 1000 stands for any."""
   import flax.linen as nn
-  from kd_jax import models
   kinds = ((nn.Conv, "conv"), (nn.Dense, "linear"), (nn.BatchNorm, "bn"))
   order: dict[tuple[str, ...], str] = {}
 
@@ -253,9 +222,9 @@ def _flax_modules(name: str) -> tuple[tuple[tuple[str, ...], str], ...]:
           order.setdefault(tuple(module.path), kind)  # first call only
     return next_fun(*args, **kwargs)
 
-  model = models.get_model(name, num_classes=1000)
+  model = zoo.get_model(name, num_classes=1000)
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda: models.init(model, jax.random.PRNGKey(0), 224))
+    jax.eval_shape(lambda: zoo.init(model, jax.random.PRNGKey(0), 224))
   return tuple(order.items())
 
 

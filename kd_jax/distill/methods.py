@@ -30,7 +30,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from kd_jax import losses
+from kd_jax.distill import losses
 
 # How a method's temperature is set:
 #   'one'      no temperature (cross-entropy); the metric reads 1.

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kd_jax.config_lib import UserError
+from kd_jax.errors import UserError
 
 
 def _abstract(tree, sharding):

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax.config_lib import UserError
+from kd_jax.errors import UserError
 
 FASHION_MNIST_DIR = os.environ.get(
     "KD_JAX_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")

@@ -27,10 +27,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import config_lib, data, methods, models, preemption, reporting
-from kd_jax import sharding, stage as stage_lib, step as step_lib, teacher_cache
-from kd_jax import train
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax import reporting
+from kd_jax.data import datasets as data
+from kd_jax.distill import methods
+from kd_jax.errors import UserError
+from kd_jax.train import pipeline as train
+from kd_jax.train import preemption
+from kd_jax.train import sharding
+from kd_jax.train import stage as stage_lib
+from kd_jax.train import step as step_lib
+from kd_jax.train import teacher_cache
 
 VMAP_FIELDS = ("kd.temperature", "kd.alpha", "kd.schedule", "seed",
                "loss.class_weights")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import feature_losses as fl
+from kd_jax.distill import feature_losses as fl
 
 
 class HintAdapter(nn.Module):

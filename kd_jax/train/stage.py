@@ -22,12 +22,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpointing, config_lib, data, kd_modules, losses
-from kd_jax import methods, metrics
-from kd_jax import models, preemption, pretrained, reporting, sharding
-from kd_jax import step as step_lib
-from kd_jax import teacher_cache
-from kd_jax.config_lib import UserError
+from kd_jax import config_lib
+from kd_jax import metrics
+from kd_jax import models
+from kd_jax import reporting
+from kd_jax import weight_spec
+from kd_jax.data import datasets as data
+from kd_jax.distill import kd_modules
+from kd_jax.distill import losses
+from kd_jax.distill import methods
+from kd_jax.errors import UserError
+from kd_jax.train import checkpointing
+from kd_jax.train import preemption
+from kd_jax.train import pretrained
+from kd_jax.train import sharding
+from kd_jax.train import step as step_lib
+from kd_jax.train import teacher_cache
 
 
 def param_count(tree) -> int:
@@ -668,7 +678,7 @@ class Stage:
     res = tr.result(step=step, test=test, best_vars=best_vars,
                     teacher=self.teacher, cache_used=cache_used, state=state)
     if self.init_from:
-      res["init_from"] = (self.init_from if pretrained.foreign_source(
+      res["init_from"] = (self.init_from if weight_spec.foreign_source(
           self.init_from) else os.path.abspath(self.init_from))
     if self.peers:
       res["cohort"] = self._cohort_results(state, test)

@@ -15,7 +15,9 @@ import re
 
 import ml_collections
 
-from kd_jax import losses, methods
+from kd_jax.distill import losses, methods
+from kd_jax import weight_spec
+from kd_jax.errors import UserError
 
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder", "csv")
@@ -23,17 +25,13 @@ OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "step")
 SELECT_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "auc")
 NORMALIZATIONS = ("auto", "half", "imagenet")
-WEIGHT_SOURCES = ("torchvision", "timm", "keras")
+WEIGHT_SOURCES = weight_spec.SOURCES
 NAN_POLICIES = ("stop", "skip")
 CORRUPT_IMAGES = ("refuse", "skip")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # config.kd.temperature's default. A learned-temperature method (CTKD)
 # refuses any other value: a fixed T given to it would be silently unused.
 DEFAULT_TEMPERATURE = 4.0
-
-
-class UserError(ValueError):
-  """Bad input from the user: reported as one line, never as a traceback."""
 
 
 def load_config_module(path: str):
@@ -610,9 +608,9 @@ def normalization(c) -> str:
 def auto_normalization(c) -> str:
   """The normalisation imported weights expect ('half' without any); one
   line when the teacher's and the student's weights disagree."""
-  from kd_jax import pretrained  # late: keeps configs importable without jax
+  from kd_jax.train import pretrained  # late: keeps configs importable without jax
   specs = [get_path(c, what) for what in weight_fields(c)]
-  found = {pretrained.normalization(s) for s in specs} - {None}
+  found = {weight_spec.normalization(s) for s in specs} - {None}
   if len(found) > 1:
     raise UserError(
         "the imported teacher and student weights expect different input "

@@ -42,6 +42,7 @@ def cpu_name() -> str:
 def default_profile(name, num_classes, image_size, timing):
   """{'gflops', 'latency_ms'?} of one model, measured on the CPU."""
   import jax  # late: reading results needs no JAX
+
   from kd_jax.models import profile
   with jax.default_device(jax.devices("cpu")[0]):
     p = profile.profile(name, num_classes=num_classes, image_size=image_size,
@@ -82,8 +83,11 @@ def measure_tflite(cell_dir: str, stage: str = "student") -> dict:
   its training images) TFLite exports, timed at batch 1 on 1 and on all
   threads, and the int8 model's accuracy on the cell's test split."""
   import tempfile
+
   import numpy as np
-  from kd_jax import export, tflite  # late: reading results needs no JAX
+
+  from kd_jax.deploy import export  # late: reading results needs no JAX
+  from kd_jax.deploy import tflite
   out = {}
   with tempfile.TemporaryDirectory() as tmp:
     for kind, quantize in (("f32", "none"), ("int8", "int8")):

@@ -1,7 +1,7 @@
 """Where a model's weights come from when it does not start from scratch.
 
 A weight spec is `torchvision:PATH`, `timm:PATH`, `keras:PATH` (a weight
-file of another framework, `models/convert.py`), a bare weight file (its
+file of another framework, `models/interop/convert.py`), a bare weight file (its
 framework inferred from the suffix), or a kd_jax run: a workdir, a stage
 directory or a `checkpoints/best` directory.
   * `frozen(...)`: the frozen teacher of `teacher.checkpoint`, used as is
@@ -16,37 +16,20 @@ import os
 import jax
 import numpy as np
 
-from kd_jax import checkpointing, models, reporting
-from kd_jax.config_lib import UserError
-from kd_jax.models import convert
-
-
-def foreign_source(spec: str) -> str | None:
-  """The framework of a foreign weight file spec, or None for a kd_jax run."""
-  if not spec:
-    return None
-  source, path = convert.parse_spec(spec)
-  if source is not None:
-    return source
-  if os.path.isfile(path) and path.lower().endswith(
-      convert.TORCH_SUFFIXES + convert.KERAS_SUFFIXES):
-    return convert.infer_source(path)
-  return None
-
-
-def normalization(spec: str) -> str | None:
-  """The input normalisation the weights of `spec` were trained with
-  (None: a kd_jax run, whose config says it)."""
-  source = foreign_source(spec)
-  return convert.NORMALIZATION[source] if source else None
+from kd_jax import models
+from kd_jax import reporting
+from kd_jax import weight_spec
+from kd_jax.errors import UserError
+from kd_jax.models.interop import convert
+from kd_jax.train import checkpointing
 
 
 def _import(spec, model_name, outputs, fresh=None):
-  source, path = convert.parse_spec(spec)
+  source, path = weight_spec.parse_spec(spec)
   try:
     return convert.import_weights_full(model_name, path, num_classes=outputs,
                                        source=source, fresh=fresh)
-  except convert.WeightImportError as e:
+  except weight_spec.WeightImportError as e:
     raise UserError(f"{spec}: {e}") from None
 
 
@@ -63,9 +46,9 @@ def frozen_variables(spec, *, model_name, outputs, sharding_, role="teacher"):
         f"{model_name}; a frozen {role} needs one (use {role}.init_from to "
         "fine-tune it first)")
   reporting.log(f"[{role}] {model_name} imported from {result.source} weights "
-                f"{convert.parse_spec(spec)[1]}")
+                f"{weight_spec.parse_spec(spec)[1]}")
   return _put(result.variables, sharding_), os.path.abspath(
-      convert.parse_spec(spec)[1])
+      weight_spec.parse_spec(spec)[1])
 
 
 def _kd_jax_variables(path, model_name, outputs, image_size, sharding_, role):
@@ -89,11 +72,11 @@ def initial_variables(spec, *, model_name, outputs, image_size, fresh,
   """(params, batch_stats) a stage starts from. `fresh` is the model's
   newly initialised variables, whose head is kept where the class count of
   the weights differs."""
-  if foreign_source(spec):
+  if weight_spec.foreign_source(spec):
     # The import itself fills a head the file cannot fill from `fresh`.
     result = _import(spec, model_name, outputs, fresh)
     variables, reinit = result.variables, result.head_reinitialised
-    where = f"{result.source} weights {convert.parse_spec(spec)[1]}"
+    where = f"{result.source} weights {weight_spec.parse_spec(spec)[1]}"
   else:
     variables, reinit = _kd_jax_variables(spec, model_name, outputs,
                                           image_size, sharding_, role)

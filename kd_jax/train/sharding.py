@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 
 import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kd_jax.config_lib import UserError
+from kd_jax.errors import UserError
 
 
 def maybe_initialize_distributed():

@@ -21,8 +21,9 @@ import os
 
 import numpy as np
 
-from kd_jax import data, metrics
-from kd_jax.config_lib import UserError
+from kd_jax import metrics
+from kd_jax.data import datasets as data
+from kd_jax.errors import UserError
 
 SPLITS = ("train", "val", "test")
 

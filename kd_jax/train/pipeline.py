@@ -25,12 +25,21 @@ import time
 import jax
 import ml_collections
 
-from kd_jax import checkpointing, config_lib, data, methods, models
-from kd_jax import pretrained, preemption, reporting, sharding
-from kd_jax import stage as stage_lib, teacher_logits
-from kd_jax import step as step_lib
-from kd_jax.config_lib import UserError
-from kd_jax.stage import Stage
+from kd_jax import config_lib
+from kd_jax import models
+from kd_jax import reporting
+from kd_jax import weight_spec
+from kd_jax.data import datasets as data
+from kd_jax.data import teacher_logits
+from kd_jax.distill import methods
+from kd_jax.errors import UserError
+from kd_jax.train import checkpointing
+from kd_jax.train import preemption
+from kd_jax.train import pretrained
+from kd_jax.train import sharding
+from kd_jax.train import stage as stage_lib
+from kd_jax.train import step as step_lib
+from kd_jax.train.stage import Stage
 
 
 def load_frozen(config, ds, mesh, path, name=None,
@@ -40,7 +49,7 @@ def load_frozen(config, ds, mesh, path, name=None,
   name = name or config.teacher.name
   outputs = ds.num_classes * subclasses
   model = models.get_model(name, num_classes=outputs)
-  if pretrained.foreign_source(path):
+  if weight_spec.foreign_source(path):
     variables, where = pretrained.frozen_variables(
         path, model_name=name, outputs=outputs,
         sharding_=sharding.replicated(mesh))
@@ -203,7 +212,7 @@ def evaluate_loaded_teacher(config, ds, mesh, teacher):
       subclasses=teacher.subclasses))
   test = stage_lib.evaluate(eval_jit, t_vars, None, ds.test, config, mesh,
                             False)
-  imported = pretrained.foreign_source(config.teacher.checkpoint)
+  imported = weight_spec.foreign_source(config.teacher.checkpoint)
   return {"role": "teacher", "model": config.teacher.name,
           "method": f"imported ({imported})" if imported else "loaded",
           "params": stage_lib.param_count(t_vars["params"]),
