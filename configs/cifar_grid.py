@@ -20,6 +20,7 @@ The same grid with Hinton's T^2: --arg=kd.t_squared=true; the report's hint
 and teacher-assistant experiments: configs/repro/kd_hints_cifar.py.
 """
 from kd_jax import config_lib
+from kd_jax.distill import methods
 from kd_jax.study import runner as study
 
 TEMPERATURES = (2, 4, 6, 8, 10, 12, 14)
@@ -40,7 +41,10 @@ def get_config(arg=None):
   c.student.name = "simple_cnn"
   c.kd.method = "vanilla"
   c.kd.t_squared = False
-  return config_lib.apply_arg(c, arg)
+  c = config_lib.apply_arg(c, arg)
+  if not methods.get(c.kd.method).t_squared:
+    c.kd.t_squared = True  # the scratch cells: no soft term to scale
+  return c
 
 
 def cells(arg=None):

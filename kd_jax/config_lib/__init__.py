@@ -177,33 +177,21 @@ def _teacher_config() -> ml_collections.ConfigDict:
 
 
 def _kd_config() -> ml_collections.ConfigDict:
-  """The distillation fields: the logit methods', hints' and assistants';
-  then the feature and relation methods' (`_add_feature_kd_fields`)."""
+  """The distillation fields: the shared ones, hints' and assistants';
+  then the feature methods' and every method's own (`_add_feature_kd_fields`)."""
   k = ml_collections.ConfigDict()
   k.method = "vanilla"
   k.temperature = DEFAULT_TEMPERATURE  # fixed-temperature methods only
   k.alpha = 0.5
-  # The soft term of Hinton KD (losses.kd_loss: vanilla, fitnets, ctkd,
-  # ctkd_instance) is multiplied by T^2; false drops the factor (a weighted
-  # average of the two cross-entropies, as some reproductions write it).
+  # The soft term of Hinton KD (the methods whose registry entry says
+  # t_squared applies) is multiplied by T^2; false drops the factor (a
+  # weighted average of the two cross-entropies, as some reproductions
+  # write it).
   k.t_squared = True
-  # CTKD: T = t_start + t_end * sigmoid(raw), raw learned adversarially.
+  # CTKD: the curriculum schedule of its temperature's gradient weight.
   k.schedule = "cosine"
-  k.t_start = 1.0
-  k.t_end = 20.0
-  # The authors start raw at 1, T = 1 + 20 sigmoid(1) ~ 15.6 (Li et al.
-  # 2023, "Curriculum Temperature for Knowledge Distillation", official
-  # code): the curriculum then lowers or raises it from a soft start.
-  k.init_raw = 1.0
-  k.lambda_min = 0.0
-  k.lambda_max = 1.0
-  k.epoch_cap = 10
-  k.temperature_lr = 0.05
-  k.temperature_momentum = 0.9
-  k.temperature_hidden = 64  # ctkd_instance: hidden units of the T module
   # Logit standardisation (Sun et al. 2024): z-score both logits before the
-  # temperature softmax (vanilla, conditional, ctkd, ctkd_instance, fitnets,
-  # dkd).
+  # temperature softmax (the methods whose registry entry says it applies).
   k.logit_standardization = False
   # FitNets hints: feature names (see `python -m kd_jax.models --list`).
   # Set for method 'fitnets' (or to add a hint term to another KD method).
@@ -231,31 +219,13 @@ def _add_feature_kd_fields(k: ml_collections.ConfigDict) -> None:
   # (methods.py: the CRD benchmark's betas). feature_layers: '' = the
   # method's default pairs, else a comma list of 'student:teacher' layer
   # names (one name: the same in both), paired in order.
-  k.feature_logit_method = "none"
+  k.feature_logit_method = methods.SCRATCH
   k.feature_weight = 0.0
   k.feature_layers = ""
-  # CRD (Tian et al. 2020): negatives per example (capped at the training
-  # set size - 1), embedding size, NCE temperature, memory-bank momentum.
-  k.crd_negatives = 16384
-  k.crd_dim = 128
-  k.crd_temperature = 0.07
-  k.crd_momentum = 0.5
-  # DKD (Zhao et al. 2022): CE + alpha' TCKD + beta' NCKD, KD part warmed up
-  # linearly over dkd_warmup_epochs.
-  k.dkd_alpha = 1.0
-  k.dkd_beta = 8.0
-  k.dkd_warmup_epochs = 0
-  # DIST (Huang et al. 2022): CE + T^2 (beta inter + gamma intra).
-  k.dist_beta = 1.0
-  k.dist_gamma = 1.0
-  # Subclass distillation (Mueller et al. 2020): teacher and student have
-  # num_classes * subclasses logits.
-  k.subclasses = 2
-  k.subclass_aux_weight = 1.0
-  k.subclass_aux_temperature = 1.0
-  # Deep mutual learning: the cohort is the student plus these peers
-  # (comma list of models; '' = one peer with the student's architecture).
-  k.peers = ""
+  # Every method's own fields (methods.METHODS[...].fields), at their
+  # defaults.
+  for name, field in methods.OWN_FIELDS.items():
+    k[name] = field.default
 
 
 ALIASES = {
@@ -556,7 +526,7 @@ def _validate_weights(c):
     raise UserError("config.teacher.logits and config.teacher.checkpoint are "
                     "two teachers; set one")
   if c.teacher.logits and (c.kd.hint_student_layer or c.kd.assistants
-                           or c.kd.method == "subclass"):
+                           or methods.get(c.kd.method).subclass_logits):
     raise UserError("config.teacher.logits holds the teacher's logits only: "
                     "hint layers, teacher assistants and subclass "
                     "distillation need the teacher model (teacher.checkpoint)")
@@ -608,7 +578,6 @@ def normalization(c) -> str:
 def auto_normalization(c) -> str:
   """The normalisation imported weights expect ('half' without any); one
   line when the teacher's and the student's weights disagree."""
-  from kd_jax.train import pretrained  # late: keeps configs importable without jax
   specs = [get_path(c, what) for what in weight_fields(c)]
   found = {weight_spec.normalization(s) for s in specs} - {None}
   if len(found) > 1:
@@ -624,33 +593,37 @@ def model_list(text: str) -> list[str]:
 
 
 def hints_enabled(c) -> bool:
-  return bool(c.kd.hint_student_layer) and c.kd.method in methods.TEACHER_METHODS
+  return (bool(c.kd.hint_student_layer)
+          and methods.get(c.kd.method).teacher)
 
 
 def subclasses(c) -> int:
-  """Logits per class of teacher and student (1 unless method 'subclass')."""
-  return c.kd.subclasses if c.kd.method == "subclass" else 1
+  """Logits per class of teacher and student (1 unless the method has
+  subclass logits)."""
+  return c.kd.subclasses if methods.get(c.kd.method).subclass_logits else 1
 
 
 def peers(c) -> list[str]:
-  if c.kd.method != "dml":
+  if not methods.get(c.kd.method).cohort:
     return []
   return model_list(c.kd.peers) or [c.student.name]
 
 
 def _validate_methods(c, one_of, models) -> None:
   k = c.kd
-  if k.method == "fitnets" and not (k.hint_student_layer and k.hint_teacher_layer):
-    raise UserError("method 'fitnets' needs config.kd.hint_student_layer and "
-                    "config.kd.hint_teacher_layer (feature names; list them "
-                    "with `python -m kd_jax.models --list`)")
+  method = methods.get(k.method)
+  if method.hints == "required" and not (k.hint_student_layer
+                                         and k.hint_teacher_layer):
+    raise UserError(f"method {k.method!r} needs config.kd.hint_student_layer "
+                    "and config.kd.hint_teacher_layer (feature names; list "
+                    "them with `python -m kd_jax.models --list`)")
   if bool(k.hint_student_layer) != bool(k.hint_teacher_layer):
     raise UserError("set both config.kd.hint_student_layer and "
                     "config.kd.hint_teacher_layer, or neither")
-  if k.hint_student_layer and k.method not in methods.TEACHER_METHODS:
+  if k.hint_student_layer and not method.teacher:
     raise UserError(f"hint layers need a teacher; method {k.method!r} has none")
-  if k.hint_student_layer and k.method == "subclass":
-    raise UserError("hint layers are not supported with method 'subclass'")
+  if k.hint_student_layer and method.hints == "refused":
+    raise UserError(f"hint layers are not supported with method {k.method!r}")
   if k.hint_stages not in (1, 2):
     raise UserError(f"config.kd.hint_stages={k.hint_stages} must be 1 "
                     "(hint term added to KD) or 2 (hints first, then KD)")
@@ -661,12 +634,12 @@ def _validate_methods(c, one_of, models) -> None:
                     "positive integer (or -1: same as num_epochs)")
   for name in model_list(k.assistants):
     one_of(name, sorted(models.MODELS), "teacher assistant (config.kd.assistants)")
-  if k.assistants and k.method not in methods.TEACHER_METHODS:
+  if k.assistants and not method.teacher:
     raise UserError(f"teacher assistants need a teacher; method {k.method!r} "
                     "has none")
-  if k.method == "subclass" and k.subclasses < 2:
+  if method.subclass_logits and k.subclasses < 2:
     raise UserError(f"config.kd.subclasses={k.subclasses} must be >= 2")
-  if k.method == "dml":
+  if method.cohort:
     for name in model_list(k.peers):
       one_of(name, sorted(models.MODELS), "peer model (config.kd.peers)")
   for name in ("dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma",
@@ -682,6 +655,25 @@ def _validate_methods(c, one_of, models) -> None:
     raise UserError(f"config.kd.temperature_hidden={k.temperature_hidden} "
                     "must be > 0")
   class_weights_setting(c)  # config.loss: every method's CE weights
+  _refuse_ignored_options(c)
+
+
+def _refuse_ignored_options(c) -> None:
+  """A shared option the run's loss ignores is refused, not silently
+  unused (the registry entry of the method, or of a feature method's
+  logit term, says which apply)."""
+  k = c.kd
+  logit = methods.logit_method(k)
+  shown = (k.method if logit is methods.get(k.method)
+           else f"{k.method} (kd.feature_logit_method={k.feature_logit_method})")
+  ignored = [(bool(k.logit_standardization) and not logit.logit_standardization,
+              "kd.logit_standardization=True"),
+             (not k.t_squared and not logit.t_squared, "kd.t_squared=False"),
+             (class_weights_setting(c) is not None and not logit.class_weights,
+              f"loss.class_weights={c.loss.class_weights!r}")]
+  for is_ignored, what in ignored:
+    if is_ignored:
+      raise UserError(f"{what} has no effect with kd.method={shown}")
 
 
 def _validate_hint_links(c) -> None:

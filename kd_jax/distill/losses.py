@@ -105,6 +105,26 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha,
                        class_weights)
 
 
+def reverse_kd_loss(student_logits, teacher_logits, labels, *, temperature,
+                    alpha, standardize_logits=False, class_weights=None,
+                    t_squared=True):
+  """Reverse-KL KD: mean_i[alpha T^2 KL(p_s || p_t)_i + (1 - alpha) CE_i].
+
+  The KL of Hinton KD with its arguments swapped, p = softmax(z / T): the
+  student is pulled towards the teacher's modes (mode seeking) rather than
+  made to cover all of its mass (Gu et al. 2024, "MiniLLM", for the
+  reverse KL in distillation). `temperature`, `t_squared`,
+  `standardize_logits` and `class_weights` as in `kd_loss`.
+  """
+  t = jnp.asarray(temperature, jnp.float32)
+  s, te = _maybe_standardize(student_logits, teacher_logits, standardize_logits)
+  kl_B = kl_per_example(te, s, t)  # KL(p_s || p_t): teacher in the q slot
+  ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
+  scale = t**2 if t_squared else 1.0
+  return _soft_plus_ce(alpha * scale * kl_B, (1.0 - alpha) * ce_B, labels,
+                       class_weights)
+
+
 def conditional_kd_loss(student_logits, teacher_logits, labels, *, temperature,
                         standardize_logits=False, class_weights=None):
   """Conditional teacher-student learning (Meng et al.).
@@ -291,14 +311,3 @@ def mutual_learning_losses(logits_KxBxC, labels, *, temperature=1.0,
              for j in range(k) if j != i)
     out.append(ce + t**2 * kl / (k - 1))
   return jnp.stack(out)
-
-
-# The user-facing method names (methods.py registers what each one needs;
-# a test checks the two lists agree).
-METHODS = ("none", "vanilla", "conditional", "ctkd", "ctkd_instance",
-           "fitnets", "dkd", "dist", "subclass", "dml",
-           # Feature and relation methods (feature_losses.py), each plus a
-           # logit method's loss (config.kd.feature_logit_method).
-           "at", "pkt", "sp", "rkd", "vid", "crd", "reviewkd")
-# Methods that need a teacher (DML's cohort teaches itself; 'none' is CE).
-TEACHER_METHODS = tuple(m for m in METHODS if m not in ("none", "dml"))

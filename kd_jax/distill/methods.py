@@ -1,12 +1,16 @@
 """The distillation methods: name -> what the train step needs.
 
-`METHODS` is a plain dict. Each `Method` says which loss the step computes
-from the student's (and teacher's) logits, whether the method needs a
-teacher, which temperature it uses, which extra parts it trains, and whether
-a sweep may vmap it. The step (step.py), the stage loop (stage.py), the
-pipeline (train.py) and sweeps (sweep.py) read these fields and compare no
-method names. Adding a logit-based method: its loss in losses.py, an entry
-here, a config in configs/, tests.
+`METHODS` is a plain dict and the only place a method's name lives. Each
+`Method` declares everything other modules need to know: the loss the step
+computes, whether it needs a teacher, how its temperature is set, whether it
+reads alpha, its own config.kd fields (`Field`: name, default, whether a
+sweep may vary it), which shared options apply to it (logit
+standardisation, t_squared, class weights), the extra parts it trains and
+whether a sweep may vmap it. `KDSpec`, config defaults and validation
+(config_lib), the step's hyperparameters, the sweeps' vmapped fields, the
+study report's columns and the figures' grouping derive from these entries;
+no other module compares method names. Adding a logit-based method: its
+loss in losses.py, an entry here, a config in configs/, a test.
 
 Every loss has the signature
   loss(kd, student_logits, teacher_logits, labels_B, *, temperature, alpha,
@@ -41,35 +45,19 @@ from kd_jax.distill import losses
 #              (`params['temperature']`, kd_modules.InstanceTemperature).
 TEMPERATURES = ("one", "fixed", "learned", "instance")
 
+# The pipeline's own stages and the scratch baseline, by role.
+SCRATCH = "none"  # the student trained on labels alone
+SUBCLASS_TEACHER = "subclass_teacher"
+HINT = "hint"  # FitNets stage 1
+
 
 @dataclasses.dataclass(frozen=True)
-class KDSpec:
-  """The static numbers of config.kd the losses read (hashable: the step
-  closes over it)."""
-  logit_standardization: bool = False
-  dkd_alpha: float = 1.0
-  dkd_beta: float = 8.0
-  dkd_warmup_epochs: int = 0
-  dist_beta: float = 1.0
-  dist_gamma: float = 1.0
-  subclasses: int = 2
-  subclass_aux_weight: float = 1.0
-  subclass_aux_temperature: float = 1.0
-  t_start: float = 1.0
-  t_end: float = 20.0
-  lambda_min: float = 0.0
-  lambda_max: float = 1.0
-  epoch_cap: int = 10
-  hint_weight: float = 100.0
-  t_squared: bool = True
-  feature_logit_method: str = "none"
-  feature_weight: float = 0.0  # 0: the method's FeatureTerm.weight
-
-  @classmethod
-  def from_config(cls, config) -> "KDSpec":
-    kd = config.kd
-    return cls(**{f.name: type(f.default)(kd[f.name])
-                  for f in dataclasses.fields(cls)})
+class Field:
+  """A config.kd field of a method's own: its default and whether a sweep
+  may vary it (then the step reads it as an array, one value per cell)."""
+  name: str
+  default: float | int | str
+  sweep: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +84,12 @@ class Method:
   loss: Callable
   teacher: bool  # distils from a frozen teacher
   temperature: str = "fixed"  # one of TEMPERATURES
+  alpha: bool = False  # reads config.kd.alpha
+  fields: tuple[Field, ...] = ()  # its own config.kd fields
+  # Shared options that change its loss (an option it ignores is refused).
+  logit_standardization: bool = False
+  t_squared: bool = False
+  class_weights: bool = True
   vmappable: bool = False  # a sweep may train its cells under jax.vmap
   # Deep mutual learning: the loss sees the whole cohort's logits [K, B, C]
   # and the config's peers are trained beside the student.
@@ -106,10 +100,17 @@ class Method:
   # A feature method's logit loss may be this method's (feature_logit_method).
   logit_term: bool = False
   feature: FeatureTerm | None = None
+  hints: str = "optional"  # FitNets hint layers: 'optional' | 'required' | 'refused'
+  # Teacher and student have num_classes * kd.subclasses logits.
+  subclass_logits: bool = False
 
   @property
   def learns_temperature(self) -> bool:
     return self.temperature in ("learned", "instance")
+
+  @property
+  def sweep_fields(self) -> tuple[str, ...]:
+    return tuple(f.name for f in self.fields if f.sweep)
 
 
 def _cross_entropy(kd, s, t, labels_B, *, temperature, alpha, epoch,
@@ -132,6 +133,16 @@ def _hinton(kd, s, t, labels_B, *, temperature, alpha, epoch,
   return losses.kd_loss(s, t, labels_B, temperature=temperature, alpha=alpha,
                         standardize_logits=kd.logit_standardization,
                         class_weights=class_weights, t_squared=kd.t_squared)
+
+
+def _reverse_kl(kd, s, t, labels_B, *, temperature, alpha, epoch,
+                class_weights=None):
+  del epoch
+  return losses.reverse_kd_loss(s, t, labels_B, temperature=temperature,
+                                alpha=alpha,
+                                standardize_logits=kd.logit_standardization,
+                                class_weights=class_weights,
+                                t_squared=kd.t_squared)
 
 
 def _conditional(kd, s, t, labels_B, *, temperature, alpha, epoch,
@@ -194,25 +205,60 @@ def _no_logit_loss(kd, s, t, labels_B, *, temperature, alpha, epoch,
   return jnp.float32(0.0)
 
 
-def _feature_method(module, weight, layers, **kw) -> Method:
-  return Method(_feature_logits, teacher=True,
+def _feature_method(module, weight, layers, fields=(), **kw) -> Method:
+  return Method(_feature_logits, teacher=True, fields=fields,
                 feature=FeatureTerm(module, weight, layers, **kw))
 
 
+# Hinton KD's soft term: T^2 scaling and logit standardisation apply.
+_HINTON = dict(alpha=True, t_squared=True, logit_standardization=True)
+# CTKD (Li et al. 2023): T = t_start + t_end * sigmoid(raw), raw trained
+# adversarially under a curriculum weight lambda(epoch) in [lambda_min,
+# lambda_max] that reaches lambda_max at epoch_cap. The authors start raw at
+# 1, T ~ 15.6 (official code): the curriculum lowers or raises it from a
+# soft start.
+_CTKD = (Field("t_start", 1.0), Field("t_end", 20.0), Field("init_raw", 1.0),
+         Field("lambda_min", 0.0), Field("lambda_max", 1.0),
+         Field("epoch_cap", 10), Field("temperature_lr", 0.05),
+         Field("temperature_momentum", 0.9))
+# Subclass distillation (Mueller et al. 2020): teacher and student have
+# num_classes * subclasses logits; the teacher's auxiliary loss spreads
+# its subclasses.
+_SUBCLASS = (Field("subclasses", 2), Field("subclass_aux_weight", 1.0),
+             Field("subclass_aux_temperature", 1.0))
+
 METHODS = {
-    "none": Method(_cross_entropy, teacher=False, temperature="one",
-                   vmappable=True, logit_term=True),
-    "vanilla": Method(_hinton, teacher=True, vmappable=True, logit_term=True),
+    SCRATCH: Method(_cross_entropy, teacher=False, temperature="one",
+                    vmappable=True, logit_term=True),
+    "vanilla": Method(_hinton, teacher=True, vmappable=True, logit_term=True,
+                      **_HINTON),
+    "reverse_kl": Method(_reverse_kl, teacher=True, vmappable=True,
+                         logit_term=True, **_HINTON),
     "conditional": Method(_conditional, teacher=True, vmappable=True,
-                          logit_term=True),
+                          logit_term=True, logit_standardization=True),
     "ctkd": Method(_hinton, teacher=True, temperature="learned",
-                   vmappable=True),
-    "ctkd_instance": Method(_hinton, teacher=True, temperature="instance"),
-    "fitnets": Method(_hinton, teacher=True),
-    "dkd": Method(_dkd, teacher=True, vmappable=True, logit_term=True),
-    "dist": Method(_dist, teacher=True, vmappable=True, logit_term=True),
-    "subclass": Method(_subclass, teacher=True),
-    "dml": Method(_mutual, teacher=False, cohort=True),
+                   vmappable=True, fields=_CTKD, **_HINTON),
+    "ctkd_instance": Method(_hinton, teacher=True, temperature="instance",
+                            fields=_CTKD + (Field("temperature_hidden", 64),),
+                            **_HINTON),
+    "fitnets": Method(_hinton, teacher=True, hints="required", **_HINTON),
+    # DKD (Zhao et al. 2022): CE + alpha' TCKD + beta' NCKD, the KD part
+    # warmed up linearly over dkd_warmup_epochs.
+    "dkd": Method(_dkd, teacher=True, vmappable=True, logit_term=True,
+                  logit_standardization=True,
+                  fields=(Field("dkd_alpha", 1.0, sweep=True),
+                          Field("dkd_beta", 8.0, sweep=True),
+                          Field("dkd_warmup_epochs", 0))),
+    # DIST (Huang et al. 2022): CE + T^2 (beta inter + gamma intra).
+    "dist": Method(_dist, teacher=True, vmappable=True, logit_term=True,
+                   fields=(Field("dist_beta", 1.0, sweep=True),
+                           Field("dist_gamma", 1.0, sweep=True))),
+    "subclass": Method(_subclass, teacher=True, alpha=True, fields=_SUBCLASS,
+                       hints="refused", subclass_logits=True),
+    # Deep mutual learning: the cohort is the student plus kd.peers (comma
+    # list of models; '' = one peer with the student's architecture).
+    "dml": Method(_mutual, teacher=False, cohort=True,
+                  fields=(Field("peers", ""),)),
     # Feature and relation methods; beta: the CRD benchmark's (Tian et al.
     # 2020, RepDistiller) for AT, PKT, SP, RKD (on w_d L_dist + w_a L_angle,
     # w_d = 25, w_a = 50), VID and CRD; ReviewKD's own (Chen et al. 2021).
@@ -224,19 +270,117 @@ METHODS = {
     "sp": _feature_method("sp", 3000.0, "last_stage"),
     "rkd": _feature_method("rkd", 1.0, "pooled"),
     "vid": _feature_method("vid", 1.0, "stages", maps=True),
-    "crd": _feature_method("crd", 0.8, "pooled", one_pair=True),
+    # CRD (Tian et al. 2020): negatives per example (capped at the training
+    # set size - 1), embedding size, NCE temperature, memory-bank momentum.
+    "crd": _feature_method("crd", 0.8, "pooled", one_pair=True, fields=(
+        Field("crd_negatives", 16384), Field("crd_dim", 128),
+        Field("crd_temperature", 0.07), Field("crd_momentum", 0.5))),
     "reviewkd": _feature_method("reviewkd", 1.0, "stages_and_pooled"),
     # Stages the pipeline runs by itself: the subclass teacher, and FitNets
     # stage 1 (the student up to its guided layer, trained on hints alone).
-    "subclass_teacher": Method(_subclass_teacher, teacher=False,
-                               temperature="one", user_facing=False),
-    "hint": Method(_no_logit_loss, teacher=True, hint_only=True,
-                   user_facing=False),
+    SUBCLASS_TEACHER: Method(_subclass_teacher, teacher=False,
+                             temperature="one", user_facing=False,
+                             fields=_SUBCLASS, subclass_logits=True),
+    HINT: Method(_no_logit_loss, teacher=True, hint_only=True,
+                 user_facing=False, class_weights=False),
 }
 
 USER_METHODS = tuple(k for k, m in METHODS.items() if m.user_facing)
 TEACHER_METHODS = tuple(k for k in USER_METHODS if METHODS[k].teacher)
 LOGIT_TERMS = tuple(k for k, m in METHODS.items() if m.logit_term)
+VMAPPABLE = tuple(k for k in USER_METHODS if METHODS[k].vmappable)
+
+
+def _own_fields() -> dict[str, Field]:
+  """Every method's own fields by name (methods may share one: it must
+  have one default)."""
+  out: dict[str, Field] = {}
+  for name, method in METHODS.items():
+    for f in method.fields:
+      if f.name in out and out[f.name] != f:
+        raise ValueError(f"method {name!r} redeclares kd.{f.name} differently")
+      out[f.name] = f
+  return out
+
+
+OWN_FIELDS = _own_fields()
+# A sweep may vary these of any method (the step reads them as arrays).
+SWEEP_FIELDS = tuple(n for n, f in OWN_FIELDS.items() if f.sweep)
+# config.kd fields the losses read beside the methods' own.
+_SHARED_SPEC_FIELDS = (("logit_standardization", False), ("t_squared", True),
+                       ("hint_weight", 100.0), ("feature_logit_method", SCRATCH),
+                       ("feature_weight", 0.0))  # 0: FeatureTerm.weight
+
+
+def _spec_field(name, default):
+  return (name, type(default), dataclasses.field(default=default))
+
+
+def _kd_spec_class():
+  cls = dataclasses.make_dataclass(
+      "KDSpec", [_spec_field(n, d) for n, d in _SHARED_SPEC_FIELDS] +
+      [_spec_field(n, f.default) for n, f in OWN_FIELDS.items()], frozen=True,
+      namespace={"from_config": classmethod(
+          lambda cls, config: kd_spec(config.kd))})
+  cls.__doc__ = ("The static numbers of config.kd the losses read "
+                 "(hashable: the step closes over it); in a sweep the fields "
+                 "in SWEEP_FIELDS are replaced by each cell's arrays.")
+  cls.__module__ = __name__
+  return cls
+
+
+KDSpec = _kd_spec_class()
+
+
+def kd_spec(kd_config) -> KDSpec:
+  """The KDSpec of config.kd (a ConfigDict or dict)."""
+  return KDSpec(**{f.name: type(f.default)(kd_config[f.name])
+                   for f in dataclasses.fields(KDSpec)})
+
+
+def with_swept(kd: KDSpec, swept: dict) -> KDSpec:
+  """`kd` with the swept fields' per-cell values (arrays inside jit)."""
+  return dataclasses.replace(kd, **swept) if swept else kd
+
+
+def logit_method(kd_config) -> Method:
+  """The entry whose logit loss a run computes: the method's own, or a
+  feature method's kd.feature_logit_method."""
+  method = METHODS[kd_config["method"]]
+  if method.feature is not None:
+    return METHODS[kd_config["feature_logit_method"]]
+  return method
+
+
+def report_columns(kd_config) -> dict:
+  """What a run's method reads of T, alpha and the CTKD schedule: {'temperature':
+  'fixed' | 'learned' | None, 'alpha': bool, 'schedule': bool}."""
+  logit = logit_method(kd_config)
+  t = logit.temperature
+  return {"temperature": "learned" if logit.learns_temperature else
+          ("fixed" if t == "fixed" else None),
+          "alpha": logit.alpha,
+          "schedule": logit.learns_temperature}
+
+
+def learns_temperature(name: str) -> bool:
+  return name in METHODS and METHODS[name].learns_temperature
+
+
+def fixed_t_and_alpha(name: str) -> bool:
+  """The method reads config.kd.temperature and config.kd.alpha (a T x
+  alpha grid of it is a heatmap)."""
+  return (name in METHODS and METHODS[name].temperature == "fixed"
+          and METHODS[name].alpha)
+
+
+def is_scratch(name: str) -> bool:
+  return name == SCRATCH
+
+
+def label(name: str) -> str:
+  """The name reports and figures show: 'scratch' for the baseline."""
+  return "scratch" if is_scratch(name) else name
 
 
 def get(name: str) -> Method:

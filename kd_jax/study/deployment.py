@@ -18,6 +18,8 @@ import json
 import os
 import platform
 
+from kd_jax.distill import methods
+
 NAN = float("nan")
 DEPLOY_FORMATS = ("float32", "int8")
 # A student's TFLite figures (NaN where not measured): file MB, batch-1 ms on
@@ -184,7 +186,8 @@ def setting_cells(rows, setting, study_dir):
 def student_pick(best, student):
   """The student's setting to deploy: its best KD setting by validation
   accuracy, or its scratch setting if it has no KD one."""
-  kd = [s for (st, m), s in best.items() if st == student and m != "none"]
+  kd = [s for (st, m), s in best.items()
+        if st == student and not methods.is_scratch(m)]
   return max(kd or [s for (st, _), s in best.items() if st == student],
              key=lambda s: s["val_accuracy_mean"])
 

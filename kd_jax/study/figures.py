@@ -24,10 +24,12 @@ import math
 import os
 import sys
 
+from kd_jax.distill import methods
+
 
 def method_label(method):
   """The method's display name: 'none' trains from scratch."""
-  return "scratch" if method == "none" else method
+  return methods.label(method)
 
 
 def _save(fig, path):
@@ -37,15 +39,15 @@ def _save(fig, path):
   plt.close(fig)
 
 
-def _bars(ax, best, students, methods):
+def _bars(ax, best, students, names):
   """One bar group per student, one bar per method with std error bars."""
-  width = 0.8 / max(len(methods), 1)
-  for j, m in enumerate(methods):
+  width = 0.8 / max(len(names), 1)
+  for j, m in enumerate(names):
     xs, ys, es = [], [], []
     for i, st in enumerate(students):
       if (st, m) in best:
         s = best[(st, m)]
-        xs.append(i + (j - (len(methods) - 1) / 2) * width)
+        xs.append(i + (j - (len(names) - 1) / 2) * width)
         ys.append(s["test_accuracy_mean"])
         es.append(0 if math.isnan(s["test_accuracy_std"]) else s["test_accuracy_std"])
     ax.bar(xs, ys, width, yerr=es, capsize=3, label=method_label(m))
@@ -55,10 +57,10 @@ def plot_accuracy_per_student(best, teacher, path):
   """`best`: {(student, method): best setting}, in the summary's order."""
   import matplotlib.pyplot as plt
   students = list(dict.fromkeys(st for st, _ in best))
-  methods = list(dict.fromkeys(m for _, m in best))
-  methods.sort(key=lambda m: m != "none")  # scratch first
-  fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(students) * max(1, len(methods) / 3)), 4))
-  _bars(ax, best, students, methods)
+  names = list(dict.fromkeys(m for _, m in best))
+  names.sort(key=lambda m: not methods.is_scratch(m))  # scratch first
+  fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(students) * max(1, len(names) / 3)), 4))
+  _bars(ax, best, students, names)
   if teacher is not None:
     ax.axhline(teacher["test"]["accuracy"], color="k", ls="--",
                label=f"teacher ({teacher['model']})")
@@ -89,10 +91,11 @@ def speedup_points(deploy, best, teacher):
                    _relative_val(teacher.get("best_val_accuracy", 1.0) or 1.0,
                                  teacher), teacher["size_mb"], "teacher"))
   for d in students:
-    kd = [s for (st, m), s in best.items() if st == d["model"] and m != "none"]
+    kd = [s for (st, m), s in best.items()
+          if st == d["model"] and not methods.is_scratch(m)]
     kinds = [("KD", max(kd, key=lambda s: s["val_selected_mean"]))] if kd else []
-    if (d["model"], "none") in best:
-      kinds.append(("scratch", best[(d["model"], "none")]))
+    if (d["model"], methods.SCRATCH) in best:
+      kinds.append(("scratch", best[(d["model"], methods.SCRATCH)]))
     for kind, s in kinds:
       points.append((d["model"], d[xkey],
                      _relative_val(s["val_accuracy_mean"], teacher),
@@ -144,7 +147,7 @@ def plot_settings(summary, teacher, student, path):
   vals = [100 * s["val_accuracy_mean"] for s in settings]
   stds = [0 if math.isnan(s.get("val_accuracy_std", math.nan))
           else 100 * s["val_accuracy_std"] for s in settings]
-  colors = ["tab:orange" if s["method"] == "none" else "tab:blue"
+  colors = ["tab:orange" if methods.is_scratch(s["method"]) else "tab:blue"
             for s in settings]
   ax.barh(list(ys), vals, xerr=stds, color=colors, capsize=2, height=0.7)
   ax.set_yticks(list(ys), [s["setting"] for s in settings], fontsize=7)
@@ -188,13 +191,14 @@ def _heatmap_panel(fig, ax, student, method, settings):
   fig.colorbar(im, ax=ax, shrink=0.8)
 
 
-def plot_t_alpha_heatmap(summary, path, methods) -> bool:
+def plot_t_alpha_heatmap(summary, path) -> bool:
   """Mean test accuracy over (T, alpha) per (student, method) for the
-  `methods` with a fixed T and alpha; False (no file) if no setting has them."""
+  methods that read a fixed T and alpha; False (no file) if no setting
+  has them."""
   import matplotlib.pyplot as plt
   panels: dict = {}
   for s in summary:
-    if s["method"] in methods and s["temperature"] != "":
+    if methods.fixed_t_and_alpha(s["method"]) and s["temperature"] != "":
       panels.setdefault((s["student"], s["method"]), []).append(s)
   if not panels:
     return False
@@ -308,8 +312,7 @@ def plot_confusion_best(rows, best, path) -> bool:
   return True
 
 
-def write_figures(out_dir, *, rows, summary, best, teacher, deploy,
-                  t_methods) -> list:
+def write_figures(out_dir, *, rows, summary, best, teacher, deploy) -> list:
   """Draws every figure into out_dir; returns the file names written, in
   the report's order (the heatmap only where a setting has T and alpha)."""
   import matplotlib
@@ -323,8 +326,8 @@ def write_figures(out_dir, *, rows, summary, best, teacher, deploy,
     name = settings_figure_name(student)
     plot_settings(summary, teacher, student, os.path.join(out_dir, name))
     figures.append(name)
-  if plot_t_alpha_heatmap(summary, os.path.join(out_dir, "t_alpha_heatmap.png"),
-                          t_methods):
+  if plot_t_alpha_heatmap(summary,
+                          os.path.join(out_dir, "t_alpha_heatmap.png")):
     figures.append("t_alpha_heatmap.png")
   plot_training_curves(rows, os.path.join(out_dir, "training_curves.png"))
   figures.append("training_curves.png")

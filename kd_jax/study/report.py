@@ -44,6 +44,7 @@ import re
 import sys
 
 from kd_jax.deploy import tflite
+from kd_jax.distill import methods
 from kd_jax.errors import UserError
 from kd_jax.study import deployment
 from kd_jax.study import figures
@@ -51,8 +52,6 @@ from kd_jax.study import stats
 
 NOT_CELLS = {"teacher", "report", "logs", "teacher_cache"}
 PREDICTIONS = "test_predictions.npz"  # stage.PREDICTIONS (report imports no JAX)
-T_METHODS = {"vanilla", "conditional", "dkd", "dist", "subclass", "fitnets"}
-SCHEDULE_METHODS = {"ctkd", "ctkd_instance"}
 
 
 # ----------------------------------------------------------------- gather
@@ -71,15 +70,16 @@ def setting_of(cell: str) -> str:
 
 
 def _row(cell, setting, stage, config):
-  kd = config["kd"]
   method = stage["method"]
+  kd = dict(config["kd"], method=method)  # a KD cell's scratch stage: none
+  cols = methods.report_columns(kd)
   test = stage["test"]
   return {
       "cell": cell, "setting": setting, "student": stage["model"],
       "method": method,
-      "temperature": _temperature(stage, kd, method),
-      "alpha": kd["alpha"] if method in T_METHODS | SCHEDULE_METHODS else "",
-      "schedule": kd["schedule"] if method in SCHEDULE_METHODS else "",
+      "temperature": _temperature(stage, kd, cols["temperature"]),
+      "alpha": kd["alpha"] if cols["alpha"] else "",
+      "schedule": kd["schedule"] if cols["schedule"] else "",
       "seed": config["seed"],
       "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
       "test_balanced_accuracy": _num(test.get("balanced_accuracy")),
@@ -101,21 +101,23 @@ def _row(cell, setting, stage, config):
   }
 
 
-def _temperature(stage, kd, method):
-  """The T a cell trained with: the config's for a fixed-T method; for CTKD
-  the learned one at the end of training (its config's T is unused; the
-  instance-wise variant: the mean over the last logged steps)."""
-  if method in SCHEDULE_METHODS:
+def _temperature(stage, kd, kind):
+  """The T a cell trained with: the config's for a fixed-T method; for a
+  learned T (CTKD) the one at the end of training (its config's T is
+  unused; the instance-wise variant: the mean over the last logged
+  steps); '' where the method reads no T."""
+  if kind == "learned":
     learned = stage.get("final_temperature", stage.get(
         "final_train_metrics", {}).get("temperature"))
     return "" if learned is None else round(float(learned), 3)
-  return kd["temperature"] if method in T_METHODS else ""
+  return kd["temperature"] if kind == "fixed" else ""
 
 
 def _setting_temperature(rows):
   """A setting's T: its cells' (fixed), or the mean of the learned ones."""
   learned = [r["temperature"] for r in rows
-             if r["method"] in SCHEDULE_METHODS and r["temperature"] != ""]
+             if methods.learns_temperature(r["method"])
+             and r["temperature"] != ""]
   return (round(sum(learned) / len(learned), 3) if learned
           else rows[0]["temperature"])
 
@@ -154,7 +156,8 @@ def gather(study_dir: str):
       teacher = stages["teacher"]
   # Scratch runs inside KD cells count only where the study has no scratch
   # cell of that student and seed.
-  have = {(r["student"], r["seed"]) for r in rows if r["method"] == "none"}
+  have = {(r["student"], r["seed"]) for r in rows
+          if methods.is_scratch(r["method"])}
   rows += [r for r in cell_scratch if (r["student"], r["seed"]) not in have]
   shared = os.path.join(study_dir, "teacher", "results.json")
   if os.path.exists(shared):
@@ -237,17 +240,18 @@ def compare(summary):
 
   scratch = {}
   for s in summary:
-    if s["method"] == "none":
+    if methods.is_scratch(s["method"]):
       scratch.setdefault(s["student"], s)
   for s in summary:
-    if s["method"] != "none" and s["student"] in scratch:
+    if not methods.is_scratch(s["method"]) and s["student"] in scratch:
       add("kd_vs_scratch", s, scratch[s["student"]])
   best = best_settings(summary)
   students = list(dict.fromkeys(s["student"] for s in summary))
   for student in students:
-    methods = [m for (st, m) in best if st == student and m != "none"]
-    for i, m1 in enumerate(methods):
-      for m2 in methods[i + 1:]:
+    kd = [m for (st, m) in best
+          if st == student and not methods.is_scratch(m)]
+    for i, m1 in enumerate(kd):
+      for m2 in kd[i + 1:]:
         add("method_vs_method", best[(student, m1)], best[(student, m2)])
   for row, p_holm in zip(out, stats.holm([r["p"] for r in out])):
     row["p_holm"] = p_holm
@@ -442,8 +446,7 @@ def make_report(study_dir: str, out_dir: str | None = None, *,
                       ("comparisons", comps), ("deployment", deploy)):
     write_csv(os.path.join(out_dir, f"{name}.csv"), table)
   names = figures.write_figures(out_dir, rows=rows, summary=summary, best=best,
-                                teacher=teacher, deploy=deploy,
-                                t_methods=T_METHODS)
+                                teacher=teacher, deploy=deploy)
   md = render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
                        deploy, names, min_fps=min_fps, max_mb=max_mb,
                        timing=timing)

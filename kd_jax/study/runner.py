@@ -192,7 +192,7 @@ class Study:
     if c is None:
       return None
     _, common = parse_study_arg(self.arg)
-    overrides = {"student.name": c.teacher.name, "kd.method": "none",
+    overrides = {"student.name": c.teacher.name, "kd.method": methods.SCRATCH,
                  "scratch_baseline": False, "dataset.transfer_limit": 0,
                  "num_epochs": config_lib.teacher_epochs(c),
                  "learning_rate": config_lib.teacher_lr(c), "seed": c.seed}

@@ -136,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if needs_teacher and teacher is None and teacher_result is None:
     teacher_result = Stage(
         config, role="teacher", model_name=config.teacher.name,
-        method="subclass_teacher" if groups > 1 else "none",
+        method=methods.SUBCLASS_TEACHER if groups > 1 else methods.SCRATCH,
         stage_dir=os.path.join(workdir, "teacher"), subclasses=groups,
         init_from=config.teacher.init_from,
         frozen_epochs=finetune_epochs(config, config.teacher.init_from),
@@ -166,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if hints and kd.hint_stages == 2:
     hint_dir = os.path.join(workdir, "hint")
     rows.append(Stage(config, role="hint", model_name=config.student.name,
-                      method="hint", stage_dir=hint_dir, teacher=teacher,
+                      method=methods.HINT, stage_dir=hint_dir, teacher=teacher,
                       hint=hint, select_best=False, init_from=s_init,
                       num_epochs=config_lib.hint_epochs(config),
                       learning_rate=config.learning_rate, **common).run())
@@ -174,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     s_frozen = 0
   if config.scratch_baseline and (needs_teacher or method.cohort):
     rows.append(Stage(config, role="scratch", model_name=config.student.name,
-                      method="none", stage_dir=os.path.join(workdir, "scratch"),
+                      method=methods.SCRATCH, stage_dir=os.path.join(workdir, "scratch"),
                       teacher=teacher, init_from=s_init,
                       frozen_epochs=finetune_epochs(config, s_init),
                       **student_run).run())

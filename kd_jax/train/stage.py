@@ -531,7 +531,7 @@ class Stage:
                    out_shardings=sharding.replicated(self.mesh))(rng)
 
   def describe_feature_term(self) -> str:
-    beta = methods.feature_weight(methods.KDSpec.from_config(self.config),
+    beta = methods.feature_weight(methods.kd_spec(self.config.kd),
                                   methods.get(self.method))
     return (f"[{self.role}] {self.method}: {self.config.kd.feature_logit_method}"
             f" loss + {beta:g} x feature term on (student:teacher) "

@@ -126,7 +126,7 @@ def make_spec(config, student, method: str, *, steps_per_epoch, teacher=None,
   return StepSpec(
       method=method, student=student,
       preprocess=Preprocess.from_config(config),
-      kd=methods.KDSpec.from_config(config), steps_per_epoch=steps_per_epoch,
+      kd=methods.kd_spec(config.kd), steps_per_epoch=steps_per_epoch,
       data_seed=data_seed(config), teacher=teacher,
       teacher_subclasses=teacher_subclasses, subclasses=subclasses,
       peers=tuple(peers), hint=tuple(hint) if hint else None, adapter=adapter,
@@ -144,6 +144,9 @@ def hyperparams(config, class_weights=None) -> dict:
         "alpha": jnp.float32(config.kd.alpha),
         "cosine": jnp.bool_(config.kd.schedule == "cosine"),
         "seed": jnp.int32(config.seed)}
+  swept = methods.get(config.kd.method).sweep_fields
+  if swept:  # the method's fields a sweep may vary, per cell
+    hp["kd"] = {n: jnp.float32(config.kd[n]) for n in swept}
   if class_weights is not None:
     hp["class_weights"] = jnp.asarray(class_weights, jnp.float32)
   return hp
@@ -447,7 +450,8 @@ def _loss(spec, method, inputs, hp, params):
     aux["peer_accuracy"] = jnp.mean(jnp.stack(
         [jnp.mean(jnp.argmax(z, -1) == labels_B) for z in cohort[1:]]))
     logits_in = jnp.stack(cohort)
-  loss = method.loss(spec.kd, logits_in, t_logits, labels_B,
+  kd = methods.with_swept(spec.kd, hp.get("kd"))
+  loss = method.loss(kd, logits_in, t_logits, labels_B,
                      temperature=temperature, alpha=hp["alpha"],
                      epoch=inputs.epoch, class_weights=hp.get("class_weights"))
   if spec.hint:

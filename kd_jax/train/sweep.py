@@ -41,7 +41,8 @@ from kd_jax.train import step as step_lib
 from kd_jax.train import teacher_cache
 
 VMAP_FIELDS = ("kd.temperature", "kd.alpha", "kd.schedule", "seed",
-               "loss.class_weights")
+               "loss.class_weights") + tuple(
+                   "kd." + n for n in methods.SWEEP_FIELDS)
 
 
 def vmap_problem(config) -> str | None:
@@ -53,7 +54,7 @@ def vmap_problem(config) -> str | None:
             "cell reads the live teacher's feature maps and trains its own "
             "feature modules (CRD: its own memory banks)")
   if not method.vmappable:
-    allowed = ", ".join(k for k, m in methods.METHODS.items() if m.vmappable)
+    allowed = ", ".join(methods.VMAPPABLE)
     return f"method {config.kd.method!r} cannot be vmapped; allowed: {allowed}"
   if config.kd.hint_student_layer or config.kd.assistants:
     return "hint layers and teacher assistants cannot be vmapped"
