@@ -44,6 +44,7 @@ from kd_jax import reporting
 from kd_jax.data import datasets as data
 from kd_jax.deploy import export
 from kd_jax.deploy import tflite
+from kd_jax.deploy import tflite_runtime
 from kd_jax.models import profile  # noqa: E402
 from kd_jax.study.deployment import cpu_name  # noqa: E402
 
@@ -82,8 +83,8 @@ def variants(name, num_classes, size):
   calib = np.random.default_rng(0).integers(0, 256, (64, size, size, 3), np.uint8)
   for q in tflite.QUANTIZE:
     blob = tflite.convert(infer, size, quantize=q, calibration=calib)
-    for threads in (1, tflite.all_threads()):
-      m = tflite.Model(blob, threads)
+    for threads in (1, tflite_runtime.all_threads()):
+      m = tflite_runtime.Model(blob, threads)
       out[f"{q}/{threads}"] = (len(blob) / 1e6,
                                lambda m=m: m.call_one(image))
   return params, out
@@ -103,7 +104,7 @@ def time_all(calls, runs, rounds):
 
 
 def latency_table(names, num_classes, size, runs, rounds):
-  n = tflite.all_threads()
+  n = tflite_runtime.all_threads()
   head = ("model", "params", "jax.jit ms", "f32 MB", "f32 ms 1t", f"f32 ms {n}t",
           "f16 MB", f"f16 ms {n}t", "dyn-int8 MB", f"dyn-int8 ms {n}t",
           "int8 MB", "int8 ms 1t", f"int8 ms {n}t", f"int8 fps {n}t")
@@ -131,7 +132,7 @@ def accuracy_table(workdir):
       info = export.export_tflite(workdir, path, quantize=q)
       if ref is None:
         images, labels = export.split_images(workdir, "test", info["image_size"])
-      probs = tflite.Model(open(path, "rb").read()).call(images)
+      probs = tflite_runtime.Model(open(path, "rb").read()).call(images)
       ref = probs if ref is None else ref
       rows.append([q, f"{info['bytes'] / 1e6:.3f}",
                    f"{np.mean(probs.argmax(-1) == labels):.4f}",

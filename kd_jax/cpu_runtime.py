@@ -35,9 +35,12 @@ themselves. Measurements: benchmarks/RESULTS.md (the KD-step section).
    computations keep JAX's asynchronous dispatch (the option only concerns
    single-device ones) and so do not gain; they lose nothing either.
 """
+
 import ctypes
 import os
 import sys
+
+import jax
 
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
@@ -90,7 +93,6 @@ def reuse_host_memory(environ=os.environ, platform=sys.platform):
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   if not all(mallopt(param, value) == 1 for param, value in MALLOC_OPTIONS):
     return False
-  import jax  # importing does not start a backend
   jax.config.update("jax_cpu_enable_async_dispatch", False)
   return True
 

@@ -15,8 +15,13 @@ if __name__ == "__main__":  # the command: before TensorFlow or JAX is imported
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+import jax  # noqa: E402
+
 from kd_jax import cpu_runtime  # noqa: E402
 from kd_jax.errors import UserError  # noqa: E402
+from kd_jax.train import pipeline as train  # noqa: E402
+from kd_jax.train import preemption  # noqa: E402
+from kd_jax.train import sharding  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -41,9 +46,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  from kd_jax.train import preemption  # heavy: after flag parsing
-  from kd_jax.train import sharding
-  from kd_jax.train import pipeline as train
   try:
     sharding.maybe_initialize_distributed()
     workdir = FLAGS.workdir or default_workdir(
@@ -56,7 +58,6 @@ def main(argv):
     print(f"kd_jax: preempted: {e}", file=sys.stderr)
     sys.exit(143)
   except Exception as e:  # pylint: disable=broad-except
-    import jax
     if jax.process_count() == 1:
       raise
     # A collective failed: most likely another process of this run died.

@@ -113,3 +113,32 @@ def test_a_method_names_its_fields_hyperparams_and_report_columns():
   assert "kd" not in step.hyperparams(c)
   assert methods.report_columns(c.kd) == {
       "temperature": "learned", "alpha": True, "schedule": True}
+
+
+# Imported inside functions on purpose: optional dependencies (torch, the
+# TFLite runtime), TensorFlow and the packages built on it (start-up time:
+# seconds, and native log lines before a command can quiet them), PyAV's
+# FFmpeg, matplotlib and scikit-learn (start-up time, used by one path each).
+LATE_IMPORTS_ALLOWED = ("torch", "tensorflow", "tensorflow_datasets",
+                        "ai_edge_litert", "clu", "av", "matplotlib", "sklearn",
+                        "jax.experimental.jax2tf")
+
+
+def test_no_import_inside_a_function_but_optional_or_heavy_packages():
+  found = []
+  for rel, text in _sources():
+    for node in ast.walk(ast.parse(text)):
+      if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        continue
+      for sub in ast.walk(node):
+        if isinstance(sub, ast.Import):
+          names = [a.name for a in sub.names]
+        elif isinstance(sub, ast.ImportFrom):
+          names = [f"{sub.module}.{a.name}" for a in sub.names]
+        else:
+          continue
+        for name in names:
+          if not any(name == p or name.startswith(p + ".")
+                     for p in LATE_IMPORTS_ALLOWED):
+            found.append(f"{rel}:{sub.lineno} {name}")
+  assert not found, found

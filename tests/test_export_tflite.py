@@ -18,6 +18,7 @@ from kd_jax.data import datasets as data
 from kd_jax.deploy import export
 from kd_jax.deploy import predict
 from kd_jax.deploy import tflite
+from kd_jax.deploy import tflite_runtime
 from kd_jax.errors import UserError
 from kd_jax.models import fast_ops
 from kd_jax.models import profile
@@ -83,20 +84,20 @@ def test_float32_tflite_equals_in_process_model(trained_run, float_export):
   c, workdir, ds, images = trained_run
   out, info = float_export
   blob = open(out, "rb").read()
-  assert tflite.is_tflite(blob[:8]) and len(blob) == info["bytes"]
-  meta = tflite.read_metadata(blob)
+  assert tflite_runtime.is_tflite(blob[:8]) and len(blob) == info["bytes"]
+  meta = tflite_runtime.read_metadata(blob)
   assert meta == _schema_metadata(blob)  # hand-read == schema-read
   assert meta == {k: v for k, v in info.items() if k != "bytes"}
   assert meta["class_names"] == list(ds.class_names)
   assert (meta["model"], meta["image_size"], meta["quantize"],
           meta["batch_size"]) == ("tiny_cnn", 28, "none", 1)
   ref = _in_process_probs(c, workdir, "student", images)
-  one = tflite.Model(blob, num_threads=1)
+  one = tflite_runtime.Model(blob, num_threads=1)
   assert one.input_shape == (1, 28, 28, 3) and one.num_threads == 1
   probs = one.call(images)
   np.testing.assert_allclose(probs, ref, atol=1e-4, rtol=0)
-  every = tflite.Model(blob)  # all CPUs
-  assert every.num_threads == tflite.all_threads()
+  every = tflite_runtime.Model(blob)  # all CPUs
+  assert every.num_threads == tflite_runtime.all_threads()
   np.testing.assert_allclose(every.call(images[:50]), ref[:50], atol=1e-4, rtol=0)
   res = helpers.read_json(os.path.join(workdir, "student", "results.json"))
   assert np.mean(probs.argmax(-1) == ds.test.labels) == pytest.approx(
@@ -107,15 +108,15 @@ def test_quantised_models_shrink_and_keep_predictions(trained_run,
                                                       float_export, tmp_path):
   c, workdir, _, images = trained_run
   f32_path, f32 = float_export
-  ref = tflite.Model(open(f32_path, "rb").read(), 1).call(images)
+  ref = tflite_runtime.Model(open(f32_path, "rb").read(), 1).call(images)
   top1 = ref.argmax(-1)
   got = {}
   for q in ("float16", "dynamic_int8", "int8"):
     out = str(tmp_path / f"{q}.tflite")
     info = export.export_tflite(workdir, out, quantize=q)
     blob = open(out, "rb").read()
-    assert tflite.read_metadata(blob)["quantize"] == q
-    got[q] = (f32["bytes"] / info["bytes"], tflite.Model(blob, 1).call(images),
+    assert tflite_runtime.read_metadata(blob)["quantize"] == q
+    got[q] = (f32["bytes"] / info["bytes"], tflite_runtime.Model(blob, 1).call(images),
               info)
   ratio, probs, _ = got["float16"]
   assert 1.8 < ratio < 2.05, ratio
@@ -216,7 +217,7 @@ def test_padded_max_pool_quantises(tmp_path):
   with fast_ops.standard_ops():
     np.testing.assert_allclose(np.asarray(infer(x)), ref, rtol=1e-6, atol=1e-7)
   blob = tflite.convert(infer, 12, quantize="int8", calibration=x)
-  np.testing.assert_allclose(tflite.Model(blob, 1).call(x), ref, atol=0.03)
+  np.testing.assert_allclose(tflite_runtime.Model(blob, 1).call(x), ref, atol=0.03)
   # JAX's trace cache does not know fast_ops' context: jitting `infer` at
   # the export's shape afterwards still gets the fast (shifted-slice) path.
   assert "reduce_window_max" not in str(jax.make_jaxpr(jax.jit(infer))(x[:1]))
@@ -240,7 +241,7 @@ def test_report_tflite_columns_and_int8_budget(trained_run, tmp_path,
   assert d["meets_budget"] == "no"  # float32: 0.4 MB of weights
   i8 = str(tmp_path / "i8.tflite")
   info = export.export_tflite(workdir, i8, quantize="int8")
-  probs = tflite.Model(open(i8, "rb").read()).call(images)
+  probs = tflite_runtime.Model(open(i8, "rb").read()).call(images)
   assert d["int8_test_accuracy"] == pytest.approx(
       np.mean(probs.argmax(-1) == ds.test.labels))
   assert d["int8_test_accuracy"] == pytest.approx(d["test_accuracy"], abs=0.03)
@@ -283,9 +284,9 @@ def test_every_student_converts(name):
   x = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), np.uint8)
   ref = np.asarray(jax.jit(infer)(x))
   f32 = tflite.convert(infer, size)
-  np.testing.assert_allclose(tflite.Model(f32, 1).call(x), ref, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(tflite_runtime.Model(f32, 1).call(x), ref, atol=1e-4, rtol=0)
   int8 = tflite.convert(infer, size, quantize="int8", calibration=x)
-  probs = tflite.Model(int8).call(x)
+  probs = tflite_runtime.Model(int8).call(x)
   assert probs.shape == (8, k)
   np.testing.assert_allclose(probs.sum(-1), 1.0, atol=0.03)
   # Small models keep relatively more per-channel scales and int32 biases.
@@ -305,7 +306,7 @@ def test_subclass_teacher_and_cli_end_to_end(tmp_path):
     out = str(tmp_path / f"{stage}.tflite")
     info = export.export_tflite(workdir, out, stage=stage)
     assert info["subclasses"] == 2 and info["num_classes"] == 10
-    probs = tflite.Model(open(out, "rb").read(), 1).call(images)
+    probs = tflite_runtime.Model(open(out, "rb").read(), 1).call(images)
     np.testing.assert_allclose(probs, _in_process_probs(c, workdir, stage, images),
                                atol=1e-4, rtol=0)
   model = str(tmp_path / "cli.tflite")
@@ -320,6 +321,6 @@ def test_subclass_teacher_and_cli_end_to_end(tmp_path):
     Image.fromarray(ds.test.images[i, :, :, 0]).save(paths[-1])
   r = helpers.run_cli_module("kd_jax.predict", f"--model={model}", *paths)
   assert r.returncode == 0 and r.stderr == "", r.stderr
-  int8 = tflite.Model(open(model, "rb").read()).call(images[:3])
+  int8 = tflite_runtime.Model(open(model, "rb").read()).call(images[:3])
   for line, path, pr in zip(r.stdout.splitlines(), paths, int8):
     assert line.split("\t")[:2] == [path, ds.class_names[int(pr.argmax())]]

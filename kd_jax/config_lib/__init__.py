@@ -15,8 +15,10 @@ import re
 
 import ml_collections
 
-from kd_jax.distill import losses, methods
+from kd_jax import models
 from kd_jax import weight_spec
+from kd_jax.distill import losses
+from kd_jax.distill import methods
 from kd_jax.errors import UserError
 
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist_local", "mnist",
@@ -390,7 +392,6 @@ def teacher_lr(c) -> float:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the bad value and what is allowed; then fixes
   `dataset.normalization='auto'` to its value (`auto_normalization`)."""
-  from kd_jax import models  # late: keeps configs importable without flax
 
   def one_of(value, allowed, what):
     if value not in allowed:

@@ -37,6 +37,7 @@ accelerator inside the jitted step (`preprocess`).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import hashlib
@@ -46,6 +47,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from kd_jax.errors import UserError
 
@@ -210,7 +212,6 @@ def _image_problem(path) -> str | None:
     return f"cannot read image file {path}: {e.strerror}"
   if not any(head.startswith(m) for m in _MAGIC):
     return f"corrupt or non-image file {path} (not PNG/JPEG/BMP/GIF)"
-  from PIL import Image
   try:
     with Image.open(path) as im:
       im.verify()
@@ -289,7 +290,6 @@ _CSV_COLUMNS = ("csv_file_column", "csv_label_column", "csv_split_column")
 def _read_csv(dc):
   """[(line, file, label, split)] of `dc.csv`'s rows, cells stripped;
   UserError when the file or one of the configured columns is missing."""
-  import csv
   if not os.path.isfile(dc.csv):
     raise UserError(f"config.dataset.csv={dc.csv!r}: no such file (allowed: "
                     "an annotations CSV with a row per image)")

@@ -28,6 +28,7 @@ import shutil
 import sys
 
 import numpy as np
+from PIL import Image
 
 from kd_jax.errors import UserError
 
@@ -271,7 +272,6 @@ def is_grey(rgb):
 def resize(rgb, size):
   if not size or rgb.shape[:2] == (size, size):
     return rgb
-  from PIL import Image
   return np.asarray(Image.fromarray(rgb).resize(
       (size, size), Image.Resampling.BILINEAR))
 
@@ -302,7 +302,6 @@ def extract(job):
   """Decodes one video into stage/<split>/<label>/; returns manifest rows.
   (Top level so worker processes can run it.)"""
   import av
-  from PIL import Image
   video, stage, every, max_frames, size = job
   try:
     kept, _ = decode(video.path, every, max_frames, size)

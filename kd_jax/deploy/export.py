@@ -38,6 +38,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from kd_jax import models
 from kd_jax import reporting
@@ -122,7 +123,6 @@ def split_images(workdir: str, split: str, image_size: int, n: int = 0):
   """(uint8 [N, S, S, 3] images as the exported model takes them, labels)
   of the run's own dataset split ('train', 'val' or 'test'); `n` > 0 keeps
   a fixed class-stratified sample of n (`data.limit`)."""
-  import ml_collections
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   sample = data.limit(getattr(data.load(config), split), n)

@@ -22,7 +22,12 @@ import os
 import struct
 import sys
 
+from jax import export
 import numpy as np
+from PIL import Image
+from PIL import UnidentifiedImageError
+
+from kd_jax.deploy import tflite_runtime
 
 MAGIC = b"KDJAXEXP1\n"  # the file format's first bytes (kd_jax/export.py writes it)
 
@@ -39,10 +44,8 @@ def load_model(path: str, num_threads: int | None = None):
     raise PredictError(f"model file {path!r} does not exist")
   with open(path, "rb") as f:
     blob = f.read()
-  from kd_jax.deploy import tflite  # numpy only until a TFLite file is run
-  if tflite.is_tflite(blob[:8]):
+  if tflite_runtime.is_tflite(blob[:8]):
     return load_tflite(path, blob, num_threads)
-  from jax import export
   if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 8:
     raise PredictError(f"{path!r} is not a kd_jax exported model "
                        "(write one with python -m kd_jax.export)")
@@ -57,17 +60,16 @@ def load_model(path: str, num_threads: int | None = None):
 
 
 def load_tflite(path: str, blob: bytes, num_threads: int | None):
-  """(meta, tflite.Model) of a TFLite file written by kd_jax.export."""
-  from kd_jax.deploy import tflite
+  """(meta, tflite_runtime.Model) of a TFLite file written by kd_jax.export."""
   try:
-    meta = tflite.read_metadata(blob)
+    meta = tflite_runtime.read_metadata(blob)
   except (struct.error, ValueError, UnicodeDecodeError) as e:  # cut short
     raise PredictError(f"{path!r} is damaged ({type(e).__name__}: {e})") from None
   if meta is None or "class_names" not in meta:
     raise PredictError(f"{path!r} is a TFLite model without kd_jax metadata "
                        "(write one with python -m kd_jax.export --format=tflite)")
   try:
-    return meta, tflite.Model(blob, num_threads)
+    return meta, tflite_runtime.Model(blob, num_threads)
   except (RuntimeError, ValueError) as e:
     raise PredictError(f"{path!r} is damaged ({type(e).__name__}: "
                        f"{str(e).strip().splitlines()[-1]})") from None
@@ -76,7 +78,6 @@ def load_tflite(path: str, blob: bytes, num_threads: int | None):
 def to_model_input(images_NxHxWxC, size: int) -> np.ndarray:
   """uint8 [N, size, size, 3] from uint8 [N, H, W, 1 or 3] images: greyscale
   repeated to RGB, other sizes resized (bilinear), as image files are."""
-  from PIL import Image
   images = np.asarray(images_NxHxWxC, np.uint8)
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
@@ -88,8 +89,6 @@ def to_model_input(images_NxHxWxC, size: int) -> np.ndarray:
 
 def load_images(paths, size: int) -> np.ndarray:
   """uint8 [N, size, size, 3]."""
-  from PIL import Image
-  from PIL import UnidentifiedImageError
   out = np.zeros((len(paths), size, size, 3), np.uint8)
   for i, p in enumerate(paths):
     try:

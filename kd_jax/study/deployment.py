@@ -17,8 +17,16 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 
+import jax
+import numpy as np
+
+from kd_jax import reporting
+from kd_jax.deploy import export
+from kd_jax.deploy import tflite_runtime
 from kd_jax.distill import methods
+from kd_jax.models import profile
 
 NAN = float("nan")
 DEPLOY_FORMATS = ("float32", "int8")
@@ -43,9 +51,7 @@ def cpu_name() -> str:
 
 def default_profile(name, num_classes, image_size, timing):
   """{'gflops', 'latency_ms'?} of one model, measured on the CPU."""
-  import jax  # late: reading results needs no JAX
 
-  from kd_jax.models import profile
   with jax.default_device(jax.devices("cpu")[0]):
     p = profile.profile(name, num_classes=num_classes, image_size=image_size,
                         timing=timing)
@@ -71,7 +77,6 @@ def profiles(models, out_dir, timing, profile_fn=None):
       cache[key] = hit
     out[(name, classes, size)] = hit
   if profile_fn is None:
-    from kd_jax import reporting
     reporting.write_json(path, cache)
   return out
 
@@ -84,12 +89,6 @@ def measure_tflite(cell_dir: str, stage: str = "student") -> dict:
   """TFLITE_FIELDS of one trained cell: its float32 and int8 (calibrated on
   its training images) TFLite exports, timed at batch 1 on 1 and on all
   threads, and the int8 model's accuracy on the cell's test split."""
-  import tempfile
-
-  import numpy as np
-
-  from kd_jax.deploy import export  # late: reading results needs no JAX
-  from kd_jax.deploy import tflite
   out = {}
   with tempfile.TemporaryDirectory() as tmp:
     for kind, quantize in (("f32", "none"), ("int8", "int8")):
@@ -98,10 +97,10 @@ def measure_tflite(cell_dir: str, stage: str = "student") -> dict:
       with open(path, "rb") as f:
         blob = f.read()
       out[f"tflite_{kind}_mb"] = info["bytes"] / 1e6
-      out[f"tflite_{kind}_ms_1t"] = tflite.latency_ms(blob, 1)
-      out[f"tflite_{kind}_ms_all"] = tflite.latency_ms(blob, tflite.all_threads())
+      out[f"tflite_{kind}_ms_1t"] = tflite_runtime.latency_ms(blob, 1)
+      out[f"tflite_{kind}_ms_all"] = tflite_runtime.latency_ms(blob, tflite_runtime.all_threads())
   images, labels = export.split_images(cell_dir, "test", info["image_size"])
-  probs = tflite.Model(blob).call(images)
+  probs = tflite_runtime.Model(blob).call(images)
   out["int8_test_accuracy"] = float(np.mean(probs.argmax(-1) == labels))
   return out
 
@@ -125,7 +124,6 @@ def tflite_figures(cells, out_dir, measure_fn=None):
       cache[key] = (measure_fn or measure_tflite)(cell_dir, stage)
     out[(cell_dir, stage)] = cache[key]
   if measure_fn is None:
-    from kd_jax import reporting
     reporting.write_json(path, cache)
   return out
 

@@ -24,6 +24,8 @@ import math
 import os
 import sys
 
+import numpy as np
+
 from kd_jax.distill import methods
 
 
@@ -170,7 +172,6 @@ def settings_figure_name(student: str) -> str:
 
 
 def _heatmap_panel(fig, ax, student, method, settings):
-  import numpy as np
   ts = sorted({float(s["temperature"]) for s in settings})
   als = sorted({float(s["alpha"]) for s in settings})
   grid = np.full((len(als), len(ts)), np.nan)
@@ -237,7 +238,6 @@ def plot_training_curves(rows, path):
 def roc_curve(labels_N, score_N):
   """(false positive rates, true positive rates) at every distinct score
   threshold, from (0, 0) to (1, 1)."""
-  import numpy as np
   order = np.argsort(-np.asarray(score_N), kind="mergesort")
   s, y = np.asarray(score_N)[order], np.asarray(labels_N, bool)[order]
   last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
@@ -246,7 +246,6 @@ def roc_curve(labels_N, score_N):
 
 
 def _load_predictions(path):
-  import numpy as np
   if not path or not os.path.exists(path):
     return None
   with np.load(path) as f:
@@ -286,7 +285,6 @@ def plot_confusion_best(rows, best, path) -> bool:
   validation value of the selection metric), summed over its seeds and
   normalised per true class."""
   import matplotlib.pyplot as plt
-  import numpy as np
   if not best:
     return False
   top = max(best.values(), key=lambda s: -math.inf if math.isnan(

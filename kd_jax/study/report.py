@@ -43,7 +43,7 @@ import os
 import re
 import sys
 
-from kd_jax.deploy import tflite
+from kd_jax.deploy import tflite_runtime
 from kd_jax.distill import methods
 from kd_jax.errors import UserError
 from kd_jax.study import deployment
@@ -388,7 +388,7 @@ def _md_tflite(deploy):
   rows = [d for d in deploy if not math.isnan(d["tflite_f32_mb"])]
   if not rows:
     return []
-  n = f"{tflite.all_threads()} threads"
+  n = f"{tflite_runtime.all_threads()} threads"
   lines = ["", "### TFLite (LiteRT) at batch 1", "",
            "Each student's deployed setting exported with `python -m "
            "kd_jax.export --format=tflite` (float32; int8 calibrated on 200 "

@@ -39,8 +39,12 @@ import threading
 import time
 
 from kd_jax import config_lib
+from kd_jax import console
+from kd_jax import cpu_runtime
 from kd_jax.distill import methods
 from kd_jax.errors import UserError
+from kd_jax.train import pipeline as train
+from kd_jax.train import sweep
 
 TEACHER_DIR = "teacher"
 
@@ -250,8 +254,6 @@ def _run_cell(cell: Cell, log_dir: str, lock: threading.Lock, counter: dict,
   log_path = os.path.join(log_dir, cell.name + ".log")
   t0 = time.time()
   if study is not None:
-    from kd_jax.train import \
-        pipeline as train  # late: listing a study needs no JAX
     try:
       train.train_and_evaluate(study.config(cell), cell.workdir)
       rc = 0
@@ -279,7 +281,6 @@ def vmap_groups(study: Study, cells) -> list[list[Cell]]:
   """`cells` grouped so that each group can be one vmapped program
   (sweep.py): same student, data and method, differing only in T, alpha,
   schedule or seed. Cells that cannot be vmapped form groups of one."""
-  from kd_jax.train import sweep  # late: listing a study needs no JAX
   groups: dict = {}
   for cell in cells:
     c = study.config(cell)
@@ -331,7 +332,6 @@ def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
 
 
 def _run_vmapped(study: Study, todo, counter, vmap_chunk=0) -> int:
-  from kd_jax.train import sweep
   failed = 0
   for group in vmap_groups(study, todo):
     t0 = time.time()
@@ -359,8 +359,6 @@ def _run_vmapped(study: Study, todo, counter, vmap_chunk=0) -> int:
 
 
 def main(argv=None) -> int:
-  from kd_jax import console
-  from kd_jax import cpu_runtime
   console.quiet_native_logs()  # before anything imports TensorFlow
   cpu_runtime.configure()  # before JAX starts a backend (--in_process, --vmap)
   p = argparse.ArgumentParser(prog="python -m kd_jax.study",

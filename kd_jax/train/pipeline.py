@@ -23,6 +23,7 @@ import os
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 
 from kd_jax import config_lib
@@ -82,8 +83,7 @@ def check_workdir(workdir, config, overwrite=False):
       if jax.process_index() == 0:
         os.rename(workdir, aside)
       if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("kd_jax_overwrite")
+              multihost_utils.sync_global_devices("kd_jax_overwrite")
       reporting.log(f"--overwrite: moved the previous run to {aside}")
       return
     raise UserError(f"workdir {workdir} holds a run of a different config "

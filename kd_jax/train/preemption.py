@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -35,7 +36,6 @@ def requested(step, every) -> bool:
     return _SIGTERM["received"]
   if step % max(1, every):
     return False
-  from jax.experimental import multihost_utils
   flags = multihost_utils.process_allgather(
       np.asarray([_SIGTERM["received"]], np.int32))
   return bool(np.any(flags))

@@ -19,6 +19,7 @@ import os
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -130,7 +131,6 @@ def host_array(x) -> np.ndarray:
   """`x` whole on this host (gathered from every process when sharded)."""
   if getattr(x, "is_fully_addressable", True):
     return np.asarray(x)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -225,8 +225,7 @@ def check_resumable(workdir, config, ds):
           f"fingerprint {meta['fingerprint']!r}, this config's is {mine!r}); "
           "use another --workdir")
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("kd_jax_check_resumable")
+      multihost_utils.sync_global_devices("kd_jax_check_resumable")
 
 
 def new_loop() -> dict:

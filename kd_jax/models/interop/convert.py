@@ -28,8 +28,11 @@ import dataclasses
 import functools
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
+from safetensors import flax as st_jax
+from safetensors import numpy as st_numpy
 
 from kd_jax.models import zoo
 from kd_jax.models.interop import keras_weights
@@ -124,11 +127,9 @@ def read_state_dict(path: str) -> dict:
 
 
 def _safetensors_load(path: str) -> dict:
-  from safetensors import numpy as st_numpy
   try:
     return st_numpy.load_file(path)
   except TypeError:  # bfloat16, which numpy lacks: read as jax arrays
-    from safetensors import flax as st_jax
     return {k: np.asarray(v, np.float32)
             for k, v in st_jax.load_file(path).items()}
 
@@ -210,7 +211,6 @@ def _flax_modules(name: str) -> tuple[tuple[tuple[str, ...], str], ...]:
   in the order the forward pass calls them. Variable dicts from a jitted init
   are key-sorted, so the order comes from intercepting an abstract init; the
   class count changes no layer order, so 1000 stands for any."""
-  import flax.linen as nn
   kinds = ((nn.Conv, "conv"), (nn.Dense, "linear"), (nn.BatchNorm, "bn"))
   order: dict[tuple[str, ...], str] = {}
 
