@@ -45,8 +45,8 @@ from kd_jax import config_lib  # noqa: E402
 from kd_jax import cpu_runtime
 from kd_jax import models
 from kd_jax.data import datasets as data
+from kd_jax.train import model_init
 from kd_jax.train import sharding
-from kd_jax.train import stage
 from kd_jax.train import step as step_lib  # noqa: E402
 from kd_jax.train import sweep
 
@@ -99,7 +99,7 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
   repl = sharding.replicated(mesh)
   tx = step_lib.make_optimizer(c, learning_rate=1e-3, num_epochs=1,
                                steps_per_epoch=1000, ctkd=False)
-  p, bs = stage.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  p, bs = model_init.init_variables(student, c, mesh, jax.random.PRNGKey(0))
   params = {"student": p}
   # Built as the trainer does (committed, replicated like the step's output),
   # so the step does not compile a second time on its second call.
@@ -164,7 +164,7 @@ def grid_step(student_name, size, classes, batch, steps, cells):
   student = models.get_model(student_name, num_classes=classes)
   tx = step_lib.make_optimizer(configs[0], learning_rate=1e-3, num_epochs=1,
                                steps_per_epoch=1000, ctkd=False)
-  p, bs = stage.init_variables(student, configs[0], mesh, jax.random.PRNGKey(0))
+  p, bs = model_init.init_variables(student, configs[0], mesh, jax.random.PRNGKey(0))
   one = step_lib.new_train_state(tx, {"student": p}, {"student": bs})
   states = jax.device_put(
       jax.tree.map(lambda x: jnp.stack([x] * len(configs)), one), repl)

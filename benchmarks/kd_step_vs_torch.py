@@ -153,7 +153,7 @@ def jax_setup(case, batch, size, teacher_dtype):
   from kd_jax import models
   from kd_jax.models import profile
   from kd_jax.train import sharding
-  from kd_jax.train import stage
+  from kd_jax.train import model_init
   from kd_jax.train import step as step_lib
 
   tname, sname, _, classes = CASES[case]
@@ -169,7 +169,7 @@ def jax_setup(case, batch, size, teacher_dtype):
                                                    seed=1), repl)
   tx = step_lib.make_optimizer(c, learning_rate=LR, num_epochs=1,
                                steps_per_epoch=1000, ctkd=False)
-  p, bs = stage.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  p, bs = model_init.init_variables(student, c, mesh, jax.random.PRNGKey(0))
   # Built as the trainer does (Stage.init_state): committed and replicated
   # like the step's output, so the second call does not compile again.
   state = jax.jit(lambda p, b: step_lib.new_train_state(tx, p, b),
@@ -187,7 +187,7 @@ def jax_case(case, batch, steps, warmup, size, teacher_dtype="float32"):
 
   from kd_jax.data import datasets as data
   from kd_jax.train import sharding
-  from kd_jax.train import stage
+  from kd_jax.train import model_init
   from kd_jax.train import step as step_lib
 
   c, mesh, step, state, hp, t_vars, teacher = jax_setup(
@@ -211,8 +211,8 @@ def jax_case(case, batch, steps, warmup, size, teacher_dtype="float32"):
   t_dev, faults, _ = step_time_and_faults(lambda: one(lambda: dev_batch),
                                           steps, warmup)
   out = {"images_per_s": batch / t_dev, "faults_per_step": faults,
-         "teacher_params": stage.param_count(t_vars["params"]),
-         "student_params": stage.param_count(state.params["student"])}
+         "teacher_params": model_init.param_count(t_vars["params"]),
+         "student_params": model_init.param_count(state.params["student"])}
   if teacher_dtype != "float32":
     return out
   t_pipe = step_time_and_faults(

@@ -19,7 +19,7 @@ from kd_jax import cpu_runtime  # noqa: E402
 cpu_runtime.configure()
 from kd_jax import config_lib  # noqa: E402
 from kd_jax import models
-from kd_jax.train import stage
+from kd_jax.train import model_init
 from kd_jax.train import step as step_lib  # noqa: E402
 from kd_jax.train import sweep
 
@@ -31,7 +31,7 @@ def main(mode):
   student = models.get_model("mobilenet_v3_small", num_classes=10)
   tx = step_lib.make_optimizer(c, learning_rate=1e-3, num_epochs=1,
                                steps_per_epoch=8, ctkd=False)
-  p, bs = stage.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  p, bs = model_init.init_variables(student, c, mesh, jax.random.PRNGKey(0))
   state = step_lib.new_train_state(tx, {"student": p}, {"student": bs})
   spec = step_lib.make_spec(c, student, "vanilla", steps_per_epoch=8,
                             teacher=models.get_model("vgg16", num_classes=10))

@@ -176,11 +176,11 @@ def test_hint_links_pair_each_model_with_its_teacher():
   with pytest.raises(UserError, match=r"hint layers do not match in spatial "
                      r"size at 28px: student simple_cnn.block2 is 7x7x176, "
                      r"teacher simple_cnn.block1 is 14x14x88"):
-    stage.hint_shapes(c, 10, 0)
+    config_lib.hint_shapes(c, 10, 0)
   with pytest.raises(UserError, match="config.kd.hint_assistant_layers="
                      "'block9' is not a feature of simple_cnn"):
     c.kd.hint_assistant_layers = "block9"
-    stage.hint_shapes(c, 10, 1)
+    config_lib.hint_shapes(c, 10, 1)
 
 
 def test_subclass_teacher_and_student_have_grouped_heads(tmp_path):
@@ -263,9 +263,9 @@ def test_fitnets_config_layer_pair_matches_at_echo_size():
   """configs/fitnets_*: guided stage3 and hint block3 are both 14x14 at 112 px
   (VGG16 halves the size 3 times by block3, MobileNetV3-small by stage3)."""
   c = helpers.load_config("fitnets_mobilenet_v3_small.py")
-  s, t = stage.hint_shapes(c, 4)
+  s, t = config_lib.hint_shapes(c, 4)
   assert s == (1, 14, 14, 24) and t == (1, 14, 14, 256)
   tiny = helpers.load_config("fitnets_mobilenet_v3_small.py", "runlocal")
   assert tiny.teacher.name == "vgg_cifar"
-  s, t = stage.hint_shapes(tiny, 4)  # 32 px: 4x4 both
+  s, t = config_lib.hint_shapes(tiny, 4)  # 32 px: 4x4 both
   assert s[1:3] == t[1:3] == (4, 4)

@@ -50,7 +50,7 @@ def test_recalls_equal_sklearn():
 
 
 def test_eval_step_metrics_over_padded_batches_equal_sklearn():
-  """Two eval batches, the second padded (mask 0), merged as stage.evaluate
+  """Two eval batches, the second padded (mask 0), merged as train.evaluate.evaluate
   merges them: the padded rows count nowhere."""
   logits = np.log(P4).astype(np.float32)
   parts = []

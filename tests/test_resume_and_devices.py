@@ -81,6 +81,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
 sys.path.insert(0, {repo!r})
 from tests import helpers
+from kd_jax.train import model_init
 from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.train import sharding
@@ -113,7 +114,7 @@ step = step_lib.make_train_step(
 host = next(data.train_batches(ds.train, global_batch=16, seed=0, epoch=0,
                                num_steps=1, image_size=28))
 mesh = sharding.make_mesh()
-p, bs = stage.init_variables(model, c, mesh, jax.random.PRNGKey(0))
+p, bs = model_init.init_variables(model, c, mesh, jax.random.PRNGKey(0))
 p, bs = {{"student": p}}, {{"student": bs}}
 st = step_lib.new_train_state(tx, p, bs)
 repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)

@@ -12,9 +12,10 @@ from kd_jax import config_lib
 from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.errors import UserError
+from kd_jax.train import checkpointing
+from kd_jax.train import model_init
 from kd_jax.train import pipeline as train
 from kd_jax.train import sharding
-from kd_jax.train import stage
 from tests import helpers
 
 
@@ -193,17 +194,17 @@ def test_init_is_compiled_once_per_model_and_size_and_gives_models_init():
   c = config_lib.base_config()
   c.dataset.image_size = 28
   mesh = sharding.make_mesh()
-  first = stage.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
-  n = len(stage.COMPILED_INITS)
-  again = stage.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
-  assert len(stage.COMPILED_INITS) == n  # the same compiled function, no new entry
+  first = model_init.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
+  n = len(model_init.COMPILED_INITS)
+  again = model_init.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
+  assert len(model_init.COMPILED_INITS) == n  # the same compiled function, no new entry
   rng = jax.random.PRNGKey(5)
   ref = models.init(models.get_model("mlp_small", num_classes=3), rng, 28)
   for got in (first(rng)[0], again(rng)[0]):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref["params"])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  stage.make_init(models.get_model("mlp_small", num_classes=4), c, mesh)
-  assert len(stage.COMPILED_INITS) == n + 1  # another class count: another entry
+  model_init.make_init(models.get_model("mlp_small", num_classes=4), c, mesh)
+  assert len(model_init.COMPILED_INITS) == n + 1  # another class count: another entry
 
 
 def test_a_stage_resumes_only_its_own_checkpoint(tmp_path):
@@ -220,13 +221,13 @@ def test_a_stage_resumes_only_its_own_checkpoint(tmp_path):
                               scratch_baseline=False, num_epochs=1,
                               **{"dataset.train_limit": 96})
   ds = data.load(other)
-  mine = stage.fingerprint(other, ds, "student", other.student.name)
+  mine = checkpointing.fingerprint(other, ds, "student", other.student.name)
   with pytest.raises(UserError) as e:
     train.train_and_evaluate(other, workdir)
   msg = str(e.value)
   assert "\n" not in msg and mine in msg and "use another --workdir" in msg
   assert not os.path.exists(os.path.join(workdir, "config.json"))  # refused first
-  theirs = stage.fingerprint(first, data.load(first), "student",
+  theirs = checkpointing.fingerprint(first, data.load(first), "student",
                              first.student.name)
   assert theirs in msg and theirs != mine
   # The same config resumes its own checkpoint (its stage results removed).

@@ -801,3 +801,35 @@ def feature_layer_pairs(c, student_shapes, teacher_shapes, *, student_name,
             f"maps [B, H, W, C]; {name}.{layer} has shape "
             f"{'x'.join(map(str, shapes[layer][1:]))}")
   return tuple(pairs)
+
+
+def hint_shapes(config, num_classes, link=-1):
+  """Shapes of the guided and the hint feature of distillation link `link`
+  (config_lib.hint_links: the assistants', then the student's), checked:
+  both names must exist and the spatial sizes must agree (the 1x1 adapter
+  only maps channels)."""
+  size = config.dataset.image_size
+  links = hint_links(config)
+  student, teacher, (guided, hint) = links[link]
+  last = link % len(links) == len(links) - 1
+  fields = ("hint_student_layer" if last else "hint_assistant_layers",
+            "hint_teacher_layer" if link % len(links) == 0
+            else "hint_assistant_layers")
+
+  def feature_shape(name, layer, what):
+    feats = models.feature_shapes(name, num_classes, size)
+    if layer not in feats:
+      raise UserError(f"config.kd.{what}={layer!r} is not a feature of "
+                      f"{name}; allowed: {', '.join(feats)}")
+    return feats[layer]
+
+  s_shape = feature_shape(student, guided, fields[0])
+  t_shape = feature_shape(teacher, hint, fields[1])
+  if len(s_shape) != len(t_shape) or s_shape[1:-1] != t_shape[1:-1]:
+    raise UserError(
+        f"hint layers do not match in spatial size at {size}px: student "
+        f"{student}.{guided} is "
+        f"{'x'.join(map(str, s_shape[1:]))}, teacher {teacher}."
+        f"{hint} is {'x'.join(map(str, t_shape[1:]))} "
+        "(pick layers with equal height and width)")
+  return s_shape, t_shape

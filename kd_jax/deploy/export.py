@@ -49,7 +49,7 @@ from kd_jax.deploy.predict import MAGIC  # the reader owns the file format
 from kd_jax.distill import losses
 from kd_jax.errors import UserError
 from kd_jax.train import checkpointing
-from kd_jax.train import stage as stage_lib
+from kd_jax.train import model_init
 
 FORMATS = ("stablehlo", "tflite")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -97,7 +97,7 @@ def load_inference(workdir: str, stage: str = "student"):
           "input_dtype": "uint8", "normalization": normalization,
           "dataset": meta.get("dataset", ""),
           "checkpoint": checkpointing.resolve_model_dir(stage_dir),
-          "params": stage_lib.param_count(variables["params"]),
+          "params": model_init.param_count(variables["params"]),
           "jax_version": jax.__version__}
   return infer, info
 

@@ -126,3 +126,12 @@ def head_mask(name: str, num_classes: int, image_size: int) -> dict:
   a = init_shapes(name, num_classes, image_size)
   b = init_shapes(name, num_classes + 1, image_size)
   return jax.tree.map(lambda x, y: x.shape != y.shape, a, b)
+
+
+def module_feature_shapes(module, variables, image_size) -> dict:
+  """{feature name: shape} of `module` with `variables` (arrays or
+  ShapeDtypeStructs) at batch 1, without computing anything."""
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  feats = jax.eval_shape(lambda v, x: apply_with_features(
+      module, v, x, train=False)[1], variables, x)
+  return {k: tuple(v.shape) for k, v in feats.items()}

@@ -8,4 +8,4 @@ against an edge budget).
 May import: every layer below (train, deploy, data, models, distill,
 config_lib) and the leaves.
 """
-from kd_jax.study.runner import run  # noqa: F401  (public)
+from kd_jax.study.runner import Study, run  # noqa: F401  (public)

@@ -21,13 +21,18 @@ The frozen teacher is never part of a student's checkpoint.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kd_jax import config_lib
+from kd_jax.data import datasets as data
 from kd_jax.errors import UserError
 
 
@@ -278,3 +283,38 @@ def load_teacher(path: str, *, expected_model: str, num_classes: int,
   variables, _ = restore_model(manager, like_variables, sharding)
   manager.close()
   return variables, meta
+
+
+def fingerprint(config, ds, role, model_name) -> str:
+  """What a stage's 'latest' checkpoint belongs to: the config, the stage
+  and the data. A resumed stage refuses another stage's checkpoint."""
+  h = hashlib.blake2b(digest_size=8)
+  cfg = json.loads(config.to_json())
+  # 'auto' and the value it resolves to are the same setup.
+  cfg["dataset"]["normalization"] = config_lib.normalization(config)
+  h.update(json.dumps([cfg, role, model_name], sort_keys=True).encode())
+  h.update(data.digest(data.stage_data(config, ds, role)).encode())
+  return h.hexdigest()
+
+
+def check_resumable(workdir, config, ds):
+  """Refuses, before anything is written, a workdir whose unfinished stages
+  hold 'latest' checkpoints of another config or data (a run whose
+  checkpoints outlived its deleted workdir). Several processes check
+  together and wait for each other, so that none looks at a stage directory
+  another one has already started writing."""
+  for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else ():
+    stage_dir = os.path.join(workdir, name)
+    if os.path.exists(os.path.join(stage_dir, "results.json")):
+      continue
+    meta = latest_meta(stage_dir)
+    if not meta or "fingerprint" not in meta:
+      continue
+    mine = fingerprint(config, ds, meta["role"], meta["model"])
+    if meta["fingerprint"] != mine:
+      raise UserError(
+          f"{stage_dir}/checkpoints/latest belongs to another run (stage "
+          f"fingerprint {meta['fingerprint']!r}, this config's is {mine!r}); "
+          "use another --workdir")
+  if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("kd_jax_check_resumable")

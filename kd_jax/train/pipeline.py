@@ -18,8 +18,10 @@ The train step itself is step.py's; the methods' needs are methods.py's.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Any
 import time
 
 import jax
@@ -35,10 +37,11 @@ from kd_jax.data import teacher_logits
 from kd_jax.distill import methods
 from kd_jax.errors import UserError
 from kd_jax.train import checkpointing
+from kd_jax.train import evaluate as evaluate_lib
+from kd_jax.train import model_init
 from kd_jax.train import preemption
 from kd_jax.train import pretrained
 from kd_jax.train import sharding
-from kd_jax.train import stage as stage_lib
 from kd_jax.train import step as step_lib
 from kd_jax.train.stage import Stage
 
@@ -91,104 +94,138 @@ def check_workdir(workdir, config, overwrite=False):
                     "--workdir, or --overwrite to move that run aside")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What every stage of a run shares, read once before anything is
+  written: the data, the mesh, the subclass groups and the hint links."""
+  ds: Any
+  mesh: Any
+  groups: int  # logits per class (subclass distillation)
+  links: tuple  # each link's (guided layer, hint layer); () without hints
+
+  def common(self) -> dict:
+    return dict(ds=self.ds, mesh=self.mesh)
+
+  def student_run(self, config) -> dict:
+    return dict(num_epochs=config.num_epochs,
+                learning_rate=config.learning_rate, **self.common())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        overwrite: bool = False) -> dict:
   """Runs every stage of `config` in `workdir`; returns the run summary."""
+  run, teacher, teacher_result = _prepare(config, workdir, overwrite)
+  # --- nothing above this line writes to the workdir ---
+  _start_workdir(config, workdir, run)
+  if methods.get(config.kd.method).teacher and teacher_result is None:
+    teacher, teacher_result = _teacher(config, workdir, run, teacher)
+  rows = [teacher_result] if teacher_result is not None else []
+  # Teacher assistants: each link is a distillation run whose best
+  # checkpoint is the next link's teacher.
+  for i, name in enumerate(config_lib.model_list(config.kd.assistants)):
+    link_dir = os.path.join(workdir, f"assistant{i + 1}_{name}")
+    rows.append(Stage(config, role=f"assistant{i + 1}", model_name=name,
+                      method=config.kd.method, stage_dir=link_dir,
+                      teacher=teacher, subclasses=run.groups,
+                      hint=run.links[i] if run.links else None,
+                      **run.student_run(config)).run())
+    teacher = load_frozen(config, run.ds, run.mesh, link_dir, name=name,
+                          subclasses=run.groups)
+  rows += _student_rows(config, workdir, run, teacher)
+  summary = reporting.summarize_run(config, run.ds, rows)
+  if jax.process_index() == 0:
+    reporting.write_json(os.path.join(workdir, "results.json"), summary)
+  reporting.log("\n" + reporting.format_table(summary["rows"]))
+  return summary
+
+
+def _prepare(config, workdir, overwrite):
+  """(run, loaded teacher or None, teacher row or None): every check that
+  can fail on the user's input, before the workdir is touched."""
   config_lib.validate(config)
   preemption.install_sigterm_handler()
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "batch_size", mesh)
   sharding.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   ds = data.load(config)
-  kd = config.kd
-  method = methods.get(kd.method)
-  needs_teacher = method.teacher
   groups = config_lib.subclasses(config)
-  hints = config_lib.hints_enabled(config)
-  # Each link's (guided layer, hint layer): the assistants', the student's.
-  links = [pair for _, _, pair in config_lib.hint_links(config)] if hints else []
+  links = ()
+  if config_lib.hints_enabled(config):
+    links = tuple(pair for _, _, pair in config_lib.hint_links(config))
   for i in range(len(links)):
-    stage_lib.hint_shapes(config, ds.num_classes, i)  # a bad pair fails here
-  teacher = None
-  teacher_result = None
-  if needs_teacher and config.teacher.logits:
+    config_lib.hint_shapes(config, ds.num_classes, i)  # a bad pair fails here
+  teacher = teacher_result = None
+  if methods.get(config.kd.method).teacher and config.teacher.logits:
     ds = teacher_logits.attach(config, ds)
     teacher_result = logits_teacher_result(config, ds)
-  elif needs_teacher and config.teacher.checkpoint:
+  elif methods.get(config.kd.method).teacher and config.teacher.checkpoint:
     teacher = load_frozen(config, ds, mesh, config.teacher.checkpoint,
                           subclasses=groups)
   check_workdir(workdir, config, overwrite)
-  stage_lib.check_resumable(workdir, config, ds)
-  # --- nothing above this line writes to the workdir ---
+  checkpointing.check_resumable(workdir, config, ds)
+  return _Run(ds, mesh, groups, links), teacher, teacher_result
+
+
+def _start_workdir(config, workdir, run):
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     reporting.write_json(os.path.join(workdir, "config.json"),
                          json.loads(config.to_json()))
-  reporting.log(f"data: {ds.describe()}; devices: {mesh.size} "
+  reporting.log(f"data: {run.ds.describe()}; devices: {run.mesh.size} "
                 f"({jax.default_backend()}, {jax.process_count()} process(es))")
   if config.dataset.transfer_limit:
-    n = len(data.stage_data(config, ds, "student").train)
-    reporting.log(f"transfer set: {n} of the {len(ds.train)} training images "
-                  "(the teacher trains on all of them)")
-  common = dict(ds=ds, mesh=mesh)
-  student_run = dict(num_epochs=config.num_epochs,
-                     learning_rate=config.learning_rate, **common)
-  if needs_teacher and teacher is None and teacher_result is None:
-    teacher_result = Stage(
-        config, role="teacher", model_name=config.teacher.name,
-        method=methods.SUBCLASS_TEACHER if groups > 1 else methods.SCRATCH,
-        stage_dir=os.path.join(workdir, "teacher"), subclasses=groups,
-        init_from=config.teacher.init_from,
-        frozen_epochs=finetune_epochs(config, config.teacher.init_from),
-        num_epochs=config_lib.teacher_epochs(config),
-        learning_rate=config_lib.teacher_lr(config), **common).run()
-    teacher = load_frozen(config, ds, mesh, os.path.join(workdir, "teacher"),
-                          subclasses=groups)
-  elif needs_teacher and teacher is not None:
-    teacher_result = evaluate_loaded_teacher(config, ds, mesh, teacher)
+    n = len(data.stage_data(config, run.ds, "student").train)
+    reporting.log(f"transfer set: {n} of the {len(run.ds.train)} training "
+                  "images (the teacher trains on all of them)")
 
-  rows = []
-  if teacher_result is not None:
-    rows.append(teacher_result)
-  # Teacher assistants: each link is a distillation run whose best
-  # checkpoint is the next link's teacher.
-  for i, name in enumerate(config_lib.model_list(kd.assistants)):
-    link_dir = os.path.join(workdir, f"assistant{i + 1}_{name}")
-    rows.append(Stage(config, role=f"assistant{i + 1}", model_name=name,
-                      method=kd.method, stage_dir=link_dir, teacher=teacher,
-                      subclasses=groups, hint=links[i] if hints else None,
-                      **student_run).run())
-    teacher = load_frozen(config, ds, mesh, link_dir, name=name,
-                          subclasses=groups)
-  hint = links[-1] if hints else None
+
+def _teacher(config, workdir, run, teacher):
+  """(frozen teacher, its row): the loaded one evaluated, or one trained
+  in workdir/teacher."""
+  if teacher is not None:
+    return teacher, evaluate_loaded_teacher(config, run.ds, run.mesh, teacher)
+  result = Stage(
+      config, role="teacher", model_name=config.teacher.name,
+      method=methods.SUBCLASS_TEACHER if run.groups > 1 else methods.SCRATCH,
+      stage_dir=os.path.join(workdir, "teacher"), subclasses=run.groups,
+      init_from=config.teacher.init_from,
+      frozen_epochs=finetune_epochs(config, config.teacher.init_from),
+      num_epochs=config_lib.teacher_epochs(config),
+      learning_rate=config_lib.teacher_lr(config), **run.common()).run()
+  teacher = load_frozen(config, run.ds, run.mesh,
+                        os.path.join(workdir, "teacher"), subclasses=run.groups)
+  return teacher, result
+
+
+def _student_rows(config, workdir, run, teacher) -> list:
+  """FitNets stage 1 (two-stage hints), the scratch baseline and the
+  student."""
+  rows, kd, method = [], config.kd, methods.get(config.kd.method)
+  hint = run.links[-1] if run.links else None
   init_from = s_init = config.student.init_from
   s_frozen = finetune_epochs(config, s_init)
-  if hints and kd.hint_stages == 2:
+  if run.links and kd.hint_stages == 2:
     hint_dir = os.path.join(workdir, "hint")
     rows.append(Stage(config, role="hint", model_name=config.student.name,
                       method=methods.HINT, stage_dir=hint_dir, teacher=teacher,
                       hint=hint, select_best=False, init_from=s_init,
                       num_epochs=config_lib.hint_epochs(config),
-                      learning_rate=config.learning_rate, **common).run())
+                      learning_rate=config.learning_rate, **run.common()).run())
     init_from, hint = hint_dir, None  # stage 2: KD from the hint weights
     s_frozen = 0
-  if config.scratch_baseline and (needs_teacher or method.cohort):
+  if config.scratch_baseline and (method.teacher or method.cohort):
     rows.append(Stage(config, role="scratch", model_name=config.student.name,
-                      method=methods.SCRATCH, stage_dir=os.path.join(workdir, "scratch"),
+                      method=methods.SCRATCH,
+                      stage_dir=os.path.join(workdir, "scratch"),
                       teacher=teacher, init_from=s_init,
                       frozen_epochs=finetune_epochs(config, s_init),
-                      **student_run).run())
+                      **run.student_run(config)).run())
   rows.append(Stage(config, role="student", model_name=config.student.name,
                     method=kd.method, stage_dir=os.path.join(workdir, "student"),
-                    teacher=teacher, subclasses=groups, init_from=init_from,
+                    teacher=teacher, subclasses=run.groups, init_from=init_from,
                     hint=hint, peers=config_lib.peers(config),
-                    frozen_epochs=s_frozen,
-                    **student_run).run())
-  summary = reporting.summarize_run(config, ds, rows)
-  if jax.process_index() == 0:
-    reporting.write_json(os.path.join(workdir, "results.json"), summary)
-  reporting.log("\n" + reporting.format_table(summary["rows"]))
-  return summary
+                    frozen_epochs=s_frozen, **run.student_run(config)).run())
+  return rows
 
 
 def logits_teacher_result(config, ds) -> dict:
@@ -210,11 +247,11 @@ def evaluate_loaded_teacher(config, ds, mesh, teacher):
   eval_jit = jax.jit(step_lib.make_eval_step(
       step_lib.Preprocess.from_config(config), t_model,
       subclasses=teacher.subclasses))
-  test = stage_lib.evaluate(eval_jit, t_vars, None, ds.test, config, mesh,
+  test = evaluate_lib.evaluate(eval_jit, t_vars, None, ds.test, config, mesh,
                             False)
   imported = weight_spec.foreign_source(config.teacher.checkpoint)
   return {"role": "teacher", "model": config.teacher.name,
           "method": f"imported ({imported})" if imported else "loaded",
-          "params": stage_lib.param_count(t_vars["params"]),
-          "size_mb": stage_lib.size_mb(t_vars),
+          "params": model_init.param_count(t_vars["params"]),
+          "size_mb": model_init.size_mb(t_vars),
           "test": test, "checkpoint": teacher.path}

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,129 +32,13 @@ from kd_jax.distill import losses
 from kd_jax.distill import methods
 from kd_jax.errors import UserError
 from kd_jax.train import checkpointing
-from kd_jax.train import preemption
+from kd_jax.train import evaluate as evaluate_lib
+from kd_jax.train import loop as loop_lib
+from kd_jax.train import model_init
 from kd_jax.train import pretrained
 from kd_jax.train import sharding
 from kd_jax.train import step as step_lib
 from kd_jax.train import teacher_cache
-
-
-def param_count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def size_mb(variables, bytes_per_value=4) -> float:
-  """Saved inference variables (params + BN stats), float32, in MB (1e6 B)."""
-  return param_count(variables) * bytes_per_value / 1e6
-
-
-COMPILED_INITS = {}  # (model, image size, mesh) -> jitted init: compiled once per process
-
-
-def make_init(model, config, mesh):
-  """`rng -> (params, batch_stats)`, compiled once per model, image size and
-  mesh in a process: a sweep's cells (and a study's in-process cells) share
-  one compilation, which takes seconds for a mobile net on a CPU."""
-  key = (repr(model), config.dataset.image_size, mesh)
-  fn = COMPILED_INITS.get(key)
-  if fn is None:
-    size = config.dataset.image_size
-    fn = COMPILED_INITS[key] = jax.jit(lambda r: models.init(model, r, size),
-                               out_shardings=sharding.replicated(mesh))
-
-  def init(rng):
-    variables = fn(rng)
-    return variables["params"], variables.get("batch_stats", {})
-  return init
-
-
-def init_variables(model, config, mesh, rng):
-  return make_init(model, config, mesh)(rng)
-
-
-def init_rng(config, role):
-  """Scratch and KD students start from the same weights (a paired
-  comparison: only the teacher's signal differs)."""
-  role_key = {"teacher": 1, "student": 2, "scratch": 2, "hint": 2}.get(role, 3)
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), role_key)
-
-
-def inference_variables(state):
-  return step_lib.model_variables(state.params["student"],
-                                  state.batch_stats["student"])
-
-
-def hint_shapes(config, num_classes, link=-1):
-  """Shapes of the guided and the hint feature of distillation link `link`
-  (config_lib.hint_links: the assistants', then the student's), checked:
-  both names must exist and the spatial sizes must agree (the 1x1 adapter
-  only maps channels)."""
-  size = config.dataset.image_size
-  links = config_lib.hint_links(config)
-  student, teacher, (guided, hint) = links[link]
-  last = link % len(links) == len(links) - 1
-  fields = ("hint_student_layer" if last else "hint_assistant_layers",
-            "hint_teacher_layer" if link % len(links) == 0
-            else "hint_assistant_layers")
-
-  def feature_shape(name, layer, what):
-    feats = models.feature_shapes(name, num_classes, size)
-    if layer not in feats:
-      raise UserError(f"config.kd.{what}={layer!r} is not a feature of "
-                      f"{name}; allowed: {', '.join(feats)}")
-    return feats[layer]
-
-  s_shape = feature_shape(student, guided, fields[0])
-  t_shape = feature_shape(teacher, hint, fields[1])
-  if len(s_shape) != len(t_shape) or s_shape[1:-1] != t_shape[1:-1]:
-    raise UserError(
-        f"hint layers do not match in spatial size at {size}px: student "
-        f"{student}.{guided} is "
-        f"{'x'.join(map(str, s_shape[1:]))}, teacher {teacher}."
-        f"{hint} is {'x'.join(map(str, t_shape[1:]))} "
-        "(pick layers with equal height and width)")
-  return s_shape, t_shape
-
-
-def module_feature_shapes(module, variables, image_size) -> dict:
-  """{feature name: shape} of `module` with `variables` (arrays or
-  ShapeDtypeStructs) at batch 1, without computing anything."""
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  feats = jax.eval_shape(lambda v, x: models.apply_with_features(
-      module, v, x, train=False)[1], variables, x)
-  return {k: tuple(v.shape) for k, v in feats.items()}
-
-
-def host_array(x) -> np.ndarray:
-  """`x` whole on this host (gathered from every process when sharded)."""
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-PREDICTIONS = "test_predictions.npz"  # per stage: ROC curves in reports
-
-
-def evaluate(eval_jit, variables, teacher_vars, split, config, mesh,
-             has_teacher, predictions_path=None):
-  """The split's metrics; with `predictions_path`, also writes every
-  example's class probabilities and label there (.npz)."""
-  acc = None
-  for batch in data.eval_batches(
-      split, global_batch=config.eval_batch_size,
-      image_size=config.dataset.image_size,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    m = eval_jit(variables, teacher_vars, sharding.global_batch(batch, mesh))
-    m = m.replace(scores=jax.tree.map(host_array, m.scores))
-    acc = m if acc is None else acc.merge(m)
-  acc = jax.device_get(acc)
-  if predictions_path and jax.process_index() == 0:
-    scores = acc.scores.compute()
-    keep = scores["mask"] > 0
-    reporting.write_atomic(predictions_path, lambda f: np.savez(
-        f, probs=scores["probs"][keep].astype(np.float32),
-        labels=scores["labels"][keep].astype(np.int32)))
-  return metrics.summarize(acc, has_teacher)
 
 
 def with_teacher_cache(config, ds, teacher, mesh, role, hint_layer=None,
@@ -193,55 +75,6 @@ def class_weights(config, ds, role):
   return weights
 
 
-def fingerprint(config, ds, role, model_name) -> str:
-  """What a stage's 'latest' checkpoint belongs to: the config, the stage
-  and the data. A resumed stage refuses another stage's checkpoint."""
-  h = hashlib.blake2b(digest_size=8)
-  cfg = json.loads(config.to_json())
-  # 'auto' and the value it resolves to are the same setup.
-  cfg["dataset"]["normalization"] = config_lib.normalization(config)
-  h.update(json.dumps([cfg, role, model_name], sort_keys=True).encode())
-  h.update(data.digest(data.stage_data(config, ds, role)).encode())
-  return h.hexdigest()
-
-
-def check_resumable(workdir, config, ds):
-  """Refuses, before anything is written, a workdir whose unfinished stages
-  hold 'latest' checkpoints of another config or data (a run whose
-  checkpoints outlived its deleted workdir). Several processes check
-  together and wait for each other, so that none looks at a stage directory
-  another one has already started writing."""
-  for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else ():
-    stage_dir = os.path.join(workdir, name)
-    if os.path.exists(os.path.join(stage_dir, "results.json")):
-      continue
-    meta = checkpointing.latest_meta(stage_dir)
-    if not meta or "fingerprint" not in meta:
-      continue
-    mine = fingerprint(config, ds, meta["role"], meta["model"])
-    if meta["fingerprint"] != mine:
-      raise UserError(
-          f"{stage_dir}/checkpoints/latest belongs to another run (stage "
-          f"fingerprint {meta['fingerprint']!r}, this config's is {mine!r}); "
-          "use another --workdir")
-  if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("kd_jax_check_resumable")
-
-
-def new_loop() -> dict:
-  return {"epoch": 0, "step_in_epoch": 0, "best_val": -1.0, "best_epoch": -1,
-          "bad_epochs": 0, "history": [], "train_seconds": 0.0,
-          "stopped": False}
-
-
-def mid_epoch_save_due(config, loop, step, steps_per_epoch) -> bool:
-  """A 'latest' checkpoint every `checkpoint_every_steps` inside an epoch
-  (the epoch end saves one anyway)."""
-  every = config.checkpoint_every_steps
-  return bool(loop["step_in_epoch"] < steps_per_epoch and every
-              and step % every == 0)
-
-
 class Tracker:
   """Everything around the step for one trained model: loop position,
   metrics, checkpoints, the epoch-end decisions and the results dict."""
@@ -253,7 +86,7 @@ class Tracker:
     self.subclasses, self.select_best = subclasses, select_best
     self.fingerprint = fingerprint_
     self.primary = jax.process_index() == 0
-    self.loop = new_loop()
+    self.loop = loop_lib.new_loop()
     self.skipped_steps = 0
     self.last_train_metrics = {}
     self.improved = False  # whether the last epoch was the best so far
@@ -279,7 +112,7 @@ class Tracker:
     if restored is None:
       return None
     state, loop = restored
-    self.loop = {**new_loop(), **loop}
+    self.loop = {**loop_lib.new_loop(), **loop}
     return state
 
   def save_latest(self, step, state):
@@ -366,8 +199,8 @@ class Tracker:
         "dataset": self.ds.name, "num_classes": self.ds.num_classes,
         "train_examples": len(self.ds.train),
         "image_size": c.dataset.image_size,
-        "params": param_count(best_vars["params"]),
-        "size_mb": size_mb(best_vars), "test": test,
+        "params": model_init.param_count(best_vars["params"]),
+        "size_mb": model_init.size_mb(best_vars), "test": test,
         "select_metric": c.select_metric, "best_val": loop["best_val"],
         "best_val_accuracy": next(
             (h["accuracy"] for h in loop["history"]
@@ -452,8 +285,8 @@ class Stage:
     size, t = self.config.dataset.image_size, self.teacher
     like = models.init_shapes(self.model_name,
                               self.ds.num_classes * self.subclasses, size)
-    return (module_feature_shapes(self.model, like, size),
-            module_feature_shapes(t.model, t.variables, size))
+    return (models.module_feature_shapes(self.model, like, size),
+            models.module_feature_shapes(t.model, t.variables, size))
 
   def spec(self) -> step_lib.StepSpec:
     t = self.teacher
@@ -467,7 +300,7 @@ class Stage:
         feature=self.feature, feature_layers=self.feature_layers)
 
   def _student_variables(self, rng):
-    fresh = init_variables(self.model, self.config, self.mesh, rng)
+    fresh = model_init.init_variables(self.model, self.config, self.mesh, rng)
     if not self.init_from:
       return fresh
     return pretrained.initial_variables(
@@ -494,11 +327,11 @@ class Stage:
     config, mesh = self.config, self.mesh
     repl = sharding.replicated(mesh)
     tx = self.optimizers()[-1]
-    rng = init_rng(config, self.role)
+    rng = model_init.init_rng(config, self.role)
     s_params, s_stats = self._student_variables(rng)
     params, batch_stats = {"student": s_params}, {"student": s_stats}
     for i, (key, _, module) in enumerate(self.peers):
-      params[key], batch_stats[key] = init_variables(
+      params[key], batch_stats[key] = model_init.init_variables(
           module, config, mesh, jax.random.fold_in(rng, 100 + i))
     if methods.get(self.method).temperature == "learned":
       params["temperature"] = jnp.float32(config.kd.init_raw)
@@ -561,8 +394,8 @@ class Stage:
     return self._train()
 
   def _train(self) -> dict:
-    """The epoch loop."""
-    config, mesh, spe = self.config, self.mesh, self.spe
+    """Trains the stage (`loop.run_epochs`), then tests its best epoch."""
+    config, mesh = self.config, self.mesh
     weights = class_weights(config, self.ds, self.role)  # checked before I/O
     ds, cache_used = with_teacher_cache(
         config, self.ds, self.teacher, mesh, self.role,
@@ -574,106 +407,62 @@ class Stage:
       reporting.log(self.describe_feature_term())
     tr = Tracker(config, ds, role=self.role, model_name=self.model_name,
                  method=self.method, stage_dir=self.stage_dir,
-                 fingerprint_=fingerprint(config, self.ds, self.role,
-                                          self.model_name),
+                 fingerprint_=checkpointing.fingerprint(
+                     config, self.ds, self.role, self.model_name),
                  subclasses=self.subclasses, select_best=self.select_best)
+    stepper, spec = self._stepper(tr, ds, weights)
+    views = None if cache_used else teacher_cache.augmented_views(
+        config, self.ds, self.teacher, spec, self.spe, mesh, self.role,
+        live="FitNets hints and feature terms read the teacher's features"
+        if self.hint or self.feature is not None else "")
+    step = loop_lib.run_epochs(
+        stepper, epoch_batches(config, ds.train, spec.data_seed, self.spe,
+                               views, indexed=self.feature is not None),
+        step=stepper.start_step, num_epochs=self.num_epochs,
+        steps_per_epoch=self.spe, log_every=config.log_every_steps,
+        checkpoint_every=config.checkpoint_every_steps)
+    return self._finish(tr, stepper, spec, step, cache_used)
+
+  def _stepper(self, tr, ds, weights):
+    """(the single-state stepper, its step spec), resumed from the stage's
+    latest checkpoint when there is one."""
     _, state = self.init_state()
-    repl = sharding.replicated(mesh)
+    repl = sharding.replicated(self.mesh)
     restored = tr.restore(state, repl)
     if restored is not None:
       state = restored
       reporting.log(f"[{self.role}] resumed from step {int(state.step)} (epoch "
                     f"{tr.loop['epoch'] + 1}, batch {tr.loop['step_in_epoch']})")
     spec = self.spec()
-    step_jits = self.step_fns(spec, repl)
-    views = None if cache_used else teacher_cache.augmented_views(
-        config, self.ds, self.teacher, spec, spe, mesh, self.role,
-        live="FitNets hints and feature terms read the teacher's features"
-        if self.hint or self.feature is not None else "")
-    hp = jax.device_put(step_lib.hyperparams(config, weights), repl)
     eval_jit = jax.jit(step_lib.make_eval_step(
         spec.preprocess, self.model, subclasses=self.subclasses,
         teacher=spec.teacher, teacher_subclasses=spec.teacher_subclasses))
     # A teacher model, or only its logits (`teacher.logits`) in the data.
     has_teacher = self.teacher is not None or ds.train.teacher_logits is not None
-    # The step on the host: reading state.step would wait for the device
-    # every step and stop the host from preparing the next batches.
-    step = int(state.step)
-    progress = reporting.Progress(self.role, self.model_name,
-                                  self.num_epochs * spe, step, spe)
-    loop = tr.loop
+    evaluate = lambda variables, split, path=None: evaluate_lib.evaluate(
+        eval_jit, variables, self.teacher_vars, getattr(ds, split),
+        self.config, self.mesh, has_teacher, path)
+    stepper = SingleStepper(
+        tr, state, self.step_fns(spec, repl),
+        jax.device_put(step_lib.hyperparams(self.config, weights), repl),
+        self.teacher_vars, self.mesh, evaluate,
+        progress=reporting.Progress(self.role, self.model_name,
+                                    self.num_epochs * self.spe,
+                                    int(state.step), self.spe),
+        frozen_epochs=self.frozen_epochs, num_epochs=self.num_epochs,
+        stage_dir=self.stage_dir)
+    return stepper, spec
 
-    def flush(pending):
-      tr.flush(jax.device_get(pending), step, progress)
-
-    while loop["epoch"] < self.num_epochs and not loop["stopped"]:
-      pending = []
-      step_jit = step_jits[-1]
-      if loop["epoch"] < self.frozen_epochs:
-        step_jit = step_jits[0]
-        reporting.log(f"[{self.role}] fine-tuning epoch {loop['epoch'] + 1}/"
-                      f"{self.frozen_epochs}: head only, backbone frozen, lr "
-                      f"{config.finetune.frozen_lr:g}")
-      batches = data.train_batches(
-          ds.train, indexed=self.feature is not None,
-          global_batch=config.batch_size, seed=spec.data_seed,
-          epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
-          image_size=config.dataset.image_size,
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          balanced=config.dataset.balanced_sampling)
-      t_epoch = time.time()
-      if views is not None:
-        batches = views.attach(batches, loop["epoch"], loop["step_in_epoch"],
-                               step)
-      for host_batch in batches:
-        batch = sharding.global_batch(host_batch, mesh)
-        state, step_metrics = step_jit(state, batch, hp, self.teacher_vars)
-        pending.append(step_metrics)
-        loop["step_in_epoch"] += 1
-        step += 1
-        if len(pending) >= config.log_every_steps:
-          flush(pending)
-          pending = []
-        if preemption.requested(step, config.log_every_steps):
-          loop["train_seconds"] += time.time() - t_epoch
-          if pending:
-            flush(pending)
-          tr.save_latest(step, state)
-          tr.ckpt.wait()
-          tr.writer.flush()
-          raise preemption.Preempted(
-              f"[{self.role}] SIGTERM: saved a checkpoint at step {step} in "
-              f"{self.stage_dir}/checkpoints/latest; rerun the same command "
-              "to resume")
-        if mid_epoch_save_due(config, loop, step, spe):
-          loop["train_seconds"] += time.time() - t_epoch
-          t_epoch = time.time()
-          tr.save_latest(step, state)
-      if pending:
-        flush(pending)
-      loop["train_seconds"] += time.time() - t_epoch
-      variables = inference_variables(state)
-      val = evaluate(eval_jit, variables, self.teacher_vars, ds.val, config,
-                     mesh, has_teacher)
-      stop = tr.end_epoch(step, val, state, variables)
-      reporting.log(f"[{self.role} {self.model_name}] epoch {loop['epoch']}/"
-                    f"{self.num_epochs}: val acc {val['accuracy']:.4f} "
-                    f"macro-F1 {val['macro_f1']:.4f}"
-                    + (f" {config.select_metric} "
-                       f"{reporting.fmt(val[config.select_metric])}"
-                       if config.select_metric not in ("accuracy", "macro_f1")
-                       else "")
-                    + (" (best)" if tr.improved else ""))
-      if stop:
-        reporting.log(f"[{self.role}] early stop: no val improvement for "
-                      f"{config.early_stopping_patience} epochs")
-
+  def _finish(self, tr, stepper, spec, step, cache_used) -> dict:
+    """Tests the best epoch's variables and writes results.json."""
     tr.ckpt.wait()
     tr.writer.flush()
-    best_vars, _ = tr.ckpt.restore_best(inference_variables(state), repl)
-    test = evaluate(eval_jit, best_vars, self.teacher_vars, ds.test, config,
-                    mesh, has_teacher,
-                    os.path.join(self.stage_dir, PREDICTIONS))
+    repl = sharding.replicated(self.mesh)
+    state = stepper.state
+    best_vars, _ = tr.ckpt.restore_best(
+        model_init.inference_variables(state), repl)
+    test = stepper.evaluate(best_vars, "test", os.path.join(
+        self.stage_dir, evaluate_lib.PREDICTIONS))
     res = tr.result(step=step, test=test, best_vars=best_vars,
                     teacher=self.teacher, cache_used=cache_used, state=state)
     if self.init_from:
@@ -694,11 +483,102 @@ class Stage:
     for key, name, module in self.peers:
       peer_vars = step_lib.model_variables(state.params[key],
                                            state.batch_stats[key])
-      peer_test = evaluate(jax.jit(step_lib.make_eval_step(preprocess, module)),
+      peer_test = evaluate_lib.evaluate(jax.jit(step_lib.make_eval_step(preprocess, module)),
                            peer_vars, None, self.ds.test, self.config,
                            self.mesh, False)
       out.append({"model": name, "test": peer_test, "source": "final state",
-                  "params": param_count(peer_vars["params"]),
-                  "size_mb": size_mb(peer_vars)})
+                  "params": model_init.param_count(peer_vars["params"]),
+                  "size_mb": model_init.size_mb(peer_vars)})
     return out
 
+
+def epoch_batches(config, train_split, data_seed, steps_per_epoch, views=None,
+                  *, indexed=False):
+  """`(epoch, start_step, step) -> host batches` of the training split for
+  `loop.run_epochs`, with the cached teacher logits of augmented views
+  attached when `views` (teacher_cache.AugmentedViews) is given."""
+  def batches(epoch, start_step, step):
+    out = data.train_batches(
+        train_split, indexed=indexed, global_batch=config.batch_size,
+        seed=data_seed, epoch=epoch, num_steps=steps_per_epoch,
+        start_step=start_step, image_size=config.dataset.image_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        balanced=config.dataset.balanced_sampling)
+    return out if views is None else views.attach(out, epoch, start_step, step)
+  return batches
+
+
+class SingleStepper:
+  """One train state through `loop.run_epochs`: the fine-tuning phases'
+  step functions, metric flushing, checkpoints and the epoch's validation
+  (`Tracker`)."""
+
+  def __init__(self, tracker, state, step_jits, hp, teacher_vars, mesh,
+               evaluate, *, progress, frozen_epochs, num_epochs, stage_dir):
+    self.tr, self.state, self.step_jits = tracker, state, step_jits
+    self.hp, self.teacher_vars, self.mesh = hp, teacher_vars, mesh
+    self.evaluate, self.progress = evaluate, progress
+    self.frozen_epochs, self.num_epochs = frozen_epochs, num_epochs
+    self.stage_dir, self.step_jit = stage_dir, step_jits[-1]
+    # The step on the host: reading state.step would wait for the device
+    # every step and stop the host from preparing the next batches.
+    self.start_step = int(state.step)
+
+  @property
+  def loop(self):
+    return self.tr.loop
+
+  def finished(self, num_epochs) -> bool:
+    return self.loop["epoch"] >= num_epochs or self.loop["stopped"]
+
+  def begin_epoch(self):
+    self.step_jit = self.step_jits[-1]
+    if self.loop["epoch"] < self.frozen_epochs:
+      self.step_jit = self.step_jits[0]
+      reporting.log(f"[{self.tr.role}] fine-tuning epoch "
+                    f"{self.loop['epoch'] + 1}/{self.frozen_epochs}: head "
+                    "only, backbone frozen, lr "
+                    f"{self.tr.config.finetune.frozen_lr:g}")
+
+  def step(self, host_batch, step):
+    del step
+    batch = sharding.global_batch(host_batch, self.mesh)
+    self.state, metrics_ = self.step_jit(self.state, batch, self.hp,
+                                         self.teacher_vars)
+    self.loop["step_in_epoch"] += 1
+    return metrics_
+
+  def flush(self, pending, step):
+    self.tr.flush(jax.device_get(pending), step, self.progress)
+
+  def add_seconds(self, seconds):
+    self.loop["train_seconds"] += seconds
+
+  def save_latest(self, step):
+    self.tr.save_latest(step, self.state)
+
+  def wait(self):
+    self.tr.ckpt.wait()
+    self.tr.writer.flush()
+
+  def preempted_message(self, step) -> str:
+    return (f"[{self.tr.role}] SIGTERM: saved a checkpoint at step {step} in "
+            f"{self.stage_dir}/checkpoints/latest; rerun the same command to "
+            "resume")
+
+  def end_epoch(self, step):
+    tr, config = self.tr, self.tr.config
+    variables = model_init.inference_variables(self.state)
+    val = self.evaluate(variables, "val")
+    stop = tr.end_epoch(step, val, self.state, variables)
+    reporting.log(f"[{tr.role} {tr.model_name}] epoch {self.loop['epoch']}/"
+                  f"{self.num_epochs}: val acc {val['accuracy']:.4f} "
+                  f"macro-F1 {val['macro_f1']:.4f}"
+                  + (f" {config.select_metric} "
+                     f"{reporting.fmt(val[config.select_metric])}"
+                     if config.select_metric not in ("accuracy", "macro_f1")
+                     else "")
+                  + (" (best)" if tr.improved else ""))
+    if stop:
+      reporting.log(f"[{tr.role}] early stop: no val improvement for "
+                    f"{config.early_stopping_patience} epochs")

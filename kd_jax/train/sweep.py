@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +32,11 @@ from kd_jax import reporting
 from kd_jax.data import datasets as data
 from kd_jax.distill import methods
 from kd_jax.errors import UserError
+from kd_jax.train import checkpointing
+from kd_jax.train import evaluate as evaluate_lib
+from kd_jax.train import loop as loop_lib
+from kd_jax.train import model_init
 from kd_jax.train import pipeline as train
-from kd_jax.train import preemption
 from kd_jax.train import sharding
 from kd_jax.train import stage as stage_lib
 from kd_jax.train import step as step_lib
@@ -152,7 +154,7 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
     teacher = train.load_frozen(config, ds, mesh, config.teacher.checkpoint)
     teacher_result = train.evaluate_loaded_teacher(config, ds, mesh, teacher)
   for c, w in todo:
-    stage_lib.check_resumable(w, c, ds)
+    checkpointing.check_resumable(w, c, ds)
   for c, w in todo:
     os.makedirs(w, exist_ok=True)
     if jax.process_index() == 0:
@@ -180,13 +182,13 @@ def _read_json(path):
 def _init_cells(todo, model, ds, mesh, tx):
   """Each cell's tracker and initial (or resumed) state: the same weights a
   separate run starts from; init compiled once for all cells."""
-  init = stage_lib.make_init(model, todo[0][0], mesh)
+  init = model_init.make_init(model, todo[0][0], mesh)
   init_state = jax.jit(lambda p, b: step_lib.new_train_state(
       tx, p, {"student": b}), out_shardings=sharding.replicated(mesh))
   learned = methods.get(todo[0][0].kd.method).temperature == "learned"
   trackers, states = [], []
   for c, w in todo:
-    params, stats = init(stage_lib.init_rng(c, "student"))
+    params, stats = init(model_init.init_rng(c, "student"))
     params = {"student": params}
     if learned:
       params["temperature"] = jnp.float32(c.kd.init_raw)
@@ -194,7 +196,7 @@ def _init_cells(todo, model, ds, mesh, tx):
     tr = stage_lib.Tracker(
         c, ds, role="student", model_name=c.student.name, method=c.kd.method,
         stage_dir=os.path.join(w, "student"),
-        fingerprint_=stage_lib.fingerprint(c, ds, "student", c.student.name))
+        fingerprint_=checkpointing.fingerprint(c, ds, "student", c.student.name))
     restored = tr.restore(state, sharding.replicated(mesh))
     trackers.append(tr)
     states.append(state if restored is None else restored)
@@ -207,21 +209,45 @@ def _init_cells(todo, model, ds, mesh, tx):
 
 class _Cells:
   """A group's stacked train states in chunks of `cs` cells (one vmapped
-  call per chunk and step), with each cell's tracker."""
+  call per chunk and step), with each cell's tracker: the K-stacked
+  stepper of `loop.run_epochs`."""
 
   def __init__(self, trackers, states, hp, cs, step_fn):
     self.trackers, self.cs, self.step_fn = trackers, cs, step_fn
     self.starts = range(0, len(trackers), cs)
     self.chunks = [_stack(states[i:i + cs]) for i in self.starts]
     self.hp = [jax.tree.map(lambda a, i=i: a[i:i + cs], hp) for i in self.starts]
+    self.loop = trackers[0].loop  # every cell is at the same position
+    self.teacher_vars = self.teacher_fn = self.mesh = None
+    self.progress = self.evaluate = None
+    self.best = {}  # cell -> inference variables of its best epoch
+    self.title, self.num_epochs = "", 0
+
+  def attach(self, *, mesh, teacher_vars, teacher_fn, evaluate, progress,
+             title, num_epochs):
+    """What the loop's steps and epoch ends need beside the states."""
+    self.mesh, self.teacher_vars, self.teacher_fn = mesh, teacher_vars, teacher_fn
+    self.evaluate, self.progress = evaluate, progress
+    self.title, self.num_epochs = title, num_epochs
 
   def cell(self, k):
     return _slice(self.chunks[k // self.cs], k % self.cs)
 
-  def step(self, batch, teacher_vars):
+  def finished(self, num_epochs) -> bool:
+    return (self.loop["epoch"] >= num_epochs
+            or all(t.loop["stopped"] for t in self.trackers))
+
+  def begin_epoch(self):
+    pass
+
+  def step(self, host_batch, step):
     """One train step of every cell; returns the [K] metrics."""
+    batch = sharding.global_batch(host_batch, self.mesh)
+    if self.teacher_fn is not None:  # once per step, not once per chunk
+      batch["teacher_logits"] = self.teacher_fn(self.teacher_vars,
+                                                batch["image"], jnp.int32(step))
     active = jnp.asarray([not t.loop["stopped"] for t in self.trackers])
-    out = [self.step_fn(ch, h, active[i:i + self.cs], batch, teacher_vars)
+    out = [self.step_fn(ch, h, active[i:i + self.cs], batch, self.teacher_vars)
            for ch, h, i in zip(self.chunks, self.hp, self.starts)]
     self.chunks = [o[0] for o in out]
     for tr in self.trackers:
@@ -232,30 +258,45 @@ class _Cells:
     for k, tr in enumerate(self.trackers):
       tr.save_latest(step, self.cell(k))
 
-  def flush(self, pending, step, progress):
+  def wait(self):
+    for tr in self.trackers:
+      tr.ckpt.wait()
+      tr.writer.flush()
+
+  def preempted_message(self, step) -> str:
+    return (f"[sweep] SIGTERM: saved every cell's checkpoint at step {step}; "
+            "rerun the same command to resume")
+
+  def add_seconds(self, seconds):
+    for tr in self.trackers:
+      if not tr.loop["stopped"]:
+        tr.loop["train_seconds"] += seconds / len(self.trackers)
+
+  def flush(self, pending, step):
     rows = jax.device_get(pending)  # [n steps] of {name: [K]}
     means = [tr.flush([{n: v[k] for n, v in r.items()} for r in rows], step)
              for k, tr in enumerate(self.trackers) if not tr.loop["stopped"]]
     mean = {n: float(np.mean([m[n] for m in means])) for n in means[0]}
-    progress.update(step, mean["loss"])
-    progress.print(step, mean)
+    self.progress.update(step, mean["loss"])
+    self.progress.print(step, mean)
 
-  def end_epoch(self, step, seconds, evaluate):
-    """Validation, early stopping and checkpoints of every cell; returns
-    {cell: inference variables} of the cells whose epoch was their best."""
-    best = {}
+  def end_epoch(self, step):
+    """Validation, early stopping and checkpoints of every cell; keeps the
+    inference variables of the cells whose epoch was their best."""
     for k, tr in enumerate(self.trackers):
       state = self.cell(k)
       if tr.loop["stopped"]:
         tr.loop.update(epoch=tr.loop["epoch"] + 1, step_in_epoch=0)
         tr.save_latest(step, state)
         continue
-      tr.loop["train_seconds"] += seconds / len(self.trackers)
-      variables = stage_lib.inference_variables(state)
-      tr.end_epoch(step, evaluate(variables, k), state, variables)
+      variables = model_init.inference_variables(state)
+      tr.end_epoch(step, self.evaluate(variables, k), state, variables)
       if tr.improved:
-        best[k] = variables
-    return best
+        self.best[k] = variables
+    reporting.log(f"[{self.title}] epoch {self.loop['epoch']}/"
+                  f"{self.num_epochs}: val acc " + " ".join(
+                      f"{t.loop['history'][-1]['accuracy']:.4f}"
+                      for t in self.trackers))
 
 
 def _setup(todo, ds, mesh, teacher, chunk):
@@ -297,7 +338,7 @@ def _teacher_source(config, ds, teacher, spec, spe, mesh, cache_used):
 
 
 def _train_cells(todo, ds, mesh, teacher, chunk):
-  """The sweep's epoch loop over its cells."""
+  """The sweep's cells through `loop.run_epochs`, then their tests."""
   configs = [c for c, _ in todo]
   config, k_cells = configs[0], len(configs)
   spec, cells, ds, cache_used, spe = _setup(todo, ds, mesh, teacher, chunk)
@@ -306,53 +347,23 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
   teacher_vars = teacher.variables if teacher is not None else None
   eval_jit = jax.jit(step_lib.make_eval_step(spec.preprocess, spec.student,
                                              teacher=spec.teacher))
-  evaluate = lambda variables, k, split="val", path=None: stage_lib.evaluate(
+  evaluate = lambda variables, k, split="val", path=None: evaluate_lib.evaluate(
       eval_jit, variables, teacher_vars, getattr(ds, split), configs[k], mesh,
       teacher is not None, path)
-  loop = cells.trackers[0].loop  # every cell is at the same position
-  step = loop["epoch"] * spe + loop["step_in_epoch"]
-  progress = reporting.Progress(f"sweep x{k_cells}", config.student.name,
-                                config.num_epochs * spe, step, spe)
-  best = {}  # cell -> inference variables of its best epoch
-  while (loop["epoch"] < config.num_epochs
-         and not all(t.loop["stopped"] for t in cells.trackers)):
-    t_epoch, pending = time.time(), []
-    batches = data.train_batches(
-        ds.train, global_batch=config.batch_size, seed=spec.data_seed,
-        epoch=loop["epoch"], num_steps=spe, start_step=loop["step_in_epoch"],
-        image_size=config.dataset.image_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        balanced=config.dataset.balanced_sampling)
-    if views is not None:
-      batches = views.attach(batches, loop["epoch"], loop["step_in_epoch"],
-                             step)
-    for host_batch in batches:
-      batch = sharding.global_batch(host_batch, mesh)
-      if teacher_fn is not None:  # once per step, not once per chunk
-        batch["teacher_logits"] = teacher_fn(teacher_vars, batch["image"],
-                                             jnp.int32(step))
-      pending.append(cells.step(batch, teacher_vars))
-      step += 1
-      if len(pending) >= config.log_every_steps:
-        cells.flush(pending, step, progress)
-        pending = []
-      if preemption.requested(step, config.log_every_steps):
-        if pending:
-          cells.flush(pending, step, progress)
-        cells.save_latest(step)
-        raise preemption.Preempted(
-            f"[sweep] SIGTERM: saved every cell's checkpoint at step {step}; "
-            "rerun the same command to resume")
-      if stage_lib.mid_epoch_save_due(config, loop, step, spe):
-        cells.save_latest(step)
-    if pending:
-      cells.flush(pending, step, progress)
-    best.update(cells.end_epoch(step, time.time() - t_epoch, evaluate))
-    reporting.log(f"[sweep x{k_cells} {config.student.name}] epoch "
-                  f"{loop['epoch']}/{config.num_epochs}: val acc " + " ".join(
-                      f"{t.loop['history'][-1]['accuracy']:.4f}"
-                      for t in cells.trackers))
-  return [_cell_result(cells, k, step, best.get(k), evaluate, teacher,
+  step = cells.loop["epoch"] * spe + cells.loop["step_in_epoch"]
+  title = f"sweep x{k_cells} {config.student.name}"
+  cells.attach(mesh=mesh, teacher_vars=teacher_vars, teacher_fn=teacher_fn,
+               evaluate=evaluate, title=title, num_epochs=config.num_epochs,
+               progress=reporting.Progress(f"sweep x{k_cells}",
+                                           config.student.name,
+                                           config.num_epochs * spe, step, spe))
+  step = loop_lib.run_epochs(
+      cells, stage_lib.epoch_batches(config, ds.train, spec.data_seed, spe,
+                                     views),
+      step=step, num_epochs=config.num_epochs, steps_per_epoch=spe,
+      log_every=config.log_every_steps,
+      checkpoint_every=config.checkpoint_every_steps)
+  return [_cell_result(cells, k, step, cells.best.get(k), evaluate, teacher,
                        cache_used, sharding.replicated(mesh))
           for k in range(k_cells)]
 
@@ -363,10 +374,10 @@ def _cell_result(cells, k, step, best_vars, evaluate, teacher, cache_used,
   tr.ckpt.wait()
   state = cells.cell(k)
   if best_vars is None:  # the best epoch ran before a resume
-    best_vars, _ = tr.ckpt.restore_best(stage_lib.inference_variables(state),
+    best_vars, _ = tr.ckpt.restore_best(model_init.inference_variables(state),
                                         repl)
   test = evaluate(best_vars, k, "test",
-                  os.path.join(tr.stage_dir, stage_lib.PREDICTIONS))
+                  os.path.join(tr.stage_dir, evaluate_lib.PREDICTIONS))
   res = tr.result(step=step, test=test,
                   best_vars=best_vars, teacher=teacher, cache_used=cache_used,
                   state=state)
