@@ -71,7 +71,7 @@ class Progress:
         + f" | {self.rate:.1f} steps/s, ETA {_hms(eta)}")
 
 
-def summarize_run(config, ds, stages) -> dict:
+def summarize_run(config_json, ds, stages) -> dict:
   rows = []
   for r in stages:
     label = r["role"] if r["role"] != "student" else f"student ({r['method']})"
@@ -94,7 +94,7 @@ def summarize_run(config, ds, stages) -> dict:
       })
   return {"dataset": ds.name, "num_classes": ds.num_classes,
           "class_names": list(ds.class_names),
-          "config": json.loads(config.to_json()), "rows": rows,
+          "config": config_json, "rows": rows,
           "stages": {r["role"]: r for r in stages}}
 
 

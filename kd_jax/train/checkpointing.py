@@ -289,9 +289,7 @@ def fingerprint(config, ds, role, model_name) -> str:
   """What a stage's 'latest' checkpoint belongs to: the config, the stage
   and the data. A resumed stage refuses another stage's checkpoint."""
   h = hashlib.blake2b(digest_size=8)
-  cfg = json.loads(config.to_json())
-  # 'auto' and the value it resolves to are the same setup.
-  cfg["dataset"]["normalization"] = config_lib.normalization(config)
+  cfg = config_lib.as_json(config)
   h.update(json.dumps([cfg, role, model_name], sort_keys=True).encode())
   h.update(data.digest(data.stage_data(config, ds, role)).encode())
   return h.hexdigest()

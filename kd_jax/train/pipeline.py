@@ -77,7 +77,7 @@ def check_workdir(workdir, config, overwrite=False):
     return
   with open(path) as f:
     old = json.load(f)
-  new = json.loads(config.to_json())
+  new = config_lib.as_json(config)
   if old != new:
     old, new = config_lib.flatten(old), config_lib.flatten(new)
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -132,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     teacher = load_frozen(config, run.ds, run.mesh, link_dir, name=name,
                           subclasses=run.groups)
   rows += _student_rows(config, workdir, run, teacher)
-  summary = reporting.summarize_run(config, run.ds, rows)
+  summary = reporting.summarize_run(config_lib.as_json(config), run.ds, rows)
   if jax.process_index() == 0:
     reporting.write_json(os.path.join(workdir, "results.json"), summary)
   reporting.log("\n" + reporting.format_table(summary["rows"]))
@@ -170,7 +170,7 @@ def _start_workdir(config, workdir, run):
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     reporting.write_json(os.path.join(workdir, "config.json"),
-                         json.loads(config.to_json()))
+                         config_lib.as_json(config))
   reporting.log(f"data: {run.ds.describe()}; devices: {run.mesh.size} "
                 f"({jax.default_backend()}, {jax.process_count()} process(es))")
   if config.dataset.transfer_limit:

@@ -158,7 +158,7 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   for c, w in todo:
     os.makedirs(w, exist_ok=True)
     if jax.process_index() == 0:
-      reporting.write_json(os.path.join(w, "config.json"), json.loads(c.to_json()))
+      reporting.write_json(os.path.join(w, "config.json"), config_lib.as_json(c))
   reporting.log(f"sweep: {len(todo)} cells of {config.student.name} "
                 f"({config.kd.method}) in one vmapped program; data: "
                 f"{ds.describe()}")
@@ -167,7 +167,7 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   out = []
   for (c, w), student in zip(todo, rows):
     stages = [teacher_result, student] if teacher_result else [student]
-    summary = reporting.summarize_run(c, ds, stages)
+    summary = reporting.summarize_run(config_lib.as_json(c), ds, stages)
     if jax.process_index() == 0:
       reporting.write_json(os.path.join(w, "results.json"), summary)
     out.append(summary)

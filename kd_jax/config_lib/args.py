@@ -1,0 +1,178 @@
+"""Cell arg strings (`key=value,...,runlocal`) applied to a config, config
+paths, tiny mode, and config files loaded by path."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from kd_jax.errors import UserError
+
+
+def load_config_module(path: str):
+  """The config (or study) file at `path` as a module: configs/ is not a
+  package, so its files are loaded by path."""
+  spec = importlib.util.spec_from_file_location(
+      "kd_jax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def sibling_config(config_file: str, name: str):
+  """The config module `name` (e.g. "crd_resnet8x4.py"), relative to the
+  folder of `config_file` (a config's `__file__`): for a cell that starts
+  from another file's recipe."""
+  return load_config_module(
+      os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
+
+
+ALIASES = {
+    "T": "kd.temperature", "temperature": "kd.temperature",
+    "alpha": "kd.alpha", "method": "kd.method", "schedule": "kd.schedule",
+    "student": "student.name", "teacher": "teacher.name",
+    "dataset": "dataset.name", "seed": "seed", "epochs": "num_epochs",
+    "image_size": "dataset.image_size", "assistants": "kd.assistants",
+    "peers": "kd.peers", "hint_stages": "kd.hint_stages",
+    "subclasses": "kd.subclasses", "ls": "kd.logit_standardization",
+}
+
+
+FLAGS_IN_ARG = ("runlocal", "tiny")
+
+
+def _coerce(old, text: str):
+  if isinstance(old, bool):
+    if text.lower() in ("1", "true", "yes"):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise UserError(f"config arg value {text!r} is not a boolean")
+  if isinstance(old, int):
+    return int(text)
+  if isinstance(old, float):
+    return float(text)
+  return text
+
+
+def parse_arg(arg: str | None) -> dict:
+  """'schedule=linear,seed=1,runlocal' -> {'kd.schedule': 'linear', ...}."""
+  out = {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    if "=" not in item:
+      if item not in FLAGS_IN_ARG:
+        raise UserError(f"config arg {item!r} is neither key=value nor one "
+                        f"of {', '.join(FLAGS_IN_ARG)}")
+      out["runlocal"] = "true"
+      continue
+    key, value = item.split("=", 1)
+    out[ALIASES.get(key.strip(), key.strip())] = value.strip()
+  return out
+
+
+def _parent(config: ml_collections.ConfigDict, path: str):
+  """(the ConfigDict that holds the last key of dotted `path`, that key);
+  UserError when a key along `path` does not exist."""
+  *parents, leaf = path.split(".")
+  node = config
+  for key in parents:
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      raise UserError(f"config key {path!r} does not exist")
+    node = node[key]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise UserError(f"config key {path!r} does not exist")
+  return node, leaf
+
+
+def set_path(config: ml_collections.ConfigDict, path: str, value):
+  """Sets dotted `path` (``"kd.temperature"``) of `config` to `value` in
+  place and returns `config`. The key must already exist and `value` must fit
+  its type (UserError otherwise): a typo must not add a field that nothing
+  reads."""
+  node, leaf = _parent(config, path)
+  try:
+    node[leaf] = value
+  except TypeError as e:  # ConfigDict's type safety, e.g. a str for an int
+    raise UserError(f"config key {path!r}: {str(e).splitlines()[0]}") from None
+  return config
+
+
+def get_path(config: ml_collections.ConfigDict, path: str):
+  node, leaf = _parent(config, path)
+  return node[leaf]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """Nested dicts -> one dict of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, prefix + k + "."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None):
+  """Applies a cell arg string to `config` in place; returns it."""
+  for path, text in parse_arg(arg).items():
+    try:
+      node, leaf = _parent(config, path)
+    except UserError:
+      raise UserError(f"config arg key {path!r} does not exist") from None
+    try:
+      value = _coerce(node[leaf], text)
+    except ValueError as e:
+      raise UserError(f"config arg {path}={text!r}: {e}") from None
+    set_path(config, path, value)
+  if config.runlocal:
+    make_tiny(config)
+  return config
+
+
+TINY_TEACHERS = ("simple_cnn", "tiny_cnn", "mlp", "mlp_1200x2", "mlp_small")
+
+
+# Same feature names and downsampling per block as the big model.
+TINY_HINT_TEACHERS = {"vgg16": "vgg_cifar", "vgg16_bn": "vgg_cifar",
+                      "resnet50": "resnet18"}
+
+
+def make_tiny(c: ml_collections.ConfigDict):
+  """Tiny/runlocal mode: seconds on a CPU; same code path as a real run."""
+  c.runlocal = True
+  c.num_epochs = min(c.num_epochs, 2)
+  if c.lr_schedule == "step":  # the decays land inside the short run
+    c.lr_decay_epochs = "1"
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.max_steps_per_epoch = 4
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.dataset.image_size = min(c.dataset.image_size, 32)
+  c.dataset.train_limit = 128
+  c.dataset.eval_limit = 64
+  # The student is kept; a big teacher (VGG16: 138M params) is swapped for a
+  # small CNN so a tiny run takes seconds on a CPU. With hint layers the
+  # swap keeps the family, so the teacher's feature names still exist.
+  named_layers = c.kd.hint_teacher_layer or c.kd.feature_layers
+  if (not (c.teacher.checkpoint or c.teacher.init_from or c.teacher.logits)
+      and c.teacher.name not in TINY_TEACHERS):
+    c.teacher.name = (TINY_HINT_TEACHERS.get(c.teacher.name, "simple_cnn")
+                      if named_layers else "simple_cnn")
+  c.kd.assistants = ",".join(
+      m if m in TINY_TEACHERS else "tiny_cnn" for m in model_list(c.kd.assistants))
+  if c.teacher.num_epochs > 0:
+    c.teacher.num_epochs = min(c.teacher.num_epochs, 2)
+  if c.kd.hint_epochs > 0:
+    c.kd.hint_epochs = min(c.kd.hint_epochs, 2)
+  c.finetune.frozen_epochs = min(c.finetune.frozen_epochs, 1)
+  return c
+
+
+def model_list(text: str) -> list[str]:
+  return [m.strip() for m in text.split(",") if m.strip()]

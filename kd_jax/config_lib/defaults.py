@@ -1,0 +1,219 @@
+"""A config's fields at their defaults (`base_config`) and the values
+some of them allow."""
+from __future__ import annotations
+
+import ml_collections
+
+from kd_jax import weight_spec
+from kd_jax.distill import methods
+
+DATASETS = ("default", "digits", "fashion_mnist_local", "mnist_local", "mnist",
+            "fashion_mnist", "cifar10", "cifar100", "folder", "csv")
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+LR_SCHEDULES = ("cosine", "constant", "step")
+
+
+SELECT_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "auc")
+
+
+NORMALIZATIONS = ("auto", "half", "imagenet")
+
+
+WEIGHT_SOURCES = weight_spec.SOURCES
+
+
+NAN_POLICIES = ("stop", "skip")
+
+
+CORRUPT_IMAGES = ("refuse", "skip")
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+# config.kd.temperature's default. A learned-temperature method (CTKD)
+# refuses any other value: a fixed T given to it would be silently unused.
+DEFAULT_TEMPERATURE = 4.0
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a run reads, at its default (a cell overrides some)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Data order and augmentation follow data_seed (-1: seed); initial weights
+  # and dropout follow seed. A vmapped sweep shares one data_seed.
+  c.data_seed = -1
+  c.num_epochs = 20
+  c.batch_size = 256
+  c.eval_batch_size = 512
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.momentum = 0.9  # sgd only
+  c.nesterov = False  # sgd only: Nesterov momentum (Sutskever et al. 2013)
+  c.weight_decay = 0.0
+  c.warmup_epochs = 0.0
+  c.lr_schedule = "cosine"  # after the warmup: 'cosine' decay, 'constant' or 'step'
+  c.lr_decay_epochs = ""  # 'step': comma list of epochs, e.g. '150,180,210'
+  c.lr_decay_factor = 0.1  # 'step': the lr is multiplied by it at each
+  c.early_stopping_patience = 5  # epochs without val improvement; 0 = off
+  # The validation metric that picks the best checkpoint and drives early
+  # stopping: accuracy | macro_f1 | balanced_accuracy | auc (ROC-AUC; one-vs-
+  # rest macro for more than 2 classes).
+  c.select_metric = "accuracy"
+  c.checkpoint_every_steps = 500  # plus one at every epoch end
+  c.log_every_steps = 50
+  c.max_steps_per_epoch = 0  # 0 = full epoch (tiny mode caps it)
+  c.scratch_baseline = False  # also train the student without a teacher
+  c.mixed_precision = False  # bf16 compute in training (f32 params, loss)
+  # A non-finite loss or gradient: 'stop' (one-line error naming the step and
+  # the last good checkpoint) or 'skip' (drop that step's update, count it).
+  c.nan_policy = "stop"
+  c.runlocal = False
+
+  c.dataset = _dataset_config()
+  c.teacher = _teacher_config()
+
+  c.student = s = ml_collections.ConfigDict()
+  s.name = "mobilenet_v3_small"
+  s.init_from = ""  # weights the student (and scratch) start from
+
+  # Two-phase fine-tuning of every stage that starts from `init_from`
+  # weights: first `frozen_epochs` epochs train the classifier head only
+  # (backbone frozen, its BatchNorm in inference mode) at `frozen_lr`, then
+  # the remaining epochs train all layers at the stage's learning rate.
+  c.finetune = f = ml_collections.ConfigDict()
+  f.frozen_epochs = 0
+  f.frozen_lr = 1e-3
+
+  c.kd = _kd_config()
+
+  c.loss = ml_collections.ConfigDict()
+  # Weights of the hard-label cross-entropy term of every method (teacher,
+  # scratch and student stages): 'none', 'balanced' (w_c = N / (C n_c) over
+  # the training split, as scikit-learn) or a comma list of C positive
+  # floats, e.g. '1,2.5'. The CE becomes the weighted mean (losses.py).
+  c.loss.class_weights = "none"
+  return c
+
+
+def _dataset_config() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  d.name = "default"
+  # TFDS data_dir, the image-folder root ('folder'), or the directory the
+  # CSV's file names are relative to ('csv').
+  d.data_dir = ""
+  d.image_size = 112
+  d.val_fraction = 0.1  # held out of train when the source has no val split
+  # Use only N examples (0 = all): a fixed random sample, stratified by
+  # class, in the split's order (data.limit).
+  d.train_limit = 0
+  d.eval_limit = 0
+  # The transfer set (Hinton et al. 2015, section 3): the distilled stages
+  # (student, scratch, assistants, hint) train on N of the training images
+  # (0 = all; a fixed sample as above) while the teacher trains on all of
+  # them, as a teacher trained on more data than the student gets does.
+  d.transfer_limit = 0
+  # 'auto': what imported weights were trained with (ImageNet mean/std for
+  # torchvision/timm, [-1, 1] for Keras), else 'half' ([-1, 1]).
+  d.normalization = "auto"
+  d.random_crop = False
+  d.random_flip = False
+  d.crop_padding = 4
+  d.corrupt_images = "refuse"  # image folders: 'refuse' or 'skip' (warn + count)
+  # name='csv': the images in data_dir, listed by an annotations CSV (one
+  # row per image: file name, label, split); defaults fit MHIST's
+  # annotations.csv.
+  d.csv = ""
+  d.csv_file_column = "Image Name"
+  d.csv_label_column = "Majority Vote Label"
+  d.csv_split_column = "Partition"
+  # Each epoch draws its order with replacement by inverse class frequency,
+  # so classes appear equally often in expectation (imbalanced data).
+  d.balanced_sampling = False
+  return d
+
+
+def _teacher_config() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.name = "vgg16"
+  # The frozen teacher, used as is: a kd_jax run (workdir, stage dir or
+  # checkpoints/best) or a weight file 'torchvision:PATH' / 'timm:PATH' /
+  # 'keras:PATH'; '' = train the teacher first (in workdir/teacher).
+  t.checkpoint = ""
+  # Weights the teacher's own training starts from (same forms as
+  # checkpoint); a head with another class count is re-initialised.
+  t.init_from = ""
+  # Precomputed teacher logits (.npz: 'paths' or 'indices' and per split
+  # '<split>_logits'): distil without any teacher forward pass.
+  t.logits = ""
+  t.num_epochs = -1  # -1: same as num_epochs
+  t.learning_rate = -1.0  # -1: same as learning_rate
+  # Teacher-output cache (teacher_cache.py): '' = off; a directory = compute
+  # the teacher's logits once per split and reuse them (with augmentation:
+  # once per augmented batch, shared by the runs of one data seed).
+  t.cache_dir = ""
+  # The frozen teacher's forward (live and cached): 'float32' or 'bfloat16'
+  # (its variables and input cast to bf16, its outputs back to float32; for
+  # accelerators; XLA:CPU runs bf16 convolutions at its float32 rate, see
+  # benchmarks/RESULTS.md). The student stays float32.
+  t.compute_dtype = "float32"
+  return t
+
+
+def _kd_config() -> ml_collections.ConfigDict:
+  """The distillation fields: the shared ones, hints' and assistants';
+  then the feature methods' and every method's own (`_add_feature_kd_fields`)."""
+  k = ml_collections.ConfigDict()
+  k.method = "vanilla"
+  k.temperature = DEFAULT_TEMPERATURE  # fixed-temperature methods only
+  k.alpha = 0.5
+  # The soft term of Hinton KD (the methods whose registry entry says
+  # t_squared applies) is multiplied by T^2; false drops the factor (a
+  # weighted average of the two cross-entropies, as some reproductions
+  # write it).
+  k.t_squared = True
+  # CTKD: the curriculum schedule of its temperature's gradient weight.
+  k.schedule = "cosine"
+  # Logit standardisation (Sun et al. 2024): z-score both logits before the
+  # temperature softmax (the methods whose registry entry says it applies).
+  k.logit_standardization = False
+  # FitNets hints: feature names (see `python -m kd_jax.models --list`).
+  # Set for method 'fitnets' (or to add a hint term to another KD method).
+  k.hint_student_layer = ""
+  k.hint_teacher_layer = ""
+  k.hint_weight = 100.0  # single-stage: loss = KD + hint_weight * MSE
+  k.hint_stages = 1  # 2: first train up to the guided layer on hints only
+  k.hint_epochs = -1  # stage-1 epochs of two-stage hints (-1: num_epochs)
+  # Teacher assistants: comma list of models between teacher and student,
+  # e.g. 'resnet18' -> teacher -> resnet18 -> student, each link distilled
+  # with this config's method.
+  k.assistants = ""
+  # Hints with assistants: per assistant (comma list, or one name for all)
+  # its layer that its teacher's hint guides and that gives the hint to the
+  # next link; every link adds the hint term between its two layers.
+  k.hint_assistant_layers = ""
+  _add_feature_kd_fields(k)
+  return k
+
+
+def _add_feature_kd_fields(k: ml_collections.ConfigDict) -> None:
+  # Feature and relation methods (at, pkt, sp, rkd, vid, crd, reviewkd):
+  # loss = the loss of `feature_logit_method` ('none': cross-entropy) +
+  # feature_weight * feature term. feature_weight 0: the method's default
+  # (methods.py: the CRD benchmark's betas). feature_layers: '' = the
+  # method's default pairs, else a comma list of 'student:teacher' layer
+  # names (one name: the same in both), paired in order.
+  k.feature_logit_method = methods.SCRATCH
+  k.feature_weight = 0.0
+  k.feature_layers = ""
+  # Every method's own fields (methods.METHODS[...].fields), at their
+  # defaults.
+  for name, field in methods.OWN_FIELDS.items():
+    k[name] = field.default
+
+
+CLASS_WEIGHTS = ("none", "balanced")
