@@ -97,16 +97,16 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
   t_vars = jax.device_put(models.init(teacher_model, jax.random.PRNGKey(1), size),
                           sharding.replicated(mesh))
   repl = sharding.replicated(mesh)
-  tx = step_lib.make_optimizer(c, learning_rate=1e-3, num_epochs=1,
+  tx = step_lib.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=1e-3, num_epochs=1,
                                steps_per_epoch=1000, ctkd=False)
-  p, bs = model_init.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  p, bs = model_init.init_variables(student, c.dataset.image_size, mesh, jax.random.PRNGKey(0))
   params = {"student": p}
   # Built as the trainer does (committed, replicated like the step's output),
   # so the step does not compile a second time on its second call.
   state = jax.jit(lambda p, b: step_lib.new_train_state(tx, p, b),
                   out_shardings=repl)(params, {"student": bs})
   hp = jax.device_put(step_lib.hyperparams(c), repl)
-  spec = step_lib.make_spec(c, student, "vanilla", steps_per_epoch=1000,
+  spec = step_lib.make_spec(config_lib.read_specs(c), student, "vanilla", steps_per_epoch=1000,
                             teacher=teacher_model)
   raw_step = step_lib.make_train_step(spec, tx)
   step = jax.jit(raw_step, donate_argnums=0)
@@ -162,7 +162,7 @@ def grid_step(student_name, size, classes, batch, steps, cells):
   mesh = sharding.make_mesh()
   repl = sharding.replicated(mesh)
   student = models.get_model(student_name, num_classes=classes)
-  tx = step_lib.make_optimizer(configs[0], learning_rate=1e-3, num_epochs=1,
+  tx = step_lib.make_optimizer(*config_lib.optimizer_and_kd(configs[0]), learning_rate=1e-3, num_epochs=1,
                                steps_per_epoch=1000, ctkd=False)
   p, bs = model_init.init_variables(student, configs[0], mesh, jax.random.PRNGKey(0))
   one = step_lib.new_train_state(tx, {"student": p}, {"student": bs})
@@ -170,7 +170,7 @@ def grid_step(student_name, size, classes, batch, steps, cells):
       jax.tree.map(lambda x: jnp.stack([x] * len(configs)), one), repl)
   hp = jax.device_put(step_lib.stack_hyperparams(configs), repl)
   active = jax.device_put(jnp.ones(len(configs), bool), repl)
-  spec = step_lib.make_spec(configs[0], student, "vanilla",
+  spec = step_lib.make_spec(config_lib.read_specs(configs[0]), student, "vanilla",
                             steps_per_epoch=1000)
   raw = sweep.make_sweep_step(spec, tx)
   step = jax.jit(raw, donate_argnums=0)

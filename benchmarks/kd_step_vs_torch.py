@@ -167,15 +167,15 @@ def jax_setup(case, batch, size, teacher_dtype):
   teacher = models.get_model(tname, num_classes=classes)
   t_vars = jax.device_put(profile.random_variables(tname, classes, size,
                                                    seed=1), repl)
-  tx = step_lib.make_optimizer(c, learning_rate=LR, num_epochs=1,
+  tx = step_lib.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=LR, num_epochs=1,
                                steps_per_epoch=1000, ctkd=False)
-  p, bs = model_init.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  p, bs = model_init.init_variables(student, c.dataset.image_size, mesh, jax.random.PRNGKey(0))
   # Built as the trainer does (Stage.init_state): committed and replicated
   # like the step's output, so the second call does not compile again.
   state = jax.jit(lambda p, b: step_lib.new_train_state(tx, p, b),
                   out_shardings=repl)({"student": p}, {"student": bs})
   hp = jax.device_put(step_lib.hyperparams(c), repl)
-  spec = step_lib.make_spec(c, student, "vanilla", steps_per_epoch=1000,
+  spec = step_lib.make_spec(config_lib.read_specs(c), student, "vanilla", steps_per_epoch=1000,
                             teacher=teacher)
   step = jax.jit(step_lib.make_train_step(spec, tx), donate_argnums=0)
   return c, mesh, step, state, hp, t_vars, teacher
@@ -185,6 +185,7 @@ def jax_case(case, batch, steps, warmup, size, teacher_dtype="float32"):
   """kd_jax's rates for one case; with a bf16 teacher, on-device only."""
   import jax
 
+  from kd_jax import config_lib
   from kd_jax.data import datasets as data
   from kd_jax.train import sharding
   from kd_jax.train import model_init
@@ -221,7 +222,7 @@ def jax_case(case, batch, steps, warmup, size, teacher_dtype="float32"):
   # The same step fed the teacher's cached logits (kd_jax/teacher_cache.py
   # computes them once per split, before training).
   t_logits = jax.jit(lambda v, x: teacher.apply(
-      v, step_lib.Preprocess.from_config(c)(x), train=False))(
+      v, step_lib.Preprocess.from_spec(config_lib.data_spec(c))(x), train=False))(
           t_vars, dev_batch["image"])
   cached_batch = {**dev_batch, "teacher_logits": t_logits}
   t_cached = step_time_and_faults(lambda: one(lambda: cached_batch), steps,

@@ -29,11 +29,11 @@ def main(mode):
   c.dataset.image_size, c.batch_size, c.kd.method = 112, 64, "vanilla"
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
   student = models.get_model("mobilenet_v3_small", num_classes=10)
-  tx = step_lib.make_optimizer(c, learning_rate=1e-3, num_epochs=1,
+  tx = step_lib.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=1e-3, num_epochs=1,
                                steps_per_epoch=8, ctkd=False)
-  p, bs = model_init.init_variables(student, c, mesh, jax.random.PRNGKey(0))
+  p, bs = model_init.init_variables(student, c.dataset.image_size, mesh, jax.random.PRNGKey(0))
   state = step_lib.new_train_state(tx, {"student": p}, {"student": bs})
-  spec = step_lib.make_spec(c, student, "vanilla", steps_per_epoch=8,
+  spec = step_lib.make_spec(config_lib.read_specs(c), student, "vanilla", steps_per_epoch=8,
                             teacher=models.get_model("vgg16", num_classes=10))
   batch = {"image": np.zeros((64, 28, 28, 1), np.uint8),
            "label": np.zeros(64, np.int32),

@@ -27,7 +27,7 @@ def test_temperature_step_is_gradient_ascent_scaled_by_lambda(schedule, epoch):
   c.kd.temperature_lr = mu = 0.5
   c.kd.temperature_momentum = 0.0
   c.kd.alpha = 0.8
-  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=100,
+  tx = step.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=0.1, num_epochs=100,
                            steps_per_epoch=1, ctkd=True)
   s, t, y = batch(7)
   params = {"student": jnp.asarray(s, jnp.float32), "temperature": jnp.float32(0.3)}
@@ -65,7 +65,7 @@ def test_temperature_step_is_gradient_ascent_scaled_by_lambda(schedule, epoch):
 def test_lambda_zero_freezes_temperature_in_first_epoch():
   c = config_lib.base_config()
   c.kd.temperature_momentum = 0.0
-  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=5,
+  tx = step.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=0.1, num_epochs=5,
                            steps_per_epoch=3, ctkd=True)
   kd = methods.KDSpec.from_config(c)
   params = {"student": jnp.ones(3), "temperature": jnp.float32(0.0)}

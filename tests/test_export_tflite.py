@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from kd_jax import config_lib
 from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.deploy import export
@@ -59,7 +60,7 @@ def _in_process_probs(c, workdir, stage, images_NxSxSx3):
   meta = helpers.read_json(os.path.join(workdir, stage, "results.json"))
   k = variables["params"]["head"]["kernel"].shape[-1]
   model = models.get_model(meta["model"], num_classes=k)
-  x = step.Preprocess.from_config(c)(jnp.asarray(images_NxSxSx3))
+  x = step.Preprocess.from_spec(config_lib.data_spec(c))(jnp.asarray(images_NxSxSx3))
   logits = model.apply(variables, x, train=False)
   subclasses = logits.shape[-1] // meta["num_classes"]
   return np.asarray(jax.nn.softmax(step.class_logits(logits, subclasses)))

@@ -35,7 +35,7 @@ def _best(workdir, stage):
 
 def _test_logits(c, model_name, variables, ds, outputs):
   model = models.get_model(model_name, num_classes=outputs)
-  x = step.Preprocess.from_config(c)(jnp.asarray(ds.test.images))
+  x = step.Preprocess.from_spec(config_lib.data_spec(c))(jnp.asarray(ds.test.images))
   return np.asarray(model.apply(variables, x, train=False), np.float64)
 
 
@@ -246,7 +246,7 @@ def test_instance_ctkd_temperature_is_per_example_and_reversed(tmp_path):
   # a unit gradient moves them by +lr * lambda, the student by -lr.
   c.kd.lambda_min, c.kd.temperature_momentum, c.optimizer = 0.5, 0.0, "sgd"
   c.momentum = 0.0
-  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=1,
+  tx = step.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=0.1, num_epochs=1,
                             steps_per_epoch=10, ctkd=True)
   params = {"student": {"w": jnp.ones(3)},
             "temperature": {"hidden": {"kernel": jnp.ones((2, 2))}}}

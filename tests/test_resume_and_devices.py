@@ -81,6 +81,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
 sys.path.insert(0, {repo!r})
 from tests import helpers
+from kd_jax import config_lib
 from kd_jax.train import model_init
 from kd_jax import models
 from kd_jax.data import datasets as data
@@ -107,14 +108,14 @@ c = helpers.tiny_config("dataset=digits,student=resnet18,method=none")
 c.optimizer = "sgd"
 ds = data.load(c)
 model = models.get_model("resnet18", num_classes=10)
-tx = step_lib.make_optimizer(c, learning_rate=0.05, num_epochs=1,
+tx = step_lib.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=0.05, num_epochs=1,
                              steps_per_epoch=4, ctkd=False)
 step = step_lib.make_train_step(
-    step_lib.make_spec(c, model, "none", steps_per_epoch=4), tx)
+    step_lib.make_spec(config_lib.read_specs(c), model, "none", steps_per_epoch=4), tx)
 host = next(data.train_batches(ds.train, global_batch=16, seed=0, epoch=0,
                                num_steps=1, image_size=28))
 mesh = sharding.make_mesh()
-p, bs = model_init.init_variables(model, c, mesh, jax.random.PRNGKey(0))
+p, bs = model_init.init_variables(model, c.dataset.image_size, mesh, jax.random.PRNGKey(0))
 p, bs = {{"student": p}}, {{"student": bs}}
 st = step_lib.new_train_state(tx, p, bs)
 repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)

@@ -82,7 +82,7 @@ def test_sgd_with_nesterov_momentum_matches_numpy():
   SGD(nesterov=True)); refused with Adam."""
   c = config_lib.base_config()
   c.optimizer, c.nesterov, c.momentum, c.lr_schedule = "sgd", True, 0.9, "constant"
-  tx = step.make_optimizer(c, learning_rate=0.1, num_epochs=1,
+  tx = step.make_optimizer(*config_lib.optimizer_and_kd(c), learning_rate=0.1, num_epochs=1,
                            steps_per_epoch=10, ctkd=False)
   params = {"student": jnp.zeros(3)}
   opt_state, v = tx.init(params), np.zeros(3)
@@ -104,12 +104,12 @@ def test_step_lr_schedule_decays_at_the_given_epochs():
   c.optimizer, c.lr_schedule, c.num_epochs = "sgd", "step", 240
   c.lr_decay_epochs = "150,180,210"
   config_lib.validate(c)
-  lr = step.lr_schedule(c, learning_rate=0.05, num_epochs=240,
+  lr = step.lr_schedule(config_lib.optimizer_spec(c), learning_rate=0.05, num_epochs=240,
                             steps_per_epoch=10)
   got = [float(lr(s)) for s in (0, 1499, 1500, 1799, 1800, 2100, 2399)]
   assert got == pytest.approx([0.05, 0.05, 5e-3, 5e-3, 5e-4, 5e-5, 5e-5])
   c.warmup_epochs = 1.0  # a linear warmup first, the decays at the same epochs
-  lr = step.lr_schedule(c, learning_rate=0.05, num_epochs=240,
+  lr = step.lr_schedule(config_lib.optimizer_spec(c), learning_rate=0.05, num_epochs=240,
                             steps_per_epoch=10)
   assert [float(lr(s)) for s in (5, 10, 1499, 1500)] == pytest.approx(
       [0.025, 0.05, 0.05, 5e-3])

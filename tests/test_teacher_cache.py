@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kd_jax import config_lib
 from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.train import pipeline as train
@@ -53,7 +54,7 @@ def test_cache_holds_the_teachers_logits_for_every_example(runs):
   for name in teacher_cache.SPLITS:
     cached = np.load(os.path.join(c.teacher.cache_dir, key_dir, name + ".npy"))
     split = getattr(ds, name)
-    x = step.Preprocess.from_config(c)(jnp.asarray(split.images))
+    x = step.Preprocess.from_spec(config_lib.data_spec(c))(jnp.asarray(split.images))
     direct = np.asarray(teacher.model.apply(teacher.variables, x, train=False))
     assert cached.shape == (len(split), 10)
     np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-5)
@@ -131,7 +132,7 @@ def test_cached_hint_features_give_the_same_fitnets_student(tmp_path, stages):
   feats = np.load(os.path.join(cache, key_dir, "train.hint-block1.npy"))
   ds = data.load(cached_c)
   teacher = train.load_frozen(cached_c, ds, sharding.make_mesh(), teacher_dir)
-  x = step.Preprocess.from_config(cached_c)(jnp.asarray(ds.train.images))
+  x = step.Preprocess.from_spec(config_lib.data_spec(cached_c))(jnp.asarray(ds.train.images))
   direct = np.asarray(models.apply_with_features(
       teacher.model, teacher.variables, x, train=False)[1]["block1"])
   assert feats.shape == direct.shape and feats.shape[0] == len(ds.train)

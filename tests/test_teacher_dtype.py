@@ -32,13 +32,13 @@ def setup():
   ds = data.load(c)
   model = models.get_model("simple_cnn", num_classes=ds.num_classes)
   t_vars = models.init(model, jax.random.PRNGKey(3), c.dataset.image_size)
-  x = step.Preprocess.from_config(c)(jnp.asarray(ds.train.images[:32]))
+  x = step.Preprocess.from_spec(config_lib.data_spec(c))(jnp.asarray(ds.train.images[:32]))
   return ds, model, t_vars, x
 
 
 def _spec(dtype, model, **kw):
   c = _config(dtype)
-  return step.make_spec(c, models.get_model("tiny_cnn", num_classes=10),
+  return step.make_spec(config_lib.read_specs(c), models.get_model("tiny_cnn", num_classes=10),
                         "vanilla", steps_per_epoch=1, teacher=model, **kw)
 
 
@@ -108,7 +108,7 @@ def test_cache_runs_the_teacher_in_its_dtype_under_its_own_key(setup):
   assert (teacher_cache.cache_key(c32, ds, "simple_cnn", teacher)
           != teacher_cache.cache_key(c16, ds, "simple_cnn", teacher))
   want = teacher_cache.compute_logits(c32, teacher, ds.val, mesh)
-  x = step.Preprocess.from_config(c32)(jnp.asarray(ds.val.images))
+  x = step.Preprocess.from_spec(config_lib.data_spec(c32))(jnp.asarray(ds.val.images))
   np.testing.assert_allclose(want, model.apply(t_vars, x, train=False),
                              rtol=1e-5, atol=1e-5)
   got = teacher_cache.compute_logits(c16, teacher, ds.val, mesh)

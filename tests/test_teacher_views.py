@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kd_jax import config_lib
 from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.train import pipeline as train
@@ -68,17 +69,16 @@ def test_views_hold_the_logits_of_each_augmented_batch(runs, teacher_dir):
   ds = data.load(c)
   mesh = sharding.make_mesh()
   teacher = train.load_frozen(c, ds, mesh, teacher_dir)
-  spec = step.make_spec(c, models.get_model("simple_cnn", num_classes=10),
+  spec = step.make_spec(config_lib.read_specs(c), models.get_model("simple_cnn", num_classes=10),
                         "vanilla", steps_per_epoch=spe, teacher=teacher.model)
   batches = data.train_batches(ds.train, global_batch=c.batch_size,
-                               seed=step.data_seed(c), epoch=1, num_steps=spe,
+                               seed=config_lib.data_seed(c), epoch=1, num_steps=spe,
                                image_size=c.dataset.image_size)
   for s, b in enumerate(batches):
     direct = step.live_teacher_logits(spec, teacher.variables,
                                       jnp.asarray(b["image"]), spe + s)
     np.testing.assert_allclose(cached[s], direct, rtol=1e-5, atol=1e-5)
-    plain = teacher.model.apply(teacher.variables, step.Preprocess.from_config(
-        c)(jnp.asarray(b["image"])), train=False)
+    plain = teacher.model.apply(teacher.variables, step.Preprocess.from_spec(config_lib.data_spec(c))(jnp.asarray(b["image"])), train=False)
     assert not np.allclose(cached[s], plain, atol=1e-3)  # augmented views
 
 

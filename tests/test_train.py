@@ -194,16 +194,16 @@ def test_init_is_compiled_once_per_model_and_size_and_gives_models_init():
   c = config_lib.base_config()
   c.dataset.image_size = 28
   mesh = sharding.make_mesh()
-  first = model_init.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
+  first = model_init.make_init(models.get_model("mlp_small", num_classes=3), 28, mesh)
   n = len(model_init.COMPILED_INITS)
-  again = model_init.make_init(models.get_model("mlp_small", num_classes=3), c, mesh)
+  again = model_init.make_init(models.get_model("mlp_small", num_classes=3), 28, mesh)
   assert len(model_init.COMPILED_INITS) == n  # the same compiled function, no new entry
   rng = jax.random.PRNGKey(5)
   ref = models.init(models.get_model("mlp_small", num_classes=3), rng, 28)
   for got in (first(rng)[0], again(rng)[0]):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref["params"])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  model_init.make_init(models.get_model("mlp_small", num_classes=4), c, mesh)
+  model_init.make_init(models.get_model("mlp_small", num_classes=4), 28, mesh)
   assert len(model_init.COMPILED_INITS) == n + 1  # another class count: another entry
 
 

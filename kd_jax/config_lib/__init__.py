@@ -1,4 +1,4 @@
-"""What a kd_jax config is, in four modules:
+"""What a kd_jax config is, in five modules:
 
   defaults    every field at its default (`base_config`), allowed values
   args        cell arg strings (``schedule=linear,seed=1,runlocal``) and
@@ -7,6 +7,9 @@
               weights, epochs, hint links, feature layer pairs)
   validation  `validate`: one-line errors; returns what it resolved and
               leaves the config as it is
+  specs       the validated config read once into frozen specs (data,
+              optimizer, KD, run) for the loop, batching, evaluation and
+              the optimizer
 
 Every file in `configs/` is an ml_collections `get_config(arg=None)` that
 starts from `base_config()` and applies `apply_arg(config, arg)`; the arg
@@ -34,4 +37,7 @@ from kd_jax.config_lib.derived import (  # noqa: F401
     teacher_epochs, teacher_lr, weight_fields)
 from kd_jax.config_lib.validation import (  # noqa: F401
     validate)
+from kd_jax.config_lib.specs import (  # noqa: F401
+    DataSpec, OptimizerSpec, RunSpec, Specs, data_seed, data_spec,
+    optimizer_and_kd, optimizer_spec, read_specs, run_spec)
 from kd_jax.errors import UserError  # noqa: F401  (users catch it here)

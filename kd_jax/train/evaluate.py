@@ -23,14 +23,14 @@ def host_array(x) -> np.ndarray:
 PREDICTIONS = "test_predictions.npz"  # per stage: ROC curves in reports
 
 
-def evaluate(eval_jit, variables, teacher_vars, split, config, mesh,
+def evaluate(eval_jit, variables, teacher_vars, split, data_spec, mesh,
              has_teacher, predictions_path=None):
   """The split's metrics; with `predictions_path`, also writes every
   example's class probabilities and label there (.npz)."""
   acc = None
   for batch in data.eval_batches(
-      split, global_batch=config.eval_batch_size,
-      image_size=config.dataset.image_size,
+      split, global_batch=data_spec.eval_batch_size,
+      image_size=data_spec.image_size,
       process_index=jax.process_index(), process_count=jax.process_count()):
     m = eval_jit(variables, teacher_vars, sharding.global_batch(batch, mesh))
     m = m.replace(scores=jax.tree.map(host_array, m.scores))

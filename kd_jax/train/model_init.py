@@ -22,15 +22,14 @@ def size_mb(variables, bytes_per_value=4) -> float:
 COMPILED_INITS = {}  # (model, image size, mesh) -> jitted init: compiled once per process
 
 
-def make_init(model, config, mesh):
+def make_init(model, image_size: int, mesh):
   """`rng -> (params, batch_stats)`, compiled once per model, image size and
   mesh in a process: a sweep's cells (and a study's in-process cells) share
   one compilation, which takes seconds for a mobile net on a CPU."""
-  key = (repr(model), config.dataset.image_size, mesh)
+  key = (repr(model), image_size, mesh)
   fn = COMPILED_INITS.get(key)
   if fn is None:
-    size = config.dataset.image_size
-    fn = COMPILED_INITS[key] = jax.jit(lambda r: models.init(model, r, size),
+    fn = COMPILED_INITS[key] = jax.jit(lambda r: models.init(model, r, image_size),
                                out_shardings=sharding.replicated(mesh))
 
   def init(rng):
@@ -39,8 +38,8 @@ def make_init(model, config, mesh):
   return init
 
 
-def init_variables(model, config, mesh, rng):
-  return make_init(model, config, mesh)(rng)
+def init_variables(model, image_size: int, mesh, rng):
+  return make_init(model, image_size, mesh)(rng)
 
 
 def init_rng(config, role):

@@ -102,9 +102,10 @@ class _Run:
   mesh: Any
   groups: int  # logits per class (subclass distillation)
   links: tuple  # each link's (guided layer, hint layer); () without hints
+  specs: config_lib.Specs  # the config read once (loop, data, optimizer)
 
   def common(self) -> dict:
-    return dict(ds=self.ds, mesh=self.mesh)
+    return dict(ds=self.ds, mesh=self.mesh, specs=self.specs)
 
   def student_run(self, config) -> dict:
     return dict(num_epochs=config.num_epochs,
@@ -163,7 +164,8 @@ def _prepare(config, workdir, overwrite):
                           subclasses=groups)
   check_workdir(workdir, config, overwrite)
   checkpointing.check_resumable(workdir, config, ds)
-  return _Run(ds, mesh, groups, links), teacher, teacher_result
+  return (_Run(ds, mesh, groups, links, config_lib.read_specs(config)),
+          teacher, teacher_result)
 
 
 def _start_workdir(config, workdir, run):
@@ -245,10 +247,10 @@ def finetune_epochs(config, init_from) -> int:
 def evaluate_loaded_teacher(config, ds, mesh, teacher):
   t_model, t_vars = teacher.model, teacher.variables
   eval_jit = jax.jit(step_lib.make_eval_step(
-      step_lib.Preprocess.from_config(config), t_model,
+      step_lib.Preprocess.from_spec(config_lib.data_spec(config)), t_model,
       subclasses=teacher.subclasses))
-  test = evaluate_lib.evaluate(eval_jit, t_vars, None, ds.test, config, mesh,
-                            False)
+  test = evaluate_lib.evaluate(eval_jit, t_vars, None, ds.test,
+                               config_lib.data_spec(config), mesh, False)
   imported = weight_spec.foreign_source(config.teacher.checkpoint)
   return {"role": "teacher", "model": config.teacher.name,
           "method": f"imported ({imported})" if imported else "loaded",

@@ -79,9 +79,9 @@ class Tracker:
   """Everything around the step for one trained model: loop position,
   metrics, checkpoints, the epoch-end decisions and the results dict."""
 
-  def __init__(self, config, ds, *, role, model_name, method, stage_dir,
+  def __init__(self, specs, ds, *, role, model_name, method, stage_dir,
                fingerprint_, subclasses=1, select_best=True):
-    self.config, self.ds, self.role = config, ds, role
+    self.specs, self.ds, self.role = specs, ds, role
     self.model_name, self.method, self.stage_dir = model_name, method, stage_dir
     self.subclasses, self.select_best = subclasses, select_best
     self.fingerprint = fingerprint_
@@ -100,8 +100,8 @@ class Tracker:
     ds = self.ds
     return {**self.loop, "model": self.model_name, "role": self.role,
             "num_classes": ds.num_classes, "subclasses": self.subclasses,
-            "image_size": self.config.dataset.image_size, "dataset": ds.name,
-            "normalization": config_lib.normalization(self.config),
+            "image_size": self.specs.data.image_size, "dataset": ds.name,
+            "normalization": self.specs.data.normalization,
             "class_names": list(ds.class_names),
             "fingerprint": self.fingerprint}
 
@@ -130,7 +130,7 @@ class Tracker:
     first = step - len(rows) + 1
     bad = [first + i for i, r in enumerate(rows) if not r["finite"]]
     rows = [{k: v for k, v in r.items() if k != "finite"} for r in rows]
-    if bad and self.config.nan_policy == "stop":
+    if bad and self.specs.run.nan_policy == "stop":
       good = self.ckpt.latest.latest_step()
       raise UserError(
           f"[{self.role}] non-finite loss or gradient at step {bad[0]}: "
@@ -170,7 +170,7 @@ class Tracker:
     self.loop["history"].append({"epoch": epoch + 1, "step": step, **scalars})
     # A hint stage (FitNets stage 1) has no trained head: it keeps its last
     # epoch instead of selecting on validation accuracy.
-    value = val.get(self.config.select_metric)
+    value = val.get(self.specs.run.select_metric)
     # An undefined metric (AUC on a val split lacking a class) improves
     # nothing, except that the first epoch is always a best.
     improved = (not self.select_best or self.loop["best_epoch"] < 0
@@ -180,7 +180,8 @@ class Tracker:
                        best_epoch=epoch + 1, bad_epochs=0)
     else:
       self.loop["bad_epochs"] += 1
-    patience = self.config.early_stopping_patience if self.select_best else 0
+    patience = (self.specs.run.early_stopping_patience if self.select_best
+                else 0)
     if patience and self.loop["bad_epochs"] >= patience:
       self.loop["stopped"] = True  # a resumed run stops too
     self.loop.update(epoch=epoch + 1, step_in_epoch=0)
@@ -193,15 +194,15 @@ class Tracker:
   def result(self, *, step, test, best_vars, teacher=None, cache_used=False,
              state=None) -> dict:
     """The stage's results.json (written by `finish`)."""
-    loop, c = self.loop, self.config
+    loop, c = self.loop, self.specs
     res = {
         "role": self.role, "model": self.model_name, "method": self.method,
         "dataset": self.ds.name, "num_classes": self.ds.num_classes,
         "train_examples": len(self.ds.train),
-        "image_size": c.dataset.image_size,
+        "image_size": c.data.image_size,
         "params": model_init.param_count(best_vars["params"]),
         "size_mb": model_init.size_mb(best_vars), "test": test,
-        "select_metric": c.select_metric, "best_val": loop["best_val"],
+        "select_metric": c.run.select_metric, "best_val": loop["best_val"],
         "best_val_accuracy": next(
             (h["accuracy"] for h in loop["history"]
              if h["epoch"] == loop["best_epoch"]), -1.0),
@@ -210,7 +211,7 @@ class Tracker:
         "history": loop["history"], "train_seconds": loop["train_seconds"],
         "wall_seconds_this_process": time.time() - self.t0,
         "train_images_per_second": (
-            step * c.batch_size / max(loop["train_seconds"], 1e-9)),
+            step * c.data.batch_size / max(loop["train_seconds"], 1e-9)),
         "checkpoint": os.path.abspath(
             os.path.join(self.stage_dir, "checkpoints", "best")),
         "teacher_cache": cache_used,
@@ -241,7 +242,11 @@ class Stage:
                num_epochs, learning_rate, ds, mesh,
                teacher: step_lib.Frozen | None = None, subclasses=1,
                init_from="", select_best=True, peers=(), hint=None,
-               frozen_epochs=0):
+               frozen_epochs=0, specs: config_lib.Specs | None = None):
+    # The loop, batching, evaluation and the optimizer read `specs` (the
+    # validated config read once); the config still serves the teacher
+    # cache, the stage's data and its fingerprint.
+    self.specs = specs or config_lib.read_specs(config)
     self.config, self.role, self.method = config, role, method
     ds = data.stage_data(config, ds, role)
     self.model_name, self.stage_dir = model_name, stage_dir
@@ -260,8 +265,8 @@ class Stage:
     self.peers = [(f"peer{i + 1}", name,
                    models.get_model(name, num_classes=ds.num_classes))
                   for i, name in enumerate(peers)]
-    self.spe = data.steps_per_epoch(len(ds.train), config.batch_size,
-                                    config.max_steps_per_epoch)
+    self.spe = data.steps_per_epoch(len(ds.train), self.specs.data.batch_size,
+                                    self.specs.run.max_steps_per_epoch)
     self.adapter = self.temperature_module = self.feature = None
     self.feature_layers = ()
     if hint:
@@ -282,7 +287,7 @@ class Stage:
   @functools.cached_property
   def layer_shapes(self) -> tuple[dict, dict]:
     """({feature: shape} of the model, {feature: shape} of its teacher)."""
-    size, t = self.config.dataset.image_size, self.teacher
+    size, t = self.specs.data.image_size, self.teacher
     like = models.init_shapes(self.model_name,
                               self.ds.num_classes * self.subclasses, size)
     return (models.module_feature_shapes(self.model, like, size),
@@ -291,7 +296,7 @@ class Stage:
   def spec(self) -> step_lib.StepSpec:
     t = self.teacher
     return step_lib.make_spec(
-        self.config, self.model, self.method, steps_per_epoch=self.spe,
+        self.specs, self.model, self.method, steps_per_epoch=self.spe,
         teacher=t.model if t is not None else None,
         teacher_subclasses=t.subclasses if t is not None else 1,
         subclasses=self.subclasses,
@@ -300,13 +305,14 @@ class Stage:
         feature=self.feature, feature_layers=self.feature_layers)
 
   def _student_variables(self, rng):
-    fresh = model_init.init_variables(self.model, self.config, self.mesh, rng)
+    fresh = model_init.init_variables(self.model, self.specs.data.image_size,
+                                      self.mesh, rng)
     if not self.init_from:
       return fresh
     return pretrained.initial_variables(
         self.init_from, model_name=self.model_name,
         outputs=self.ds.num_classes * self.subclasses,
-        image_size=self.config.dataset.image_size,
+        image_size=self.specs.data.image_size,
         fresh={"params": fresh[0], "batch_stats": fresh[1]},
         sharding_=sharding.replicated(self.mesh), role=self.role)
 
@@ -316,10 +322,12 @@ class Stage:
     kw = dict(learning_rate=self.learning_rate, num_epochs=self.num_epochs,
               steps_per_epoch=self.spe, ctkd=ctkd)
     if not self.frozen_epochs:
-      return (step_lib.make_optimizer(self.config, **kw),)
+      return (step_lib.make_optimizer(self.specs.optimizer, self.specs.kd,
+                                      **kw),)
     head = models.head_mask(self.model_name, self.ds.num_classes *
-                            self.subclasses, self.config.dataset.image_size)
-    return step_lib.finetune_optimizers(self.config, head["params"], **kw)
+                            self.subclasses, self.specs.data.image_size)
+    return step_lib.finetune_optimizers(self.specs.optimizer, self.specs.kd,
+                                        head["params"], **kw)
 
   def init_state(self):
     """(optimizer, initial TrainState): fresh weights, or the weights of
@@ -332,7 +340,8 @@ class Stage:
     params, batch_stats = {"student": s_params}, {"student": s_stats}
     for i, (key, _, module) in enumerate(self.peers):
       params[key], batch_stats[key] = model_init.init_variables(
-          module, config, mesh, jax.random.fold_in(rng, 100 + i))
+          module, self.specs.data.image_size, mesh,
+          jax.random.fold_in(rng, 100 + i))
     if methods.get(self.method).temperature == "learned":
       params["temperature"] = jnp.float32(config.kd.init_raw)
     if self.temperature_module is not None:
@@ -363,7 +372,7 @@ class Stage:
                    out_shardings=sharding.replicated(self.mesh))(rng)
 
   def describe_feature_term(self) -> str:
-    beta = methods.feature_weight(methods.kd_spec(self.config.kd),
+    beta = methods.feature_weight(self.specs.kd,
                                   methods.get(self.method))
     return (f"[{self.role}] {self.method}: {self.config.kd.feature_logit_method}"
             f" loss + {beta:g} x feature term on (student:teacher) "
@@ -405,7 +414,7 @@ class Stage:
             "every batch, so the teacher runs live"))
     if self.feature is not None:
       reporting.log(self.describe_feature_term())
-    tr = Tracker(config, ds, role=self.role, model_name=self.model_name,
+    tr = Tracker(self.specs, ds, role=self.role, model_name=self.model_name,
                  method=self.method, stage_dir=self.stage_dir,
                  fingerprint_=checkpointing.fingerprint(
                      config, self.ds, self.role, self.model_name),
@@ -416,11 +425,11 @@ class Stage:
         live="FitNets hints and feature terms read the teacher's features"
         if self.hint or self.feature is not None else "")
     step = loop_lib.run_epochs(
-        stepper, epoch_batches(config, ds.train, spec.data_seed, self.spe,
+        stepper, epoch_batches(self.specs.data, ds.train, self.spe,
                                views, indexed=self.feature is not None),
         step=stepper.start_step, num_epochs=self.num_epochs,
-        steps_per_epoch=self.spe, log_every=config.log_every_steps,
-        checkpoint_every=config.checkpoint_every_steps)
+        steps_per_epoch=self.spe, log_every=self.specs.run.log_every_steps,
+        checkpoint_every=self.specs.run.checkpoint_every_steps)
     return self._finish(tr, stepper, spec, step, cache_used)
 
   def _stepper(self, tr, ds, weights):
@@ -441,7 +450,7 @@ class Stage:
     has_teacher = self.teacher is not None or ds.train.teacher_logits is not None
     evaluate = lambda variables, split, path=None: evaluate_lib.evaluate(
         eval_jit, variables, self.teacher_vars, getattr(ds, split),
-        self.config, self.mesh, has_teacher, path)
+        self.specs.data, self.mesh, has_teacher, path)
     stepper = SingleStepper(
         tr, state, self.step_fns(spec, repl),
         jax.device_put(step_lib.hyperparams(self.config, weights), repl),
@@ -479,12 +488,12 @@ class Stage:
   def _cohort_results(self, state, test):
     """DML: every cohort member's test metrics, from the final state."""
     out = [{"model": self.model_name, "test": test}]
-    preprocess = step_lib.Preprocess.from_config(self.config)
+    preprocess = step_lib.Preprocess.from_spec(self.specs.data)
     for key, name, module in self.peers:
       peer_vars = step_lib.model_variables(state.params[key],
                                            state.batch_stats[key])
       peer_test = evaluate_lib.evaluate(jax.jit(step_lib.make_eval_step(preprocess, module)),
-                           peer_vars, None, self.ds.test, self.config,
+                           peer_vars, None, self.ds.test, self.specs.data,
                            self.mesh, False)
       out.append({"model": name, "test": peer_test, "source": "final state",
                   "params": model_init.param_count(peer_vars["params"]),
@@ -492,18 +501,18 @@ class Stage:
     return out
 
 
-def epoch_batches(config, train_split, data_seed, steps_per_epoch, views=None,
-                  *, indexed=False):
+def epoch_batches(data_spec: config_lib.DataSpec, train_split,
+                  steps_per_epoch, views=None, *, indexed=False):
   """`(epoch, start_step, step) -> host batches` of the training split for
   `loop.run_epochs`, with the cached teacher logits of augmented views
   attached when `views` (teacher_cache.AugmentedViews) is given."""
   def batches(epoch, start_step, step):
     out = data.train_batches(
-        train_split, indexed=indexed, global_batch=config.batch_size,
-        seed=data_seed, epoch=epoch, num_steps=steps_per_epoch,
-        start_step=start_step, image_size=config.dataset.image_size,
+        train_split, indexed=indexed, global_batch=data_spec.batch_size,
+        seed=data_spec.data_seed, epoch=epoch, num_steps=steps_per_epoch,
+        start_step=start_step, image_size=data_spec.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        balanced=config.dataset.balanced_sampling)
+        balanced=data_spec.balanced_sampling)
     return out if views is None else views.attach(out, epoch, start_step, step)
   return batches
 
@@ -538,7 +547,7 @@ class SingleStepper:
       reporting.log(f"[{self.tr.role}] fine-tuning epoch "
                     f"{self.loop['epoch'] + 1}/{self.frozen_epochs}: head "
                     "only, backbone frozen, lr "
-                    f"{self.tr.config.finetune.frozen_lr:g}")
+                    f"{self.tr.specs.optimizer.frozen_lr:g}")
 
   def step(self, host_batch, step):
     del step
@@ -567,18 +576,18 @@ class SingleStepper:
             "resume")
 
   def end_epoch(self, step):
-    tr, config = self.tr, self.tr.config
+    tr, run = self.tr, self.tr.specs.run
     variables = model_init.inference_variables(self.state)
     val = self.evaluate(variables, "val")
     stop = tr.end_epoch(step, val, self.state, variables)
     reporting.log(f"[{tr.role} {tr.model_name}] epoch {self.loop['epoch']}/"
                   f"{self.num_epochs}: val acc {val['accuracy']:.4f} "
                   f"macro-F1 {val['macro_f1']:.4f}"
-                  + (f" {config.select_metric} "
-                     f"{reporting.fmt(val[config.select_metric])}"
-                     if config.select_metric not in ("accuracy", "macro_f1")
+                  + (f" {run.select_metric} "
+                     f"{reporting.fmt(val[run.select_metric])}"
+                     if run.select_metric not in ("accuracy", "macro_f1")
                      else "")
                   + (" (best)" if tr.improved else ""))
     if stop:
       reporting.log(f"[{tr.role}] early stop: no val improvement for "
-                    f"{config.early_stopping_patience} epochs")
+                    f"{run.early_stopping_patience} epochs")

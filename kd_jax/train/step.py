@@ -75,11 +75,9 @@ class Preprocess:
   crop_padding: int = 4
 
   @classmethod
-  def from_config(cls, config) -> "Preprocess":
-    d = config.dataset
-    return cls(int(d.image_size), config_lib.normalization(config),
-               bool(d.random_crop),
-               bool(d.random_flip), int(d.crop_padding))
+  def from_spec(cls, d: config_lib.DataSpec) -> "Preprocess":
+    return cls(d.image_size, d.normalization, d.random_crop, d.random_flip,
+               d.crop_padding)
 
   def __call__(self, images, rng=None):
     return data.preprocess(
@@ -113,27 +111,23 @@ class StepSpec:
   frozen_backbone: bool = False
 
 
-def data_seed(config) -> int:
-  """Seed of the data order and augmentation (config.data_seed, or seed)."""
-  return config.data_seed if config.data_seed >= 0 else config.seed
-
-
-def make_spec(config, student, method: str, *, steps_per_epoch, teacher=None,
-              teacher_subclasses=1, subclasses=1, peers=(), hint=None,
-              adapter=None, temperature_module=None, feature=None,
+def make_spec(specs: config_lib.Specs, student, method: str, *,
+              steps_per_epoch, teacher=None, teacher_subclasses=1,
+              subclasses=1, peers=(), hint=None, adapter=None,
+              temperature_module=None, feature=None,
               feature_layers=()) -> StepSpec:
-  """The static part of a run's step, read from `config` once, outside jit."""
+  """The static part of a run's step, from the run's specs, outside jit."""
   return StepSpec(
       method=method, student=student,
-      preprocess=Preprocess.from_config(config),
-      kd=methods.kd_spec(config.kd), steps_per_epoch=steps_per_epoch,
-      data_seed=data_seed(config), teacher=teacher,
+      preprocess=Preprocess.from_spec(specs.data),
+      kd=specs.kd, steps_per_epoch=steps_per_epoch,
+      data_seed=specs.data.data_seed, teacher=teacher,
       teacher_subclasses=teacher_subclasses, subclasses=subclasses,
       peers=tuple(peers), hint=tuple(hint) if hint else None, adapter=adapter,
       temperature_module=temperature_module, feature=feature,
       feature_layers=tuple(map(tuple, feature_layers)),
-      mixed_precision=bool(config.mixed_precision),
-      teacher_bf16=config_lib.teacher_bf16(config))
+      mixed_precision=specs.run.mixed_precision,
+      teacher_bf16=specs.run.teacher_bf16)
 
 
 def hyperparams(config, class_weights=None) -> dict:
@@ -229,19 +223,20 @@ def new_train_state(tx, params, batch_stats) -> TrainState:
 # ------------------------------------------------------------- optimizer
 
 
-def lr_schedule(config, *, learning_rate, num_epochs, steps_per_epoch):
+def lr_schedule(opt: config_lib.OptimizerSpec, *, learning_rate, num_epochs,
+                steps_per_epoch):
   """The learning rate per step: a linear warmup, then cosine decay to 0,
   constant, or 'step': x `lr_decay_factor` at each of `lr_decay_epochs` (the
   CIFAR benchmark's 150,180,210 of 240)."""
   total = max(1, num_epochs * steps_per_epoch)
-  warmup = int(config.warmup_epochs * steps_per_epoch)
-  if config.lr_schedule == "cosine":
+  warmup = int(opt.warmup_epochs * steps_per_epoch)
+  if opt.lr_schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
         0.0 if warmup else learning_rate, learning_rate, warmup, total)
-  if config.lr_schedule == "step":
+  if opt.lr_schedule == "step":
     after = optax.piecewise_constant_schedule(learning_rate, {
-        int(e) * steps_per_epoch - warmup: config.lr_decay_factor
-        for e in config_lib.int_list(config.lr_decay_epochs)})
+        e * steps_per_epoch - warmup: opt.lr_decay_factor
+        for e in opt.lr_decay_epochs})
   else:
     after = optax.constant_schedule(learning_rate)
   if not warmup:
@@ -250,23 +245,22 @@ def lr_schedule(config, *, learning_rate, num_epochs, steps_per_epoch):
       [optax.linear_schedule(0.0, learning_rate, warmup), after], [warmup])
 
 
-def make_optimizer(config, *, learning_rate, num_epochs, steps_per_epoch,
-                   ctkd: bool):
+def make_optimizer(opt: config_lib.OptimizerSpec, kd: methods.KDSpec, *,
+                   learning_rate, num_epochs, steps_per_epoch, ctkd: bool):
   """The student's optimizer (also for adapters and DML peers); with a
   learned temperature (CTKD) a multi_transform whose 'temperature' part
   ascends the loss: update = +mu * g, where the step has already scaled g
   by the curriculum's lambda (Li et al. 2023, eq. 6; `scale_temperature_grads`)."""
-  lr = lr_schedule(config, learning_rate=learning_rate, num_epochs=num_epochs,
+  lr = lr_schedule(opt, learning_rate=learning_rate, num_epochs=num_epochs,
                    steps_per_epoch=steps_per_epoch)
-  if config.optimizer == "adam":
-    student_tx = optax.adamw(lr, weight_decay=config.weight_decay)
+  if opt.optimizer == "adam":
+    student_tx = optax.adamw(lr, weight_decay=opt.weight_decay)
   else:
-    student_tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                             optax.sgd(lr, momentum=config.momentum,
-                                       nesterov=bool(config.nesterov)))
+    student_tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                             optax.sgd(lr, momentum=opt.momentum,
+                                       nesterov=opt.nesterov))
   transforms = {"student": student_tx}
   if ctkd:
-    kd = config.kd
     transforms["temperature"] = optax.chain(
         optax.scale(-1.0),  # gradient reversal: the temperature maximises L
         optax.sgd(kd.temperature_lr, momentum=kd.temperature_momentum or None))
@@ -288,23 +282,23 @@ def phase_view(txs, active: int):
   return optax.GradientTransformation(init, update)
 
 
-def finetune_optimizers(config, head_mask, *, learning_rate, num_epochs,
+def finetune_optimizers(opt: config_lib.OptimizerSpec, kd: methods.KDSpec,
+                        head_mask, *, learning_rate, num_epochs,
                         steps_per_epoch, ctkd: bool):
   """(frozen-phase tx, full-phase tx), sharing one state (`phase_view`).
   The frozen phase trains the leaves `head_mask` marks in the model's params
   (and any non-model params: a learned temperature, an adapter) at
   `finetune.frozen_lr`; every other model leaf gets a zero update."""
-  f = config.finetune
   frozen = optax.multi_transform(
-      {"train": make_optimizer(config, learning_rate=f.frozen_lr,
-                               num_epochs=f.frozen_epochs,
+      {"train": make_optimizer(opt, kd, learning_rate=opt.frozen_lr,
+                               num_epochs=opt.frozen_epochs,
                                steps_per_epoch=steps_per_epoch, ctkd=ctkd),
        "frozen": optax.set_to_zero()},
       lambda params: {k: jax.tree.map(
           lambda h: "train" if h else "frozen", head_mask) if k == "student"
           else jax.tree.map(lambda _: "train", v) for k, v in params.items()})
-  full = make_optimizer(config, learning_rate=learning_rate,
-                        num_epochs=num_epochs - f.frozen_epochs,
+  full = make_optimizer(opt, kd, learning_rate=learning_rate,
+                        num_epochs=num_epochs - opt.frozen_epochs,
                         steps_per_epoch=steps_per_epoch, ctkd=ctkd)
   txs = (frozen, full)
   return phase_view(txs, 0), phase_view(txs, 1)

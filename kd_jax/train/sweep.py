@@ -73,7 +73,8 @@ def group_key(config) -> str:
   flat = config_lib.flatten(json.loads(config.to_json()))
   for k in VMAP_FIELDS:
     flat.pop(k, None)
-  flat["data_seed"] = step_lib.data_seed(config) if config.data_seed >= 0 else None
+  flat["data_seed"] = (config_lib.data_seed(config) if config.data_seed >= 0
+                       else None)
   return json.dumps(flat, sort_keys=True)
 
 
@@ -132,7 +133,7 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   for c in configs:
     config_lib.validate(c)
   check_group(configs)
-  dseed = step_lib.data_seed(configs[0])
+  dseed = config_lib.data_seed(configs[0])
   configs = [c.copy_and_resolve_references() for c in configs]
   for c in configs:
     c.data_seed = dseed  # the group's data order, recorded in each cell
@@ -162,8 +163,9 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   reporting.log(f"sweep: {len(todo)} cells of {config.student.name} "
                 f"({config.kd.method}) in one vmapped program; data: "
                 f"{ds.describe()}")
-  rows = _train_cells(todo, data.stage_data(config, ds, "student"), mesh,
-                      teacher, vmap_chunk)
+  specs = [config_lib.read_specs(c) for c, _ in todo]  # the configs, read once
+  rows = _train_cells(todo, specs, data.stage_data(config, ds, "student"),
+                      mesh, teacher, vmap_chunk)
   out = []
   for (c, w), student in zip(todo, rows):
     stages = [teacher_result, student] if teacher_result else [student]
@@ -179,22 +181,22 @@ def _read_json(path):
     return json.load(f)
 
 
-def _init_cells(todo, model, ds, mesh, tx):
+def _init_cells(todo, specs, model, ds, mesh, tx):
   """Each cell's tracker and initial (or resumed) state: the same weights a
   separate run starts from; init compiled once for all cells."""
-  init = model_init.make_init(model, todo[0][0], mesh)
+  init = model_init.make_init(model, specs[0].data.image_size, mesh)
   init_state = jax.jit(lambda p, b: step_lib.new_train_state(
       tx, p, {"student": b}), out_shardings=sharding.replicated(mesh))
   learned = methods.get(todo[0][0].kd.method).temperature == "learned"
   trackers, states = [], []
-  for c, w in todo:
+  for (c, w), spec in zip(todo, specs):
     params, stats = init(model_init.init_rng(c, "student"))
     params = {"student": params}
     if learned:
       params["temperature"] = jnp.float32(c.kd.init_raw)
     state = init_state(params, stats)
     tr = stage_lib.Tracker(
-        c, ds, role="student", model_name=c.student.name, method=c.kd.method,
+        spec, ds, role="student", model_name=c.student.name, method=c.kd.method,
         stage_dir=os.path.join(w, "student"),
         fingerprint_=checkpointing.fingerprint(c, ds, "student", c.student.name))
     restored = tr.restore(state, sharding.replicated(mesh))
@@ -299,26 +301,26 @@ class _Cells:
                       for t in self.trackers))
 
 
-def _setup(todo, ds, mesh, teacher, chunk):
+def _setup(todo, specs, ds, mesh, teacher, chunk):
   """(step spec, cells, dataset with the cached teacher logits, cache used,
   steps per epoch) of a group."""
   configs = [c for c, _ in todo]
-  config = configs[0]
+  config, s0 = configs[0], specs[0]
   model = models.get_model(config.student.name, num_classes=ds.num_classes)
-  spe = data.steps_per_epoch(len(ds.train), config.batch_size,
-                             config.max_steps_per_epoch)
+  spe = data.steps_per_epoch(len(ds.train), s0.data.batch_size,
+                             s0.run.max_steps_per_epoch)
   tx = step_lib.make_optimizer(
-      config, learning_rate=config.learning_rate,
-      num_epochs=config.num_epochs, steps_per_epoch=spe,
+      s0.optimizer, s0.kd, learning_rate=s0.optimizer.learning_rate,
+      num_epochs=s0.run.num_epochs, steps_per_epoch=spe,
       ctkd=methods.get(config.kd.method).learns_temperature)
   ds, cache_used = stage_lib.with_teacher_cache(config, ds, teacher, mesh,
                                                 "sweep")
-  spec = step_lib.make_spec(config, model, config.kd.method,
+  spec = step_lib.make_spec(s0, model, config.kd.method,
                             steps_per_epoch=spe,
                             teacher=teacher.model if teacher else None)
   hp = step_lib.stack_hyperparams(configs, [
       stage_lib.class_weights(c, ds, "sweep") for c in configs])
-  cells = _Cells(*_init_cells(todo, model, ds, mesh, tx), hp,
+  cells = _Cells(*_init_cells(todo, specs, model, ds, mesh, tx), hp,
                  vmap_chunk(chunk, len(configs)),
                  jax.jit(make_sweep_step(spec, tx), donate_argnums=0))
   return spec, cells, ds, cache_used, spe
@@ -337,18 +339,19 @@ def _teacher_source(config, ds, teacher, spec, spe, mesh, cache_used):
   return None, step_lib.make_live_teacher_fn(spec)
 
 
-def _train_cells(todo, ds, mesh, teacher, chunk):
+def _train_cells(todo, specs, ds, mesh, teacher, chunk):
   """The sweep's cells through `loop.run_epochs`, then their tests."""
   configs = [c for c, _ in todo]
   config, k_cells = configs[0], len(configs)
-  spec, cells, ds, cache_used, spe = _setup(todo, ds, mesh, teacher, chunk)
+  spec, cells, ds, cache_used, spe = _setup(todo, specs, ds, mesh, teacher,
+                                            chunk)
   views, teacher_fn = _teacher_source(config, ds, teacher, spec, spe, mesh,
                                       cache_used)
   teacher_vars = teacher.variables if teacher is not None else None
   eval_jit = jax.jit(step_lib.make_eval_step(spec.preprocess, spec.student,
                                              teacher=spec.teacher))
   evaluate = lambda variables, k, split="val", path=None: evaluate_lib.evaluate(
-      eval_jit, variables, teacher_vars, getattr(ds, split), configs[k], mesh,
+      eval_jit, variables, teacher_vars, getattr(ds, split), specs[k].data, mesh,
       teacher is not None, path)
   step = cells.loop["epoch"] * spe + cells.loop["step_in_epoch"]
   title = f"sweep x{k_cells} {config.student.name}"
@@ -358,11 +361,10 @@ def _train_cells(todo, ds, mesh, teacher, chunk):
                                            config.student.name,
                                            config.num_epochs * spe, step, spe))
   step = loop_lib.run_epochs(
-      cells, stage_lib.epoch_batches(config, ds.train, spec.data_seed, spe,
-                                     views),
-      step=step, num_epochs=config.num_epochs, steps_per_epoch=spe,
-      log_every=config.log_every_steps,
-      checkpoint_every=config.checkpoint_every_steps)
+      cells, stage_lib.epoch_batches(specs[0].data, ds.train, spe, views),
+      step=step, num_epochs=specs[0].run.num_epochs, steps_per_epoch=spe,
+      log_every=specs[0].run.log_every_steps,
+      checkpoint_every=specs[0].run.checkpoint_every_steps)
   return [_cell_result(cells, k, step, cells.best.get(k), evaluate, teacher,
                        cache_used, sharding.replicated(mesh))
           for k in range(k_cells)]
