@@ -134,7 +134,6 @@ CE_PARTS = {
     "ctkd": lambda s, t, w: (1 - ALPHA) * _ce(s, w),
     "ctkd_instance": lambda s, t, w: (1 - ALPHA) * _ce(s, w),
     "fitnets": lambda s, t, w: (1 - ALPHA) * _ce(s, w),
-    "reverse_kl": lambda s, t, w: (1 - ALPHA) * _ce(s, w),
     "conditional": _conditional_ce,
     "subclass_teacher": lambda s, t, w: _ce(_grouped(s), w),
     "subclass": lambda s, t, w: (1 - ALPHA) * _ce(_grouped(s), w),

@@ -1,6 +1,9 @@
 """Reverse-KL KD, the worked example of adding a method: its loss against a
 float64 NumPy re-implementation, its registry entry (T, alpha, the shared
-options it reads, the report's columns) and a tiny run."""
+options it reads, the report's columns), its config cell, the refusal of
+options a method ignores, and that adding it touched four files."""
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -99,3 +102,22 @@ def test_an_option_the_method_ignores_is_refused(method, option, value, words):
   with pytest.raises(UserError) as e:
     config_lib.validate(c)
   assert str(e.value) == words
+
+
+def test_adding_it_touched_four_files():
+  """The Contributing example, measured: outside the README, only the loss,
+  the registry, the config and this test name the method."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  found = set()
+  for top in ("kd_jax", "configs", "tests", "benchmarks", "launch", "colabs"):
+    for dirpath, _, files in os.walk(os.path.join(root, top)):
+      for name in files:
+        if name.endswith((".py", ".ipynb", ".sh")):
+          path = os.path.join(dirpath, name)
+          with open(path) as f:
+            text = f.read()
+          if "reverse_kl" in text or "reverse_kd_loss" in text:
+            found.add(os.path.relpath(path, root))
+  assert found == {"kd_jax/distill/losses.py", "kd_jax/distill/methods.py",
+                   "configs/reverse_kl_mobilenet_v3_small.py",
+                   "tests/test_reverse_kl.py"}, found
