@@ -17,6 +17,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import jax  # noqa: E402
 
+from kd_jax import config_lib  # noqa: E402
 from kd_jax import cpu_runtime  # noqa: E402
 from kd_jax.errors import UserError  # noqa: E402
 from kd_jax.train import pipeline as train  # noqa: E402
@@ -30,6 +31,9 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_bool("overwrite", False,
                   "If the workdir holds a run of another config, move it to "
                   "<workdir>.old-<time> and start afresh.")
+flags.DEFINE_bool("print_config", False,
+                  "Print the config (the file, its arg string and --config.x=y "
+                  "overrides), checked, and exit without training.")
 flags.DEFINE_string("workdir", None,
                     "Run directory (default: workdirs/<config name>[_<arg>]).")
 
@@ -47,6 +51,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
+    if FLAGS.print_config:
+      config_lib.validate(FLAGS.config)
+      print(FLAGS.config, end="")
+      return
     sharding.maybe_initialize_distributed()
     workdir = FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(FLAGS["config"]))

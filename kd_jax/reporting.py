@@ -15,9 +15,22 @@ def log(msg: str):
     print(msg, flush=True)
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+# The mode a plain open() would give (0644 under the usual umask 022):
+# mkstemp's 0600 would keep results and exported models from the rest of
+# a team.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def write_atomic(path: str, write):
   """Calls `write(f)` on a binary temp file in `path`'s directory, then
-  renames it to `path`: readers see the old file or the whole new one."""
+  renames it to `path`: readers see the old file or the whole new one,
+  with the permissions open() would give."""
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
@@ -26,6 +39,7 @@ def write_atomic(path: str, write):
       write(f)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

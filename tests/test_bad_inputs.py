@@ -201,3 +201,16 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path):
   r = helpers.run_cli(*args)
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"resumed from step {previous}" in r.stdout
+
+
+def test_print_config_prints_the_checked_cell_and_trains_nothing(tmp_path):
+  workdir = str(tmp_path / "wd")
+  r = helpers.run_cli(QS + ":runlocal,T=3", "--config.kd.alpha=0.25",
+                      "--print_config", f"--workdir={workdir}", timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "temperature: 3" in r.stdout and "alpha: 0.25" in r.stdout
+  assert not os.path.exists(workdir)
+  bad = helpers.run_cli(QS + ":T=-1", "--print_config", timeout=300)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == (
+      "kd_jax: error: config.kd.temperature=-1.0 must be > 0")

@@ -66,6 +66,12 @@ def test_exported_student_equals_in_process_model(plain_run, tmp_path):
   assert info["class_names"] == list(ds.class_names)
   with open(out, "rb") as f:
     assert f.read(len(export.MAGIC)) == export.MAGIC
+  # Readable by the team as open() would leave it, not mkstemp's 0600.
+  mask = os.umask(0)
+  os.umask(mask)
+  assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
+  assert os.stat(os.path.join(workdir, "results.json")).st_mode & 0o777 == (
+      0o666 & ~mask)
   meta, exported = predict.load_model(out)
   assert meta["num_classes"] == ds.num_classes
   images = _three_channels(ds.test.images)  # 28x28 greyscale -> RGB

@@ -19,7 +19,9 @@ import torchvision
 
 from kd_jax import models
 from kd_jax import weight_spec
+from kd_jax.errors import UserError
 from kd_jax.models.interop import convert
+from kd_jax.train import pretrained
 
 # name -> the test file's format: .pth for a few, so both readers are covered.
 CASES = {
@@ -132,6 +134,30 @@ def test_other_class_count_reinitialises_only_the_head(resnet18_file,
   np.testing.assert_array_equal(got["['params']['fc']['kernel']"],
                                 fresh["params"]["fc"]["kernel"])
   assert got["['params']['fc']['kernel']"].shape == (512, 4)
+  assert result.file_outputs == 1000  # the file's own head, for messages
+
+
+def test_a_frozen_teacher_with_another_class_count_names_both(resnet18_file):
+  with pytest.raises(UserError) as e:
+    pretrained.frozen_variables(resnet18_file, model_name="resnet18",
+                                outputs=4, sharding_=None)
+  assert str(e.value) == (
+      f"teacher weights {resnet18_file}: the file's classifier has 1000 "
+      "outputs, this run's resnet18 needs 4 (one per class of the data); a "
+      "frozen teacher needs its own classifier (use teacher.init_from to "
+      "fine-tune it first)")
+
+
+def test_a_whole_pickled_model_says_to_save_the_state_dict(tmp_path):
+  path = str(tmp_path / "model.pth")
+  torch.save(torch.nn.Sequential(torch.nn.Linear(3, 2)), path)  # not a state dict
+  with pytest.raises(weight_spec.WeightImportError) as e:
+    convert.import_weights("resnet18", path, num_classes=4)
+  msg = str(e.value)
+  assert msg == (f"{path!r} holds a whole pickled model (torch.save(model)), "
+                 "not a state dict: save torch.save(model.state_dict(), PATH) "
+                 "and pass that file")
+  assert "\n" not in msg and "\x1b" not in msg
 
 
 def test_wrapped_state_dict_with_module_prefix(resnet18_file, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from sklearn import metrics as skm
 
 from kd_jax import metrics
+from kd_jax.train import pipeline as train
 from tests import helpers
 
 RNG = np.random.default_rng(0)
@@ -90,3 +91,27 @@ def test_select_metric_picks_the_best_epoch_and_is_reported(tmp_path):
   events = [json.loads(l) for l in open(os.path.join(
       wd, "student", "logs", "metrics.jsonl"))]
   assert any("val_auc" in e and "val_recall_SSA" in e for e in events)
+
+
+def test_failure_warning_names_a_collapsed_class_or_chance():
+  names = ("A2C", "A4C", "PLAX", "PSAX")
+  collapsed = np.zeros((4, 4), int)
+  collapsed[:, 2] = 10  # every image predicted PLAX
+  assert metrics.failure_warning(collapsed, names) == (
+      "predicts 'PLAX' for 100% of val images")
+  chance = np.full((4, 4), 5)  # predictions spread, recall 0.25 per class
+  assert metrics.failure_warning(chance, names) == (
+      "val balanced accuracy 0.250 is at chance (1/4 = 0.250)")
+  good = np.eye(4, dtype=int) * 10 + 1
+  assert metrics.failure_warning(good, names) is None
+  assert metrics.failure_warning(np.zeros((4, 4), int), names) is None
+
+
+def test_a_run_that_learns_nothing_warns_in_one_line(tmp_path, capsys):
+  c = helpers.tiny_config("dataset=digits,method=none", learning_rate=1e-12,
+                          num_epochs=1)
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  lines = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith("kd_jax: warning: [student]")]
+  assert len(lines) == 1, lines
+  assert "at epoch 1: it has learnt nothing" in lines[0]

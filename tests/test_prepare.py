@@ -247,3 +247,44 @@ def test_output_loads_as_a_kd_jax_folder_dataset(default_out):
   assert len(ds.train) + len(ds.val) + len(ds.test) == 15 * FRAMES
   assert len(ds.test) == sum(r["split"] == "test"
                              for r in read_manifest(default_out))
+
+
+def test_a_label_typo_is_refused_in_one_line(data, capsys):
+  """'A4c' for 'A4C' would be a fifth class of one patient with empty
+  val/test folders: refused, and with --classes named as not allowed."""
+  rows = list(data["rows"]) + [("unlisted.avi", "A4c", "P99", "TRAIN")]
+  csv_path = write_csv(data["root"] / "typo.csv", rows)
+  out = str(data["root"] / "typo")
+  assert run(data, out, csv_path=csv_path) == 2
+  line = one_error_line(capsys)
+  assert line.startswith("kd_jax: error: class 'A4c' (1 patient(s), first on "
+                         "line 17 of "), line
+  assert "has no patient in the" in line and "--classes" in line
+  assert run(data, out, "--classes=A2C,A4C,PLAX", csv_path=csv_path) == 2
+  assert one_error_line(capsys).endswith(
+      "label 'A4c' of video 'unlisted.avi' is not one of "
+      "--classes=A2C,A4C,PLAX")
+  assert not os.path.exists(out)
+  assert run(data, out, "--classes=A2C,A4C,PLAX") == 0  # the right labels
+
+
+def test_a_truncated_video_keeps_its_frames_and_warns(data, capsys, tmp_path):
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  rows = []
+  for c, cls in enumerate(CLASSES):
+    for p in range(3):
+      write_video(str(videos / f"t{c}{p}.avi"), "mjpeg", "yuvj420p")
+      rows.append((f"t{c}{p}.avi", cls, f"P{c}{p}"))
+  whole = (videos / "t00.avi").read_bytes()
+  (videos / "t00.avi").write_bytes(whole[:len(whole) * 8 // 10])  # 4 of 8
+  out = str(tmp_path / "out")
+  csv_path = write_csv(tmp_path / "labels.csv", rows,
+                       columns=("FileName", "label", "patient_id"))
+  assert run(dict(data, videos=str(videos)), out, csv_path=csv_path) == 0
+  warnings = [l for l in capsys.readouterr().err.splitlines()
+              if "warning: video" in l]
+  assert len(warnings) == 1 and "t00.avi decoded to " in warnings[0]
+  assert f"of the {FRAMES} frames its header declares" in warnings[0]
+  kept = [r for r in read_manifest(out) if r["video"] == "t00.avi"]
+  assert 0 < len(kept) < FRAMES

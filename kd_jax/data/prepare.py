@@ -158,6 +158,33 @@ def match_videos(rows, group_column, files, args):
   return videos
 
 
+def check_classes(videos, args):
+  """With --classes, a label outside the list is refused (a typo such as
+  'A4c' would otherwise be a class of its own)."""
+  allowed = [c.strip() for c in args.classes.split(",") if c.strip()]
+  for video in videos:
+    if video.label not in allowed:
+      raise UserError(
+          f"line {video.line} of {args.labels}: label {video.label!r} of "
+          f"video {video.name!r} is not one of --classes={','.join(allowed)}")
+
+
+def check_every_class_in_every_split(videos, args):
+  """A class must have a group in each split that has videos: one with no
+  val or test patient (a label typo, most often) cannot be selected on or
+  evaluated."""
+  used = [s for s in SPLITS if any(v.split == s for v in videos)]
+  for label in sorted({v.label for v in videos}):
+    mine = [v for v in videos if v.label == label]
+    for split in used:
+      if not any(v.split == split for v in mine):
+        groups = sorted({v.group for v in mine})
+        raise UserError(
+            f"class {label!r} ({len(groups)} patient(s), first on line "
+            f"{mine[0].line} of {args.labels}) has no patient in the {split} "
+            "split: fix its label, or name the classes with --classes")
+
+
 def check_unique_stems(videos):
   """Frame files are named by the video's stem, so stems must not repeat."""
   first = {}
@@ -277,25 +304,37 @@ def resize(rgb, size):
 
 
 def decode(path, every, max_frames, size):
-  """([(frame index, uint8 HxW or HxWx3)], grey) of one video's kept frames.
-  A video is grey only if all its frames are, so its kept frames are held
-  until the end; they are stored HxW while every frame so far is grey."""
+  """([(frame index, uint8 HxW or HxWx3)], grey, (decoded, declared)) of
+  one video's kept frames; `declared` is the frame count its header states
+  (0: none), `decoded` how many frames decoding reached. A video is grey
+  only if all its frames are, so its kept frames are held until the end;
+  they are stored HxW while every frame so far is grey."""
   import av
-  kept, grey = [], True
+  kept, grey, decoded = [], True, 0
   with av.open(path) as container:
     stream = container.streams.video[0]
+    declared = int(stream.frames or 0)
     stream.thread_type = "AUTO"  # frame-threaded decoding; order is kept
-    for i, frame in enumerate(container.decode(stream)):
-      if i % every:
-        continue
-      rgb = resize(frame.to_ndarray(format="rgb24"), size)
-      if grey and not is_grey(rgb):
-        grey = False
-        kept = [(j, np.repeat(g[..., None], 3, axis=-1)) for j, g in kept]
-      kept.append((i, np.round(rgb.mean(-1)).astype(np.uint8) if grey else rgb))
-      if max_frames and len(kept) >= max_frames:
-        break
-  return kept, grey
+    try:
+      for i, frame in enumerate(container.decode(stream)):
+        decoded = i + 1
+        if i % every:
+          continue
+        rgb = resize(frame.to_ndarray(format="rgb24"), size)
+        if grey and not is_grey(rgb):
+          grey = False
+          kept = [(j, np.repeat(g[..., None], 3, axis=-1)) for j, g in kept]
+        kept.append((i, np.round(rgb.mean(-1)).astype(np.uint8) if grey
+                     else rgb))
+        if max_frames and len(kept) >= max_frames:
+          declared = 0  # stopped on purpose: the count says nothing
+          break
+    except av.FFmpegError:
+      if not kept:
+        raise
+      # A truncated file: its frames up to the damage are kept (and said).
+      declared = max(declared, decoded + 1)
+  return kept, grey, (decoded, declared)
 
 
 def extract(job):
@@ -304,7 +343,7 @@ def extract(job):
   import av
   video, stage, every, max_frames, size = job
   try:
-    kept, _ = decode(video.path, every, max_frames, size)
+    kept, _, (decoded, declared) = decode(video.path, every, max_frames, size)
   except (av.FFmpegError, OSError, ValueError) as e:
     raise UserError(f"cannot decode video {video.path} ({type(e).__name__}: "
                     f"{e})") from None
@@ -315,7 +354,10 @@ def extract(job):
     rel = f"{video.split}/{video.label}/{video.stem}_{i:04d}.png"
     Image.fromarray(pixels).save(os.path.join(stage, rel))
     rows.append((rel, video.name, video.group, video.label, video.split, i))
-  return rows
+  warning = (f"warning: video {video.path} decoded to {decoded} of the "
+             f"{declared} frames its header declares (truncated?); kept "
+             f"{len(kept)}" if declared and decoded < declared else None)
+  return rows, warning
 
 
 def extract_all(videos, stage, args):
@@ -329,8 +371,10 @@ def extract_all(videos, stage, args):
     results = (pool.map(extract, jobs, chunksize=4) if pool
                else map(extract, jobs))
     rows = []
-    for done, video_rows in enumerate(results, 1):
+    for done, (video_rows, warning) in enumerate(results, 1):
       rows.extend(video_rows)
+      if warning:
+        note(warning)
       if done % 500 == 0:
         note(f"decoded {done}/{len(jobs)} videos")
   finally:
@@ -402,10 +446,13 @@ def frames(args):
   files = index_videos(args.videos)
   videos = match_videos(rows, group_column, files, args)
   check_unique_stems(videos)
+  if args.classes:
+    check_classes(videos, args)
   if args.split_column:
     splits_from_column(videos, args)
   else:
     seeded_splits(videos, args)
+  check_every_class_in_every_split(videos, args)
   out = os.path.abspath(args.out)
   check_out_dir(out, args.overwrite)
   for video in videos:
@@ -476,6 +523,9 @@ def build_parser():
   p.add_argument("--file_column", default="FileName",
                  help="video file name, with or without extension")
   p.add_argument("--label_column", default="label")
+  p.add_argument("--classes", default="", metavar="A,B,...",
+                 help="the allowed labels (e.g. A2C,A4C,PLAX,PSAX); any "
+                 "other label is refused")
   p.add_argument("--group_column", default=None,
                  help=f"patient or other group (default "
                       f"{DEFAULT_GROUP_COLUMN!r}; without it each video is "

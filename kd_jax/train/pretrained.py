@@ -41,10 +41,12 @@ def frozen_variables(spec, *, model_name, outputs, sharding_, role="teacher"):
   """(variables, source path) of a foreign file used as a frozen model."""
   result = _import(spec, model_name, outputs)
   if result.head_reinitialised:
+    found = (f"the file's classifier has {result.file_outputs} outputs"
+             if result.file_outputs else "the file has no classifier")
     raise UserError(
-        f"{role} weights {spec} have no {outputs}-output classifier for "
-        f"{model_name}; a frozen {role} needs one (use {role}.init_from to "
-        "fine-tune it first)")
+        f"{role} weights {spec}: {found}, this run's {model_name} needs "
+        f"{outputs} (one per class of the data); a frozen {role} needs its "
+        f"own classifier (use {role}.init_from to fine-tune it first)")
   reporting.log(f"[{role}] {model_name} imported from {result.source} weights "
                 f"{weight_spec.parse_spec(spec)[1]}")
   return _put(result.variables, sharding_), os.path.abspath(

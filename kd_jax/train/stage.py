@@ -168,6 +168,13 @@ class Tracker:
     self.writer.write_scalars(step, {f"val_{k}": v for k, v in scalars.items()}
                               | {"epoch": epoch + 1})
     self.loop["history"].append({"epoch": epoch + 1, "step": step, **scalars})
+    problem = (metrics.failure_warning(val["confusion"], self.ds.class_names)
+               if self.select_best and "confusion" in val else None)
+    if problem:  # a run that learnt nothing says so at once
+      reporting.log(f"kd_jax: warning: [{self.role}] {self.model_name} "
+                    f"{problem} at epoch {epoch + 1}: it has learnt nothing "
+                    "that holds in inference mode (too short a run, or "
+                    "BatchNorm statistics that do not describe the data)")
     # A hint stage (FitNets stage 1) has no trained head: it keeps its last
     # epoch instead of selecting on validation accuracy.
     value = val.get(self.specs.run.select_metric)

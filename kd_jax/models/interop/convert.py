@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pickle
 
 import flax.linen as nn
 import jax
@@ -46,6 +47,9 @@ class ImportResult:
   variables: dict  # {'params': ..., ['batch_stats': ...]} of numpy arrays
   source: str
   head_reinitialised: bool
+  # The file's classifier outputs (its last linear layer), where the file
+  # has one and its framework says so (torch state dicts).
+  file_outputs: int | None = None
 
 
 def init_variables(name: str, num_classes: int, image_size: int = 224,
@@ -74,17 +78,21 @@ def import_weights_full(name: str, path: str, *, num_classes: int,
   # init, whose compilation takes seconds to tens of seconds on a CPU, so
   # they are made only for a head that the file cannot fill.
   shapes = zoo.init_shapes(name, num_classes, 224)
+  file_outputs = None
   if source == "keras":
     variables, reinit = keras_weights.assign(name, shapes, path)
   else:
-    variables, reinit = assign_torch(name, shapes, read_state_dict(path))
+    state = read_state_dict(path)
+    variables, reinit = assign_torch(name, shapes, state)
+    linear = [t for _, kind, t in _torch_modules(state) if kind == "linear"]
+    file_outputs = int(linear[-1]["weight"].shape[0]) if linear else None
   if reinit:
     if fresh is None:
       fresh = init_variables(name, num_classes, rng=rng)
     variables = jax.tree.map(
         lambda v, f: np.asarray(f) if isinstance(v, jax.ShapeDtypeStruct)
         else v, variables, jax.device_get(fresh))
-  return ImportResult(variables, source, reinit)
+  return ImportResult(variables, source, reinit, file_outputs)
 
 
 def import_weights(name: str, path: str, *, num_classes: int,
@@ -141,7 +149,15 @@ def _torch_load(path: str) -> dict:
     raise WeightImportError(
         f"reading {path!r} needs torch: pip install 'kd_jax[interop]', or "
         "convert the file to .safetensors (read without torch)") from None
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError:
+    # torch.save(model) pickles the model's class; weights_only refuses
+    # to run that code (its message is pages long).
+    raise WeightImportError(
+        f"{path!r} holds a whole pickled model (torch.save(model)), not a "
+        "state dict: save torch.save(model.state_dict(), PATH) and pass that "
+        "file") from None
   for wrapper in ("state_dict", "model"):
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
       obj = obj[wrapper]
