@@ -107,13 +107,14 @@ def recall_metrics(confusion_CxC) -> dict:
                                for r in recall]}
 
 
-def failure_warning(confusion_CxC, class_names, *, collapse_share=0.9,
-                    chance_margin=0.05) -> str | None:
+def failure_warning(confusion_CxC, class_names, *,
+                    collapse_share=0.9) -> str | None:
   """Why a split's predictions show a model that has learnt nothing, or
   None: at least `collapse_share` of them are one class, or the balanced
-  accuracy is within `chance_margin` of chance (1 / classes). Short runs
-  and BatchNorm statistics that do not describe the data end like this
-  while the training metrics look fine."""
+  accuracy is no more than two standard errors above chance (p = 1/C on n
+  images: p + 2 sqrt(p (1 - p) / n)), where a model that guesses lands.
+  Short runs and BatchNorm statistics that do not describe the data end
+  like this while the training metrics look fine."""
   cm = np.asarray(confusion_CxC, np.float64)
   n, classes = cm.sum(), cm.shape[0]
   if n == 0 or classes < 2:
@@ -124,7 +125,8 @@ def failure_warning(confusion_CxC, class_names, *, collapse_share=0.9,
     return (f"predicts {class_names[top]!r} for {100 * predicted[top]:.0f}% "
             "of val images")
   balanced = recall_metrics(cm)["balanced_accuracy"]
-  if balanced <= 1.0 / classes + chance_margin:
+  p = 1.0 / classes
+  if balanced <= p + 2.0 * np.sqrt(p * (1.0 - p) / n):
     return (f"val balanced accuracy {balanced:.3f} is at chance "
             f"(1/{classes} = {1.0 / classes:.3f})")
   return None

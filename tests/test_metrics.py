@@ -102,16 +102,26 @@ def test_failure_warning_names_a_collapsed_class_or_chance():
   chance = np.full((4, 4), 5)  # predictions spread, recall 0.25 per class
   assert metrics.failure_warning(chance, names) == (
       "val balanced accuracy 0.250 is at chance (1/4 = 0.250)")
+  # Within two standard errors of chance (72 images: 0.25 + 0.102): a
+  # guess; above them (88 images: 0.25 + 0.092): something learnt.
+  near = np.full((4, 4), 4) + np.eye(4, dtype=int) * 2  # recall 6/18
+  assert "0.333 is at chance" in metrics.failure_warning(near, names)
+  above = np.full((4, 4), 4) + np.eye(4, dtype=int) * 6  # recall 10/22
+  assert metrics.failure_warning(above, names) is None
   good = np.eye(4, dtype=int) * 10 + 1
   assert metrics.failure_warning(good, names) is None
   assert metrics.failure_warning(np.zeros((4, 4), int), names) is None
 
 
 def test_a_run_that_learns_nothing_warns_in_one_line(tmp_path, capsys):
-  c = helpers.tiny_config("dataset=digits,method=none", learning_rate=1e-12,
-                          num_epochs=1)
+  """Four steps of a BatchNorm student: its running statistics still
+  describe the initialisation, so in inference mode it answers one class
+  (the echo pilot's failure, in seconds)."""
+  c = helpers.tiny_config("dataset=digits,method=none,student=resnet8",
+                          num_epochs=1, **{"dataset.eval_limit": 400})
   train.train_and_evaluate(c, str(tmp_path / "run"))
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith("kd_jax: warning: [student]")]
   assert len(lines) == 1, lines
-  assert "at epoch 1: it has learnt nothing" in lines[0]
+  assert "resnet8 predicts '3' for 98% of val images at epoch 1: it has " \
+      "learnt nothing" in lines[0]
