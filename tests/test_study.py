@@ -121,6 +121,15 @@ def test_report_of_the_tiny_study(tiny_study):
                       f"--out={out}", "--no_timing"], cwd=helpers.REPO,
                      env=_env(), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
+  # The console gets a digest, report.md the whole report.
+  assert "## Deployment check" not in r.stdout
+  assert f"report written to {out} (report.md, " in r.stdout
+  with open(os.path.join(out, "summary.csv")) as f:
+    digest = [row for row in csv.DictReader(f)
+              if row["setting"] == "student-tiny_cnn__method-vanilla"][0]
+  assert (f"  tiny_cnn             vanilla        "
+          f"{float(digest['test_accuracy_mean']):.4f}  "
+          "(student-tiny_cnn__method-vanilla, 2 seed(s))") in r.stdout
   with open(os.path.join(out, "results.csv")) as f:
     rows = {row["cell"]: row for row in csv.DictReader(f)}
   assert set(rows) == {c.name for c in s.cells()}

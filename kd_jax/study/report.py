@@ -480,7 +480,21 @@ def main(argv=None):
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)
     return 2
-  print(out["markdown"])
-  print(f"report written to {out['out_dir']}")
+  print("\n".join(summary_lines(out)))
   return 0
+
+
+def summary_lines(out) -> list[str]:
+  """The console's digest of a report: each student's best setting per
+  method (test accuracy, mean over seeds), then where the files are."""
+  best = best_settings(out["summary"])
+  lines = ["best setting per student and method (by validation; test "
+           "accuracy, mean over seeds):"]
+  for (student, method), s in best.items():
+    lines.append(f"  {student:<20} {methods.label(method):<14} "
+                 f"{s['test_accuracy_mean']:.4f}  ({s['setting']}, "
+                 f"{s['n']} seed(s))")
+  lines.append(f"report written to {out['out_dir']} (report.md, "
+               f"{len(out['figures'])} figures, CSV tables)")
+  return lines
 
