@@ -151,7 +151,9 @@ def _torch_load(path: str) -> dict:
         "convert the file to .safetensors (read without torch)") from None
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError:
+  except pickle.UnpicklingError as e:
+    if "Unsupported global" not in str(e):
+      raise  # not a pickle at all: read_state_dict says so in one line
     # torch.save(model) pickles the model's class; weights_only refuses
     # to run that code (its message is pages long).
     raise WeightImportError(
