@@ -246,11 +246,12 @@ def finetune_epochs(config, init_from) -> int:
 
 def evaluate_loaded_teacher(config, ds, mesh, teacher):
   t_model, t_vars = teacher.model, teacher.variables
+  data_spec = config_lib.data_spec(config)
   eval_jit = jax.jit(step_lib.make_eval_step(
-      step_lib.Preprocess.from_spec(config_lib.data_spec(config)), t_model,
+      step_lib.Preprocess.from_spec(data_spec), t_model,
       subclasses=teacher.subclasses))
-  test = evaluate_lib.evaluate(eval_jit, t_vars, None, ds.test,
-                               config_lib.data_spec(config), mesh, False)
+  test = evaluate_lib.evaluate(eval_jit, t_vars, None, ds.test, data_spec,
+                               mesh, False)
   imported = weight_spec.foreign_source(config.teacher.checkpoint)
   return {"role": "teacher", "model": config.teacher.name,
           "method": f"imported ({imported})" if imported else "loaded",
