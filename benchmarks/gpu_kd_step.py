@@ -105,7 +105,7 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
   # so the step does not compile a second time on its second call.
   state = jax.jit(lambda p, b: step_lib.new_train_state(tx, p, b),
                   out_shardings=repl)(params, {"student": bs})
-  hp = jax.device_put(step_lib.hyperparams(c), repl)
+  hp = jax.device_put(step_lib.hyperparams(config_lib.read_specs(c)), repl)
   spec = step_lib.make_spec(config_lib.read_specs(c), student, "vanilla", steps_per_epoch=1000,
                             teacher=teacher_model)
   raw_step = step_lib.make_train_step(spec, tx)
@@ -168,7 +168,7 @@ def grid_step(student_name, size, classes, batch, steps, cells):
   one = step_lib.new_train_state(tx, {"student": p}, {"student": bs})
   states = jax.device_put(
       jax.tree.map(lambda x: jnp.stack([x] * len(configs)), one), repl)
-  hp = jax.device_put(step_lib.stack_hyperparams(configs), repl)
+  hp = jax.device_put(step_lib.stack_hyperparams([config_lib.read_specs(k) for k in configs]), repl)
   active = jax.device_put(jnp.ones(len(configs), bool), repl)
   spec = step_lib.make_spec(config_lib.read_specs(configs[0]), student, "vanilla",
                             steps_per_epoch=1000)
@@ -185,7 +185,7 @@ def grid_step(student_name, size, classes, batch, steps, cells):
   # depthwise convolution (grouped, cells x channels groups) as if it were
   # dense, over 100x too many FLOPs for MobileNetV3.
   single = cpu_cost(step_lib.make_train_step(spec, tx), one, dev_batch,
-                    step_lib.hyperparams(configs[0]), None)
+                    step_lib.hyperparams(config_lib.read_specs(configs[0])), None)
   cost = {k: v * len(configs) for k, v in single.items()}
   for _ in range(3):
     states, _ = step(states, hp, active, dev_batch, None)

@@ -174,7 +174,7 @@ def jax_setup(case, batch, size, teacher_dtype):
   # like the step's output, so the second call does not compile again.
   state = jax.jit(lambda p, b: step_lib.new_train_state(tx, p, b),
                   out_shardings=repl)({"student": p}, {"student": bs})
-  hp = jax.device_put(step_lib.hyperparams(c), repl)
+  hp = jax.device_put(step_lib.hyperparams(config_lib.read_specs(c)), repl)
   spec = step_lib.make_spec(config_lib.read_specs(c), student, "vanilla", steps_per_epoch=1000,
                             teacher=teacher)
   step = jax.jit(step_lib.make_train_step(spec, tx), donate_argnums=0)

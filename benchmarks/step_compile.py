@@ -40,11 +40,11 @@ def main(mode):
            "teacher_logits": np.zeros((64, 10), np.float32)}
   if mode == "plain":
     fn = jax.jit(step_lib.make_train_step(spec, tx))
-    args = (state, batch, step_lib.hyperparams(c), None)
+    args = (state, batch, step_lib.hyperparams(config_lib.read_specs(c)), None)
   else:
     fn = jax.jit(sweep.make_sweep_step(spec, tx))
     args = (jax.tree.map(lambda x: x[None], state),
-            step_lib.stack_hyperparams([c]), jnp.asarray([True]), batch, None)
+            step_lib.stack_hyperparams([config_lib.read_specs(k) for k in [c]]), jnp.asarray([True]), batch, None)
   t0 = time.time()
   compiled = fn.lower(*args).compile()
   seconds = time.time() - t0

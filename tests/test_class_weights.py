@@ -66,21 +66,21 @@ def test_balanced_weights_match_sklearn():
   np.testing.assert_allclose(losses.balanced_class_weights(y, 3), want)
   c = config_lib.base_config()
   c.loss.class_weights = "balanced"
-  got = step.class_weights(c, y, 3)
+  got = step.class_weights(config_lib.loss_spec(c), y, 3)
   assert got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_config_values_and_one_line_errors():
   c = config_lib.base_config()
-  assert step.class_weights(c, Y, C) is None  # 'none'
+  assert step.class_weights(config_lib.loss_spec(c), Y, C) is None  # 'none'
   c.loss.class_weights = " 1, 2.5,4 "
-  np.testing.assert_allclose(step.class_weights(c, Y, C), [1, 2.5, 4])
+  np.testing.assert_allclose(step.class_weights(config_lib.loss_spec(c), Y, C), [1, 2.5, 4])
   with pytest.raises(UserError, match=r"has 3 weights; the data has 2 classes"):
-    step.class_weights(c, np.array([0, 1]), 2)
+    step.class_weights(config_lib.loss_spec(c), np.array([0, 1]), 2)
   c.loss.class_weights = "balanced"
   with pytest.raises(UserError, match="class 1 has no example"):
-    step.class_weights(c, np.array([0, 0, 2]), 3)
+    step.class_weights(config_lib.loss_spec(c), np.array([0, 0, 2]), 3)
   for bad in ("banana", "1,-2", "1,,2", "", "1,nan", "inverse"):
     c.loss.class_weights = bad
     with pytest.raises(UserError) as e:
@@ -91,8 +91,8 @@ def test_config_values_and_one_line_errors():
 
 def test_stacked_hyperparams_fill_unweighted_cells_with_ones():
   c = config_lib.base_config()
-  assert "class_weights" not in step.stack_hyperparams([c, c])
-  hp = step.stack_hyperparams([c, c], [None, W])
+  assert "class_weights" not in step.stack_hyperparams([config_lib.read_specs(k) for k in [c, c]])
+  hp = step.stack_hyperparams([config_lib.read_specs(k) for k in [c, c]], [None, W])
   np.testing.assert_allclose(hp["class_weights"], [[1, 1, 1], W])
 
 

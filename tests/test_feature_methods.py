@@ -46,8 +46,7 @@ def _stage(c, stage_dir="/nonexistent", teacher_vars=None):
   ds = data.load(c)
   teacher = models.get_model(TEACHER, num_classes=ds.num_classes)
   t_vars = teacher_vars or models.init(teacher, jax.random.PRNGKey(9), 16)
-  return ds, t_vars, stage.Stage(
-      c, role="student", model_name=STUDENT, method=c.kd.method,
+  return ds, t_vars, stage.Stage(config_lib.read_specs(c), role="student", model_name=STUDENT, method=c.kd.method,
       stage_dir=stage_dir, num_epochs=2, learning_rate=c.learning_rate, ds=ds,
       mesh=MESH, teacher=step.Frozen(teacher, t_vars))
 
@@ -100,7 +99,7 @@ def _step_and_reference(method, **overrides):
   ds, t_vars, run = _stage(c)
   tx, state = run.init_state()
   batch = _first_batch(c, ds)
-  hp = step.hyperparams(c)
+  hp = step.hyperparams(config_lib.read_specs(c))
   new, metrics = jax.jit(step.make_train_step(run.spec(), tx))(
       state, batch, hp, t_vars)
   # The reference: the models' features from one forward pass each.

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from kd_jax import config_lib
 from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.train import pipeline as train
@@ -23,8 +24,7 @@ def _stage(tmp_path, name="run", **overrides):
   c = helpers.tiny_config("dataset=digits,method=none,student=resnet18",
                           **{"finetune.frozen_epochs": 1, **overrides})
   ds = data.load(c)
-  return c, ds, stage.Stage(
-      c, role="student", model_name=c.student.name, method="none",
+  return c, ds, stage.Stage(config_lib.read_specs(c), role="student", model_name=c.student.name, method="none",
       stage_dir=str(tmp_path / name), num_epochs=2,
       learning_rate=c.learning_rate, ds=ds, mesh=MESH, frozen_epochs=1)
 
@@ -42,7 +42,7 @@ def test_frozen_phase_trains_the_head_only(tmp_path):
       MESH, jax.sharding.PartitionSpec()))
   batches = data.train_batches(ds.train, global_batch=c.batch_size, seed=0,
                                epoch=0, num_steps=3, image_size=32)
-  hp = step.hyperparams(c)
+  hp = step.hyperparams(config_lib.read_specs(c))
   for batch in batches:
     state, m = frozen_step(state, batch, hp, None)
     assert float(m["finite"]) == 1.0
@@ -110,7 +110,7 @@ def test_a_method_none_run_is_a_teacher_and_an_init_for_another_task(tmp_path):
                           **{"teacher.name": "resnet18",
                              "teacher.checkpoint": src})
   ds = data.load(c)
-  teacher = train.load_frozen(c, ds, MESH, src)
+  teacher = train.load_frozen(config_lib.read_specs(c), ds, MESH, src)
   assert teacher.path == os.path.join(src, "student", "checkpoints", "best")
   saved = _flat(helpers.restore_raw(teacher.path, "model")[1])
   assert all(np.array_equal(saved[k], v) for k, v in
@@ -122,7 +122,7 @@ def test_a_method_none_run_is_a_teacher_and_an_init_for_another_task(tmp_path):
                           **{"dataset.data_dir": folder,
                              "student.init_from": src})
   ds = data.load(c)
-  run = stage.Stage(c, role="student", model_name=c.student.name,
+  run = stage.Stage(config_lib.read_specs(c), role="student", model_name=c.student.name,
                     method="none", stage_dir=str(tmp_path / "new"),
                     num_epochs=1, learning_rate=1e-3, ds=ds, mesh=MESH,
                     init_from=src)

@@ -66,8 +66,8 @@ def test_two_stage_fitnets_hint_stage_feeds_kd_stage(tmp_path):
   # ... trained the layers up to the guided layer and left the head alone
   # (no gradient reaches it; no weight decay).
   mesh = sharding.make_mesh()
-  teacher = train.load_frozen(c, ds, mesh, workdir)
-  fresh = stage.Stage(c, role="hint", model_name="tiny_cnn", method="hint",
+  teacher = train.load_frozen(config_lib.read_specs(c), ds, mesh, workdir)
+  fresh = stage.Stage(config_lib.read_specs(c), role="hint", model_name="tiny_cnn", method="hint",
                       stage_dir=str(tmp_path / "unused"), num_epochs=1,
                       learning_rate=c.learning_rate, ds=ds, mesh=mesh,
                       teacher=teacher, hint=("block1", "block1"))
@@ -77,7 +77,7 @@ def test_two_stage_fitnets_hint_stage_feeds_kd_stage(tmp_path):
   assert np.array_equal(init_p["head"]["kernel"], hint_vars["params"]["head"]["kernel"])
   assert not np.allclose(init_p["conv1"]["kernel"], hint_vars["params"]["conv1"]["kernel"])
   # Stage 2 starts exactly from stage 1's weights.
-  stage2 = stage.Stage(c, role="student", model_name="tiny_cnn",
+  stage2 = stage.Stage(config_lib.read_specs(c), role="student", model_name="tiny_cnn",
                        method="fitnets", stage_dir=str(tmp_path / "unused2"),
                        num_epochs=1, learning_rate=c.learning_rate, ds=ds,
                        mesh=mesh, teacher=teacher,

@@ -120,7 +120,7 @@ p, bs = {{"student": p}}, {{"student": bs}}
 st = step_lib.new_train_state(tx, p, bs)
 repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
 new, _ = jax.jit(step, in_shardings=(repl, bsh, repl, repl))(
-    st, sharding.global_batch(host, mesh), step_lib.hyperparams(c), None)
+    st, sharding.global_batch(host, mesh), step_lib.hyperparams(config_lib.read_specs(c)), None)
 for path, v in jax.tree_util.tree_flatten_with_path(
     jax.device_get({{"params": new.params, "batch_stats": new.batch_stats}}))[0]:
   flat["bn_step/" + "/".join(str(k) for k in path)] = np.asarray(v)

@@ -20,7 +20,7 @@ def _setup(method, **overrides):
   ds = data.load(c)
   teacher = models.get_model("mlp_small", num_classes=ds.num_classes)
   t_vars = models.init(teacher, jax.random.PRNGKey(9), c.dataset.image_size)
-  run = stage.Stage(c, role="student", model_name=c.student.name,
+  run = stage.Stage(config_lib.read_specs(c), role="student", model_name=c.student.name,
                     method=method, stage_dir="/nonexistent", num_epochs=2,
                     learning_rate=c.learning_rate, ds=ds,
                     mesh=jax.sharding.Mesh(np.asarray(jax.devices()[:1]),
@@ -38,7 +38,7 @@ def test_ctkd_temperature_follows_the_curriculum_inside_the_step(lam, moves):
   c, run, tx, state, batch, t_vars = _setup(
       "ctkd", **{"kd.lambda_min": lam, "kd.lambda_max": lam})
   train_step = jax.jit(step.make_train_step(run.spec(), tx))
-  new, m = train_step(state, batch, step.hyperparams(c), t_vars)
+  new, m = train_step(state, batch, step.hyperparams(config_lib.read_specs(c)), t_vars)
   moved = float(new.params["temperature"]) != float(state.params["temperature"])
   assert moved is moves
   assert float(m["finite"]) == 1.0
@@ -61,11 +61,11 @@ def test_vmapped_step_equals_plain_steps(mixed):
   train_step = step.make_train_step(spec, tx)
   configs = [c.copy_and_resolve_references() for _ in range(2)]
   configs[1].kd.temperature, configs[1].kd.alpha, configs[1].seed = 2.0, 0.9, 3
-  plain = [jax.jit(train_step)(state, batch, step.hyperparams(k), t_vars)
+  plain = [jax.jit(train_step)(state, batch, step.hyperparams(config_lib.read_specs(k)), t_vars)
            for k in configs]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), state, state)
   vm_state, vm_metrics = jax.jit(jax.vmap(train_step, in_axes=(0, None, 0, None)))(
-      stacked, batch, step.stack_hyperparams(configs), t_vars)
+      stacked, batch, step.stack_hyperparams([config_lib.read_specs(k) for k in configs]), t_vars)
   for i, (p_state, p_metrics) in enumerate(plain):
     # The vmapped program rounds in another fusion order; Adam normalises
     # the few near-zero gradients that differ up to a step's size (~1e-5).

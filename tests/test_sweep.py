@@ -36,8 +36,8 @@ def _poison_teacher_cache(config, teacher_dir, rows):
   training logits of `rows`: a teacher that fails on a few inputs."""
   ds = data.load(config)
   mesh = sharding.make_mesh()
-  teacher = train.load_frozen(config, ds, mesh, teacher_dir)
-  teacher_cache.load_or_compute(config, ds, type(teacher.model).__name__,
+  teacher = train.load_frozen(config_lib.read_specs(config), ds, mesh, teacher_dir)
+  teacher_cache.load_or_compute(config_lib.read_specs(config), ds, type(teacher.model).__name__,
                                 teacher, mesh)
   (path,) = glob.glob(os.path.join(config.teacher.cache_dir, "*", "train.npy"))
   logits = np.load(path)

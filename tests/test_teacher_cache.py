@@ -50,7 +50,7 @@ def test_cache_holds_the_teachers_logits_for_every_example(runs):
   (key_dir,) = os.listdir(c.teacher.cache_dir)
   ds = data.load(c)
   mesh = sharding.make_mesh()
-  teacher = train.load_frozen(c, ds, mesh, workdir)
+  teacher = train.load_frozen(config_lib.read_specs(c), ds, mesh, workdir)
   for name in teacher_cache.SPLITS:
     cached = np.load(os.path.join(c.teacher.cache_dir, key_dir, name + ".npy"))
     split = getattr(ds, name)
@@ -67,19 +67,19 @@ def test_cache_key_changes_with_teacher_data_and_preprocessing(runs):
   c, workdir, _ = out["cached"]
   ds = data.load(c)
   mesh = sharding.make_mesh()
-  teacher = train.load_frozen(c, ds, mesh, workdir)
-  key = teacher_cache.cache_key(c, ds, "SimpleCNN", teacher)
-  assert key == teacher_cache.cache_key(c, data.load(c), "SimpleCNN", teacher)
+  teacher = train.load_frozen(config_lib.read_specs(c), ds, mesh, workdir)
+  key = teacher_cache.cache_key(config_lib.read_specs(c), ds, "SimpleCNN", teacher)
+  assert key == teacher_cache.cache_key(config_lib.read_specs(c), data.load(c), "SimpleCNN", teacher)
   other_teacher = teacher._replace(variables=jax.tree.map(
       lambda a: a * 1.0001, teacher.variables))
   c2 = helpers.tiny_config("dataset=digits,image_size=24")
   images = ds.train.images.copy()
   images[0, 0, 0, 0] ^= 1  # one pixel of one training image
   ds3 = dataclasses.replace(ds, train=dataclasses.replace(ds.train, images=images))
-  keys = {key, teacher_cache.cache_key(c, ds, "SimpleCNN", other_teacher),
-          teacher_cache.cache_key(c2, ds, "SimpleCNN", teacher),
-          teacher_cache.cache_key(c, ds3, "SimpleCNN", teacher),
-          teacher_cache.cache_key(c, ds, "TinyCNN", teacher)}
+  keys = {key, teacher_cache.cache_key(config_lib.read_specs(c), ds, "SimpleCNN", other_teacher),
+          teacher_cache.cache_key(config_lib.read_specs(c2), ds, "SimpleCNN", teacher),
+          teacher_cache.cache_key(config_lib.read_specs(c), ds3, "SimpleCNN", teacher),
+          teacher_cache.cache_key(config_lib.read_specs(c), ds, "TinyCNN", teacher)}
   assert len(keys) == 5
 
 
@@ -98,7 +98,7 @@ def test_cache_is_reused_and_refused_with_augmentation(runs, tmp_path):
   assert os.path.getmtime(npy) == mtime
   c3 = helpers.tiny_config("dataset=digits", **{"teacher.cache_dir": "/x",
                                                "dataset.random_flip": True})
-  assert teacher_cache.usable(c3) == (
+  assert teacher_cache.usable(config_lib.read_specs(c3)) == (
       False, "augmentation changes the teacher's input every epoch")
 
 
@@ -131,7 +131,7 @@ def test_cached_hint_features_give_the_same_fitnets_student(tmp_path, stages):
   (key_dir,) = os.listdir(cache)
   feats = np.load(os.path.join(cache, key_dir, "train.hint-block1.npy"))
   ds = data.load(cached_c)
-  teacher = train.load_frozen(cached_c, ds, sharding.make_mesh(), teacher_dir)
+  teacher = train.load_frozen(config_lib.read_specs(cached_c), ds, sharding.make_mesh(), teacher_dir)
   x = step.Preprocess.from_spec(config_lib.data_spec(cached_c))(jnp.asarray(ds.train.images))
   direct = np.asarray(models.apply_with_features(
       teacher.model, teacher.variables, x, train=False)[1]["block1"])
@@ -146,14 +146,14 @@ def test_bf16_training_keeps_f32_params_and_tracks_f32_loss(tmp_path):
   losses = {}
   for mp in (False, True):
     c.mixed_precision = mp
-    run = stage.Stage(c, role="student", model_name="tiny_cnn", method="none",
+    run = stage.Stage(config_lib.read_specs(c), role="student", model_name="tiny_cnn", method="none",
                       stage_dir=str(tmp_path / "unused"), num_epochs=1,
                       learning_rate=c.learning_rate, ds=ds, mesh=mesh)
     tx, state = run.init_state()
     train_step = jax.jit(step.make_train_step(run.spec(), tx))
     batch = next(data.train_batches(ds.train, global_batch=16, seed=0, epoch=0,
                                     num_steps=1, image_size=28))
-    new, m = train_step(state, batch, step.hyperparams(c), None)
+    new, m = train_step(state, batch, step.hyperparams(config_lib.read_specs(c)), None)
     losses[mp] = float(m["loss"])
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
   # bf16 has an 8-bit mantissa: the loss agrees to ~1e-2, not bitwise.

@@ -84,7 +84,7 @@ def test_bf16_teacher_in_the_train_step_keeps_a_float32_loss(setup):
   losses = {}
   for dtype in ("float32", "bfloat16"):
     c = _config(dtype)
-    run = stage.Stage(c, role="student", model_name=c.student.name,
+    run = stage.Stage(config_lib.read_specs(c), role="student", model_name=c.student.name,
                       method="vanilla", stage_dir="/nonexistent", num_epochs=1,
                       learning_rate=c.learning_rate, ds=ds, mesh=mesh,
                       teacher=step.Frozen(model, t_vars))
@@ -93,7 +93,7 @@ def test_bf16_teacher_in_the_train_step_keeps_a_float32_loss(setup):
                                     seed=0, epoch=0, num_steps=1,
                                     image_size=c.dataset.image_size))
     new, m = jax.jit(step.make_train_step(run.spec(), tx))(
-        state, batch, step.hyperparams(c), t_vars)
+        state, batch, step.hyperparams(config_lib.read_specs(c)), t_vars)
     assert m["loss"].dtype == jnp.float32
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(new.params))
     losses[dtype] = float(m["loss"])
@@ -105,13 +105,13 @@ def test_cache_runs_the_teacher_in_its_dtype_under_its_own_key(setup):
   teacher = step.Frozen(model, t_vars)
   mesh = sharding.make_mesh()
   c32, c16 = _config("float32"), _config("bfloat16")
-  assert (teacher_cache.cache_key(c32, ds, "simple_cnn", teacher)
-          != teacher_cache.cache_key(c16, ds, "simple_cnn", teacher))
-  want = teacher_cache.compute_logits(c32, teacher, ds.val, mesh)
+  assert (teacher_cache.cache_key(config_lib.read_specs(c32), ds, "simple_cnn", teacher)
+          != teacher_cache.cache_key(config_lib.read_specs(c16), ds, "simple_cnn", teacher))
+  want = teacher_cache.compute_logits(config_lib.read_specs(c32), teacher, ds.val, mesh)
   x = step.Preprocess.from_spec(config_lib.data_spec(c32))(jnp.asarray(ds.val.images))
   np.testing.assert_allclose(want, model.apply(t_vars, x, train=False),
                              rtol=1e-5, atol=1e-5)
-  got = teacher_cache.compute_logits(c16, teacher, ds.val, mesh)
+  got = teacher_cache.compute_logits(config_lib.read_specs(c16), teacher, ds.val, mesh)
   assert got.dtype == np.float32
   _close_in_bf16(jnp.asarray(got), jnp.asarray(want))
 

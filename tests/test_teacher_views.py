@@ -68,7 +68,7 @@ def test_views_hold_the_logits_of_each_augmented_batch(runs, teacher_dir):
   # Recomputed here: batch s of epoch 1, augmented as step spe + s.
   ds = data.load(c)
   mesh = sharding.make_mesh()
-  teacher = train.load_frozen(c, ds, mesh, teacher_dir)
+  teacher = train.load_frozen(config_lib.read_specs(c), ds, mesh, teacher_dir)
   spec = step.make_spec(config_lib.read_specs(c), models.get_model("simple_cnn", num_classes=10),
                         "vanilla", steps_per_epoch=spe, teacher=teacher.model)
   batches = data.train_batches(ds.train, global_batch=c.batch_size,
@@ -97,11 +97,11 @@ def test_another_cell_reads_the_views(runs, teacher_dir, tmp_path):
 
 def test_when_views_are_not_cached(teacher_dir):
   c = _config(teacher_dir, "/c")
-  assert teacher_cache.views_problem(c) is None
-  assert teacher_cache.views_problem(_config(teacher_dir, "")) == "off"
+  assert teacher_cache.views_problem(config_lib.read_specs(c)) is None
+  assert teacher_cache.views_problem(config_lib.read_specs(_config(teacher_dir, ""))) == "off"
   c.dataset.random_flip = c.dataset.random_crop = False
-  assert teacher_cache.views_problem(c).startswith("no augmentation")
-  assert teacher_cache.views_problem(_config(teacher_dir, "/c"),
+  assert teacher_cache.views_problem(config_lib.read_specs(c)).startswith("no augmentation")
+  assert teacher_cache.views_problem(config_lib.read_specs(_config(teacher_dir, "/c")),
                                      live="hints") == "hints"
 
 

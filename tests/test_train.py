@@ -221,13 +221,13 @@ def test_a_stage_resumes_only_its_own_checkpoint(tmp_path):
                               scratch_baseline=False, num_epochs=1,
                               **{"dataset.train_limit": 96})
   ds = data.load(other)
-  mine = checkpointing.fingerprint(other, ds, "student", other.student.name)
+  mine = checkpointing.fingerprint(config_lib.read_specs(other), ds, "student", other.student.name)
   with pytest.raises(UserError) as e:
     train.train_and_evaluate(other, workdir)
   msg = str(e.value)
   assert "\n" not in msg and mine in msg and "use another --workdir" in msg
   assert not os.path.exists(os.path.join(workdir, "config.json"))  # refused first
-  theirs = checkpointing.fingerprint(first, data.load(first), "student",
+  theirs = checkpointing.fingerprint(config_lib.read_specs(first), data.load(first), "student",
                              first.student.name)
   assert theirs in msg and theirs != mine
   # The same config resumes its own checkpoint (its stage results removed).

@@ -28,10 +28,10 @@ def test_students_get_a_stratified_transfer_set_and_the_teacher_all(tmp_path):
                              "dataset.transfer_limit": 24})
   ds = data.load(c)
   assert len(ds.train) == 80
-  assert data.stage_data(c, ds, "teacher") is ds
+  assert data.stage_data(ds, "teacher", c.dataset.transfer_limit) is ds
   full_paths = set(ds.train.paths)
   for role in ("student", "scratch", "assistant", "hint"):
-    part = data.stage_data(c, ds, role)
+    part = data.stage_data(ds, role, c.dataset.transfer_limit)
     assert len(part.train) == 24
     assert np.bincount(part.train.labels).tolist() == [6, 6, 6, 6]
     assert set(part.train.paths) <= full_paths
@@ -41,10 +41,10 @@ def test_students_get_a_stratified_transfer_set_and_the_teacher_all(tmp_path):
                                 "dataset.data_dir": c.dataset.data_dir,
                                 "dataset.train_limit": 0,
                                 "dataset.transfer_limit": 24, "seed": 3})
-    assert list(data.stage_data(c2, ds, role).train.paths) == list(part.train.paths)
-    assert data.stage_data(c, part, role).train is part.train  # idempotent
+    assert list(data.stage_data(ds, role, c2.dataset.transfer_limit).train.paths) == list(part.train.paths)
+    assert data.stage_data(part, role, c.dataset.transfer_limit).train is part.train  # idempotent
   c.dataset.transfer_limit = 0
-  assert data.stage_data(c, ds, "student") is ds
+  assert data.stage_data(ds, "student", c.dataset.transfer_limit) is ds
 
 
 @pytest.mark.parametrize("field", ["transfer_limit", "train_limit", "eval_limit"])

@@ -8,8 +8,8 @@
   validation  `validate`: one-line errors; returns what it resolved and
               leaves the config as it is
   specs       the validated config read once into frozen specs (data,
-              optimizer, KD, run) for the loop, batching, evaluation and
-              the optimizer
+              optimizer, KD, run, teacher, loss) for the stages, the loop,
+              batching, evaluation, the teacher cache and the optimizer
 
 Every file in `configs/` is an ml_collections `get_config(arg=None)` that
 starts from `base_config()` and applies `apply_arg(config, arg)`; the arg
@@ -38,6 +38,7 @@ from kd_jax.config_lib.derived import (  # noqa: F401
 from kd_jax.config_lib.validation import (  # noqa: F401
     validate)
 from kd_jax.config_lib.specs import (  # noqa: F401
-    DataSpec, OptimizerSpec, RunSpec, Specs, data_seed, data_spec,
-    optimizer_and_kd, optimizer_spec, read_specs, run_spec)
+    DataSpec, LossSpec, OptimizerSpec, RunSpec, Specs, TeacherSpec,
+    data_seed, data_spec, loss_spec, optimizer_and_kd, optimizer_spec,
+    read_specs, run_spec, teacher_spec)
 from kd_jax.errors import UserError  # noqa: F401  (users catch it here)

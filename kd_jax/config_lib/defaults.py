@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps_per_epoch = 0  # 0 = full epoch (tiny mode caps it)
   c.scratch_baseline = False  # also train the student without a teacher
   c.mixed_precision = False  # bf16 compute in training (f32 params, loss)
+  c.bn_recalibration_steps = 0  # precise BN before evaluations (precise_bn.py)
   # A non-finite loss or gradient: 'stop' (one-line error naming the step and
   # the last good checkpoint) or 'skip' (drop that step's update, count it).
   c.nan_policy = "stop"

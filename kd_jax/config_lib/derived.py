@@ -150,23 +150,23 @@ def _default_pairs(rule, s_shapes, t_shapes, names):
           "stages_and_pooled": stages + [pooled]}[rule]
 
 
-def feature_layer_pairs(c, student_shapes, teacher_shapes, *, student_name,
-                        teacher_name) -> tuple:
-  """((student layer, teacher layer), ...) of config.kd.method's feature
+def feature_layer_pairs(method, feature_layers, student_shapes,
+                        teacher_shapes, *, student_name, teacher_name) -> tuple:
+  """((student layer, teacher layer), ...) of `method`'s feature
   term for these models ({name: shape}: models.feature_shapes): those of
   config.kd.feature_layers, else the method's default (methods.FeatureTerm:
   the deepest stage maps of both models paired from the last, and/or
   'pre_logits'). UserError for a name a model lacks, or a flat feature
   where the method needs maps."""
-  term = methods.get(c.kd.method).feature
+  term = methods.get(method).feature
   names = (student_name, teacher_name)
   pairs = [tuple(p.split(":", 1)) if ":" in p else (p, p)
-           for p in model_list(c.kd.feature_layers)]
+           for p in model_list(feature_layers)]
   pairs = pairs or _default_pairs(term.layers, student_shapes, teacher_shapes,
                                   names)
   if term.one_pair and len(pairs) != 1:
-    raise UserError(f"config.kd.feature_layers={c.kd.feature_layers!r}: "
-                    f"method {c.kd.method!r} takes one layer pair")
+    raise UserError(f"config.kd.feature_layers={feature_layers!r}: "
+                    f"method {method!r} takes one layer pair")
   for pair in pairs:
     for layer, shapes, name in zip(pair, (student_shapes, teacher_shapes),
                                    names):
@@ -175,7 +175,7 @@ def feature_layer_pairs(c, student_shapes, teacher_shapes, *, student_name,
                         f" of {name}; allowed: {', '.join(shapes)}")
       if term.maps and len(shapes[layer]) != 4:
         raise UserError(
-            f"config.kd.feature_layers: method {c.kd.method!r} needs feature "
+            f"config.kd.feature_layers: method {method!r} needs feature "
             f"maps [B, H, W, C]; {name}.{layer} has shape "
             f"{'x'.join(map(str, shapes[layer][1:]))}")
   return tuple(pairs)

@@ -4,8 +4,10 @@ hashable, so a jitted function may close over it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
-from kd_jax.config_lib.derived import int_list, normalization, teacher_bf16
+from kd_jax.config_lib.derived import (as_json, class_weights_setting,
+                                       int_list, normalization, teacher_bf16)
 from kd_jax.distill import methods
 
 
@@ -21,6 +23,7 @@ class DataSpec:
   crop_padding: int = 4
   balanced_sampling: bool = False
   data_seed: int = 0  # the data order and augmentation's (config.data_seed, or seed)
+  transfer_limit: int = 0  # the distilled stages' training images (0: all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,30 @@ class RunSpec:
   early_stopping_patience: int = 5
   mixed_precision: bool = False
   teacher_bf16: bool = False  # teacher.compute_dtype: its forward in bf16
+  bn_recalibration_steps: int = 0  # precise BN before evaluations (0: off)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+  """Where the frozen teacher comes from and how its logits are computed
+  and cached."""
+  name: str
+  checkpoint: str = ""
+  cache_dir: str = ""  # '' : no teacher cache
+  compute_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """The method, its per-cell numbers (the step takes them as arrays), its
+  feature layers and the cross-entropy's class weights."""
+  method: str
+  temperature: float
+  alpha: float
+  schedule: str = "cosine"
+  feature_layers: str = ""  # config.kd.feature_layers ('' : the method's)
+  class_weights: object = None  # None, 'balanced' or a tuple of floats
+  class_weights_text: str = "none"  # as given, for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +88,11 @@ class Specs:
   optimizer: OptimizerSpec
   kd: methods.KDSpec
   run: RunSpec
+  teacher: TeacherSpec
+  loss: LossSpec
+  # The resolved config as recorded (config_lib.as_json, sorted keys): what
+  # a stage's checkpoint fingerprint hashes.
+  config_json: str
 
 
 def data_seed(c) -> int:
@@ -75,7 +107,8 @@ def data_spec(c) -> DataSpec:
       eval_batch_size=int(c.eval_batch_size), normalization=normalization(c),
       random_crop=bool(d.random_crop), random_flip=bool(d.random_flip),
       crop_padding=int(d.crop_padding),
-      balanced_sampling=bool(d.balanced_sampling), data_seed=data_seed(c))
+      balanced_sampling=bool(d.balanced_sampling), data_seed=data_seed(c),
+      transfer_limit=int(d.transfer_limit))
 
 
 def optimizer_spec(c) -> OptimizerSpec:
@@ -98,7 +131,24 @@ def run_spec(c) -> RunSpec:
       checkpoint_every_steps=int(c.checkpoint_every_steps),
       nan_policy=c.nan_policy, select_metric=c.select_metric,
       early_stopping_patience=int(c.early_stopping_patience),
-      mixed_precision=bool(c.mixed_precision), teacher_bf16=teacher_bf16(c))
+      mixed_precision=bool(c.mixed_precision), teacher_bf16=teacher_bf16(c),
+      bn_recalibration_steps=int(c.bn_recalibration_steps))
+
+
+def teacher_spec(c) -> TeacherSpec:
+  t = c.teacher
+  return TeacherSpec(name=t.name, checkpoint=t.checkpoint,
+                     cache_dir=t.cache_dir, compute_dtype=t.compute_dtype)
+
+
+def loss_spec(c) -> LossSpec:
+  k = c.kd
+  return LossSpec(
+      method=k.method, temperature=float(k.temperature),
+      alpha=float(k.alpha), schedule=k.schedule,
+      feature_layers=str(k.feature_layers),
+      class_weights=class_weights_setting(c),
+      class_weights_text=str(c.loss.class_weights))
 
 
 def optimizer_and_kd(c) -> tuple[OptimizerSpec, methods.KDSpec]:
@@ -109,4 +159,5 @@ def optimizer_and_kd(c) -> tuple[OptimizerSpec, methods.KDSpec]:
 def read_specs(c) -> Specs:
   """The specs of a validated config."""
   return Specs(data_spec(c), optimizer_spec(c), methods.kd_spec(c.kd),
-               run_spec(c))
+               run_spec(c), teacher_spec(c), loss_spec(c),
+               json.dumps(as_json(c), sort_keys=True))

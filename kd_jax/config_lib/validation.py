@@ -164,6 +164,9 @@ def _validate_weights(c):
                     "distillation need the teacher model (teacher.checkpoint)")
   if c.teacher.logits and not os.path.isfile(c.teacher.logits):
     raise UserError(f"config.teacher.logits={c.teacher.logits!r}: no such file")
+  if c.bn_recalibration_steps < 0:
+    raise UserError(f"config.bn_recalibration_steps={c.bn_recalibration_steps}"
+                    " must be >= 0 (0: off)")
   f = c.finetune
   if f.frozen_epochs < 0:
     raise UserError(f"config.finetune.frozen_epochs={f.frozen_epochs} must be "
@@ -296,7 +299,8 @@ def _validate_features(c, one_of, models) -> None:
   chain = [c.teacher.name] + model_list(k.assistants) + [c.student.name]
   size = c.dataset.image_size
   for teacher, student in zip(chain[:-1], chain[1:]):
-    feature_layer_pairs(c, models.feature_shapes(student, 10, size),
+    feature_layer_pairs(k.method, k.feature_layers,
+                        models.feature_shapes(student, 10, size),
                         models.feature_shapes(teacher, 10, size),
                         student_name=student, teacher_name=teacher)
 

@@ -435,13 +435,13 @@ def limit(split: Split, n, seed=SAMPLE_SEED) -> Split:
   return split.take(np.sort(np.concatenate(picks)))
 
 
-def stage_data(config, ds: Dataset, role: str) -> Dataset:
+def stage_data(ds: Dataset, role: str, transfer_limit: int) -> Dataset:
   """The data a stage of `role` trains on: every training image for the
-  teacher, the transfer set (`dataset.transfer_limit`) for the others."""
-  n = config.dataset.transfer_limit
-  if role == "teacher" or not n:
+  teacher, the transfer set (`dataset.transfer_limit` images) for the
+  others."""
+  if role == "teacher" or not transfer_limit:
     return ds
-  return dataclasses.replace(ds, train=limit(ds.train, n))
+  return dataclasses.replace(ds, train=limit(ds.train, transfer_limit))
 
 
 def resolve_name(name):

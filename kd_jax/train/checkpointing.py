@@ -285,17 +285,18 @@ def load_teacher(path: str, *, expected_model: str, num_classes: int,
   return variables, meta
 
 
-def fingerprint(config, ds, role, model_name) -> str:
+def fingerprint(specs: config_lib.Specs, ds, role, model_name) -> str:
   """What a stage's 'latest' checkpoint belongs to: the config, the stage
   and the data. A resumed stage refuses another stage's checkpoint."""
   h = hashlib.blake2b(digest_size=8)
-  cfg = config_lib.as_json(config)
+  cfg = json.loads(specs.config_json)
   h.update(json.dumps([cfg, role, model_name], sort_keys=True).encode())
-  h.update(data.digest(data.stage_data(config, ds, role)).encode())
+  stage_ds = data.stage_data(ds, role, specs.data.transfer_limit)
+  h.update(data.digest(stage_ds).encode())
   return h.hexdigest()
 
 
-def check_resumable(workdir, config, ds):
+def check_resumable(workdir, specs: config_lib.Specs, ds):
   """Refuses, before anything is written, a workdir whose unfinished stages
   hold 'latest' checkpoints of another config or data (a run whose
   checkpoints outlived its deleted workdir). Several processes check
@@ -308,7 +309,7 @@ def check_resumable(workdir, config, ds):
     meta = latest_meta(stage_dir)
     if not meta or "fingerprint" not in meta:
       continue
-    mine = fingerprint(config, ds, meta["role"], meta["model"])
+    mine = fingerprint(specs, ds, meta["role"], meta["model"])
     if meta["fingerprint"] != mine:
       raise UserError(
           f"{stage_dir}/checkpoints/latest belongs to another run (stage "

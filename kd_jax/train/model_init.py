@@ -42,11 +42,11 @@ def init_variables(model, image_size: int, mesh, rng):
   return make_init(model, image_size, mesh)(rng)
 
 
-def init_rng(config, role):
+def init_rng(seed, role):
   """Scratch and KD students start from the same weights (a paired
   comparison: only the teacher's signal differs)."""
   role_key = {"teacher": 1, "student": 2, "scratch": 2, "hint": 2}.get(role, 3)
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), role_key)
+  return jax.random.fold_in(jax.random.PRNGKey(seed), role_key)
 
 
 def inference_variables(state):

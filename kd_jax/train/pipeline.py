@@ -46,11 +46,11 @@ from kd_jax.train import step as step_lib
 from kd_jax.train.stage import Stage
 
 
-def load_frozen(config, ds, mesh, path, name=None,
+def load_frozen(specs: config_lib.Specs, ds, mesh, path, name=None,
                 subclasses=1) -> step_lib.Frozen:
   """A frozen model (teacher or assistant) from a kd_jax model checkpoint or
   a foreign weight file (`torchvision:PATH`, `timm:PATH`, `keras:PATH`)."""
-  name = name or config.teacher.name
+  name = name or specs.teacher.name
   outputs = ds.num_classes * subclasses
   model = models.get_model(name, num_classes=outputs)
   if weight_spec.foreign_source(path):
@@ -58,10 +58,10 @@ def load_frozen(config, ds, mesh, path, name=None,
         path, model_name=name, outputs=outputs,
         sharding_=sharding.replicated(mesh))
     return step_lib.Frozen(model, variables, subclasses, where)
-  like = models.init_shapes(name, outputs, config.dataset.image_size)
+  like = models.init_shapes(name, outputs, specs.data.image_size)
   variables, _ = checkpointing.load_teacher(
       path, expected_model=name, num_classes=ds.num_classes,
-      image_size=config.dataset.image_size, like_variables=like,
+      image_size=specs.data.image_size, like_variables=like,
       sharding=sharding.replicated(mesh), subclasses=subclasses)
   where = checkpointing.resolve_model_dir(path)
   reporting.log(f"[teacher] {name} loaded from {where}")
@@ -102,10 +102,10 @@ class _Run:
   mesh: Any
   groups: int  # logits per class (subclass distillation)
   links: tuple  # each link's (guided layer, hint layer); () without hints
-  specs: config_lib.Specs  # the config read once (loop, data, optimizer)
+  specs: config_lib.Specs  # the config read once
 
   def common(self) -> dict:
-    return dict(ds=self.ds, mesh=self.mesh, specs=self.specs)
+    return dict(ds=self.ds, mesh=self.mesh)
 
   def student_run(self, config) -> dict:
     return dict(num_epochs=config.num_epochs,
@@ -125,12 +125,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # checkpoint is the next link's teacher.
   for i, name in enumerate(config_lib.model_list(config.kd.assistants)):
     link_dir = os.path.join(workdir, f"assistant{i + 1}_{name}")
-    rows.append(Stage(config, role=f"assistant{i + 1}", model_name=name,
+    rows.append(Stage(run.specs, role=f"assistant{i + 1}", model_name=name,
                       method=config.kd.method, stage_dir=link_dir,
                       teacher=teacher, subclasses=run.groups,
                       hint=run.links[i] if run.links else None,
                       **run.student_run(config)).run())
-    teacher = load_frozen(config, run.ds, run.mesh, link_dir, name=name,
+    teacher = load_frozen(run.specs, run.ds, run.mesh, link_dir, name=name,
                           subclasses=run.groups)
   rows += _student_rows(config, workdir, run, teacher)
   summary = reporting.summarize_run(config_lib.as_json(config), run.ds, rows)
@@ -144,6 +144,7 @@ def _prepare(config, workdir, overwrite):
   """(run, loaded teacher or None, teacher row or None): every check that
   can fail on the user's input, before the workdir is touched."""
   config_lib.validate(config)
+  specs = config_lib.read_specs(config)
   preemption.install_sigterm_handler()
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "batch_size", mesh)
@@ -160,12 +161,11 @@ def _prepare(config, workdir, overwrite):
     ds = teacher_logits.attach(config, ds)
     teacher_result = logits_teacher_result(config, ds)
   elif methods.get(config.kd.method).teacher and config.teacher.checkpoint:
-    teacher = load_frozen(config, ds, mesh, config.teacher.checkpoint,
+    teacher = load_frozen(specs, ds, mesh, specs.teacher.checkpoint,
                           subclasses=groups)
   check_workdir(workdir, config, overwrite)
-  checkpointing.check_resumable(workdir, config, ds)
-  return (_Run(ds, mesh, groups, links, config_lib.read_specs(config)),
-          teacher, teacher_result)
+  checkpointing.check_resumable(workdir, specs, ds)
+  return _Run(ds, mesh, groups, links, specs), teacher, teacher_result
 
 
 def _start_workdir(config, workdir, run):
@@ -175,8 +175,9 @@ def _start_workdir(config, workdir, run):
                          config_lib.as_json(config))
   reporting.log(f"data: {run.ds.describe()}; devices: {run.mesh.size} "
                 f"({jax.default_backend()}, {jax.process_count()} process(es))")
-  if config.dataset.transfer_limit:
-    n = len(data.stage_data(config, run.ds, "student").train)
+  if run.specs.data.transfer_limit:
+    n = len(data.stage_data(run.ds, "student",
+                            run.specs.data.transfer_limit).train)
     reporting.log(f"transfer set: {n} of the {len(run.ds.train)} training "
                   "images (the teacher trains on all of them)")
 
@@ -185,16 +186,17 @@ def _teacher(config, workdir, run, teacher):
   """(frozen teacher, its row): the loaded one evaluated, or one trained
   in workdir/teacher."""
   if teacher is not None:
-    return teacher, evaluate_loaded_teacher(config, run.ds, run.mesh, teacher)
+    return teacher, evaluate_loaded_teacher(run.specs, run.ds, run.mesh,
+                                            teacher)
   result = Stage(
-      config, role="teacher", model_name=config.teacher.name,
+      run.specs, role="teacher", model_name=config.teacher.name,
       method=methods.SUBCLASS_TEACHER if run.groups > 1 else methods.SCRATCH,
       stage_dir=os.path.join(workdir, "teacher"), subclasses=run.groups,
       init_from=config.teacher.init_from,
       frozen_epochs=finetune_epochs(config, config.teacher.init_from),
       num_epochs=config_lib.teacher_epochs(config),
       learning_rate=config_lib.teacher_lr(config), **run.common()).run()
-  teacher = load_frozen(config, run.ds, run.mesh,
+  teacher = load_frozen(run.specs, run.ds, run.mesh,
                         os.path.join(workdir, "teacher"), subclasses=run.groups)
   return teacher, result
 
@@ -208,7 +210,7 @@ def _student_rows(config, workdir, run, teacher) -> list:
   s_frozen = finetune_epochs(config, s_init)
   if run.links and kd.hint_stages == 2:
     hint_dir = os.path.join(workdir, "hint")
-    rows.append(Stage(config, role="hint", model_name=config.student.name,
+    rows.append(Stage(run.specs, role="hint", model_name=config.student.name,
                       method=methods.HINT, stage_dir=hint_dir, teacher=teacher,
                       hint=hint, select_best=False, init_from=s_init,
                       num_epochs=config_lib.hint_epochs(config),
@@ -216,13 +218,13 @@ def _student_rows(config, workdir, run, teacher) -> list:
     init_from, hint = hint_dir, None  # stage 2: KD from the hint weights
     s_frozen = 0
   if config.scratch_baseline and (method.teacher or method.cohort):
-    rows.append(Stage(config, role="scratch", model_name=config.student.name,
+    rows.append(Stage(run.specs, role="scratch", model_name=config.student.name,
                       method=methods.SCRATCH,
                       stage_dir=os.path.join(workdir, "scratch"),
                       teacher=teacher, init_from=s_init,
                       frozen_epochs=finetune_epochs(config, s_init),
                       **run.student_run(config)).run())
-  rows.append(Stage(config, role="student", model_name=config.student.name,
+  rows.append(Stage(run.specs, role="student", model_name=config.student.name,
                     method=kd.method, stage_dir=os.path.join(workdir, "student"),
                     teacher=teacher, subclasses=run.groups, init_from=init_from,
                     hint=hint, peers=config_lib.peers(config),
@@ -244,16 +246,16 @@ def finetune_epochs(config, init_from) -> int:
   return config.finetune.frozen_epochs if init_from else 0
 
 
-def evaluate_loaded_teacher(config, ds, mesh, teacher):
+def evaluate_loaded_teacher(specs: config_lib.Specs, ds, mesh, teacher):
   t_model, t_vars = teacher.model, teacher.variables
-  data_spec = config_lib.data_spec(config)
+  data_spec = specs.data
   eval_jit = jax.jit(step_lib.make_eval_step(
       step_lib.Preprocess.from_spec(data_spec), t_model,
       subclasses=teacher.subclasses))
   test = evaluate_lib.evaluate(eval_jit, t_vars, None, ds.test, data_spec,
                                mesh, False)
-  imported = weight_spec.foreign_source(config.teacher.checkpoint)
-  return {"role": "teacher", "model": config.teacher.name,
+  imported = weight_spec.foreign_source(specs.teacher.checkpoint)
+  return {"role": "teacher", "model": specs.teacher.name,
           "method": f"imported ({imported})" if imported else "loaded",
           "params": model_init.param_count(t_vars["params"]),
           "size_mb": model_init.size_mb(t_vars),

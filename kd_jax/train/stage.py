@@ -35,42 +35,43 @@ from kd_jax.train import checkpointing
 from kd_jax.train import evaluate as evaluate_lib
 from kd_jax.train import loop as loop_lib
 from kd_jax.train import model_init
+from kd_jax.train import precise_bn
 from kd_jax.train import pretrained
 from kd_jax.train import sharding
 from kd_jax.train import step as step_lib
 from kd_jax.train import teacher_cache
 
 
-def with_teacher_cache(config, ds, teacher, mesh, role, hint_layer=None,
-                       live=""):
+def with_teacher_cache(specs: config_lib.Specs, ds, teacher, mesh, role,
+                       hint_layer=None, live=""):
   """(dataset, used): the dataset with the teacher's cached logits (and the
   FitNets hint feature of the train split) attached when the cache is on
   and usable; `live`: why this stage runs its teacher live anyway."""
-  ok, why = (False, live) if live else teacher_cache.usable(config)
+  ok, why = (False, live) if live else teacher_cache.usable(specs)
   if teacher is None or not ok:
-    if teacher is not None and config.teacher.cache_dir:
+    if teacher is not None and specs.teacher.cache_dir:
       reporting.log(f"[{role}] teacher cache not used: {why}")
     return ds, False
   name = type(teacher.model).__name__
-  logits = teacher_cache.load_or_compute(config, ds, name, teacher, mesh)
+  logits = teacher_cache.load_or_compute(specs, ds, name, teacher, mesh)
   out = dataclasses.replace(ds, **{
       split: dataclasses.replace(getattr(ds, split), teacher_logits=logits[split])
       for split in teacher_cache.SPLITS})
   if hint_layer:
-    feats = teacher_cache.load_or_compute_features(config, ds, name, teacher,
+    feats = teacher_cache.load_or_compute_features(specs, ds, name, teacher,
                                                    mesh, hint_layer)
     out = dataclasses.replace(out, train=dataclasses.replace(
         out.train, teacher_features=feats))
   return out, True
 
 
-def class_weights(config, ds, role):
+def class_weights(loss: config_lib.LossSpec, ds, role):
   """config.loss.class_weights for `ds`'s training split (`[C]` or None),
   logged once: the weights a run used are in its log."""
-  weights = step_lib.class_weights(config, ds.train.labels, ds.num_classes)
+  weights = step_lib.class_weights(loss, ds.train.labels, ds.num_classes)
   if weights is not None:
     reporting.log(f"[{role}] cross-entropy class weights "
-                  f"({config.loss.class_weights}): " + ", ".join(
+                  f"({loss.class_weights_text}): " + ", ".join(
                       f"{n}={w:.4g}" for n, w in zip(ds.class_names, weights)))
   return weights
 
@@ -171,10 +172,12 @@ class Tracker:
     problem = (metrics.failure_warning(val["confusion"], self.ds.class_names)
                if self.select_best and "confusion" in val else None)
     if problem:  # a run that learnt nothing says so at once
+      hint = ("" if self.specs.run.bn_recalibration_steps else
+              "; config.bn_recalibration_steps=50 recomputes them")
       reporting.log(f"kd_jax: warning: [{self.role}] {self.model_name} "
                     f"{problem} at epoch {epoch + 1}: it has learnt nothing "
                     "that holds in inference mode (too short a run, or "
-                    "BatchNorm statistics that do not describe the data)")
+                    f"BatchNorm statistics that do not describe the data{hint})")
     # A hint stage (FitNets stage 1) has no trained head: it keeps its last
     # epoch instead of selecting on validation accuracy.
     value = val.get(self.specs.run.select_metric)
@@ -245,17 +248,13 @@ class Stage:
   """One training run of one model (teacher, assistant, hint stage, KD
   student, scratch student, or a DML cohort led by the student)."""
 
-  def __init__(self, config, *, role, model_name, method, stage_dir,
-               num_epochs, learning_rate, ds, mesh,
+  def __init__(self, specs: config_lib.Specs, *, role, model_name, method,
+               stage_dir, num_epochs, learning_rate, ds, mesh,
                teacher: step_lib.Frozen | None = None, subclasses=1,
                init_from="", select_best=True, peers=(), hint=None,
-               frozen_epochs=0, specs: config_lib.Specs | None = None):
-    # The loop, batching, evaluation and the optimizer read `specs` (the
-    # validated config read once); the config still serves the teacher
-    # cache, the stage's data and its fingerprint.
-    self.specs = specs or config_lib.read_specs(config)
-    self.config, self.role, self.method = config, role, method
-    ds = data.stage_data(config, ds, role)
+               frozen_epochs=0):
+    self.specs, self.role, self.method = specs, role, method
+    ds = data.stage_data(ds, role, specs.data.transfer_limit)
     self.model_name, self.stage_dir = model_name, stage_dir
     self.num_epochs, self.learning_rate = num_epochs, learning_rate
     self.ds, self.mesh, self.teacher = ds, mesh, teacher
@@ -280,16 +279,16 @@ class Stage:
       self.adapter = kd_modules.HintAdapter(
           self.layer_shapes[1][hint[1]][-1])
     if methods.get(method).temperature == "instance":
-      k = config.kd
+      k = specs.kd
       self.temperature_module = kd_modules.InstanceTemperature(
           hidden=k.temperature_hidden, t_start=k.t_start, t_end=k.t_end)
     term = methods.get(method).feature
     if term is not None:
       self.feature_layers = config_lib.feature_layer_pairs(
-          config, *self.layer_shapes, student_name=model_name,
-          teacher_name=type(teacher.model).__name__)
+          method, specs.loss.feature_layers, *self.layer_shapes,
+          student_name=model_name, teacher_name=type(teacher.model).__name__)
       self.feature = kd_modules.FEATURE_MODULES[term.module](
-          config.kd, ds.train.labels)
+          specs.kd, ds.train.labels)
 
   @functools.cached_property
   def layer_shapes(self) -> tuple[dict, dict]:
@@ -339,10 +338,10 @@ class Stage:
   def init_state(self):
     """(optimizer, initial TrainState): fresh weights, or the weights of
     `init_from` (FitNets stage 2 starts from stage 1's student)."""
-    config, mesh = self.config, self.mesh
+    mesh = self.mesh
     repl = sharding.replicated(mesh)
     tx = self.optimizers()[-1]
-    rng = model_init.init_rng(config, self.role)
+    rng = model_init.init_rng(self.specs.run.seed, self.role)
     s_params, s_stats = self._student_variables(rng)
     params, batch_stats = {"student": s_params}, {"student": s_stats}
     for i, (key, _, module) in enumerate(self.peers):
@@ -350,7 +349,7 @@ class Stage:
           module, self.specs.data.image_size, mesh,
           jax.random.fold_in(rng, 100 + i))
     if methods.get(self.method).temperature == "learned":
-      params["temperature"] = jnp.float32(config.kd.init_raw)
+      params["temperature"] = jnp.float32(self.specs.kd.init_raw)
     if self.temperature_module is not None:
       z = jnp.zeros((1, self.ds.num_classes * self.subclasses), jnp.float32)
       params["temperature"] = jax.jit(
@@ -381,7 +380,7 @@ class Stage:
   def describe_feature_term(self) -> str:
     beta = methods.feature_weight(self.specs.kd,
                                   methods.get(self.method))
-    return (f"[{self.role}] {self.method}: {self.config.kd.feature_logit_method}"
+    return (f"[{self.role}] {self.method}: {self.specs.kd.feature_logit_method}"
             f" loss + {beta:g} x feature term on (student:teacher) "
             + ", ".join(f"{a}:{b}" for a, b in self.feature_layers))
 
@@ -411,10 +410,10 @@ class Stage:
 
   def _train(self) -> dict:
     """Trains the stage (`loop.run_epochs`), then tests its best epoch."""
-    config, mesh = self.config, self.mesh
-    weights = class_weights(config, self.ds, self.role)  # checked before I/O
+    specs, mesh = self.specs, self.mesh
+    weights = class_weights(specs.loss, self.ds, self.role)  # before I/O
     ds, cache_used = with_teacher_cache(
-        config, self.ds, self.teacher, mesh, self.role,
+        specs, self.ds, self.teacher, mesh, self.role,
         self.hint[1] if self.hint else None,
         live="" if self.feature is None else (
             f"method {self.method!r} reads the teacher's feature maps of "
@@ -424,11 +423,11 @@ class Stage:
     tr = Tracker(self.specs, ds, role=self.role, model_name=self.model_name,
                  method=self.method, stage_dir=self.stage_dir,
                  fingerprint_=checkpointing.fingerprint(
-                     config, self.ds, self.role, self.model_name),
+                     specs, self.ds, self.role, self.model_name),
                  subclasses=self.subclasses, select_best=self.select_best)
     stepper, spec = self._stepper(tr, ds, weights)
     views = None if cache_used else teacher_cache.augmented_views(
-        config, self.ds, self.teacher, spec, self.spe, mesh, self.role,
+        specs, self.ds, self.teacher, spec, self.spe, mesh, self.role,
         live="FitNets hints and feature terms read the teacher's features"
         if self.hint or self.feature is not None else "")
     step = loop_lib.run_epochs(
@@ -460,13 +459,15 @@ class Stage:
         self.specs.data, self.mesh, has_teacher, path)
     stepper = SingleStepper(
         tr, state, self.step_fns(spec, repl),
-        jax.device_put(step_lib.hyperparams(self.config, weights), repl),
+        jax.device_put(step_lib.hyperparams(self.specs, weights), repl),
         self.teacher_vars, self.mesh, evaluate,
         progress=reporting.Progress(self.role, self.model_name,
                                     self.num_epochs * self.spe,
                                     int(state.step), self.spe),
         frozen_epochs=self.frozen_epochs, num_epochs=self.num_epochs,
-        stage_dir=self.stage_dir)
+        stage_dir=self.stage_dir, recalibrate=bn_recalibrator(
+            self.specs, self.model, spec.preprocess, ds.train, self.mesh,
+            self.role))
     return stepper, spec
 
   def _finish(self, tr, stepper, spec, step, cache_used) -> dict:
@@ -508,6 +509,32 @@ class Stage:
     return out
 
 
+def bn_recalibrator(specs: config_lib.Specs, model, preprocess, train_split,
+                    mesh, role):
+  """`variables -> variables` with precise BatchNorm statistics over
+  `bn_recalibration_steps` training batches (`precise_bn`), or None when
+  it is off. The batches are the first of the data order, not augmented,
+  so every evaluation of a run recalibrates on the same images."""
+  n, d = specs.run.bn_recalibration_steps, specs.data
+  if not n:
+    return None
+  spe = data.steps_per_epoch(len(train_split), d.batch_size)
+  stats_fn = precise_bn.make_batch_stats_fn(model, preprocess)
+
+  def images():
+    for epoch in range(-(-n // spe)):
+      for batch in data.train_batches(
+          train_split, global_batch=d.batch_size, seed=d.data_seed,
+          epoch=epoch, num_steps=min(spe, n - epoch * spe),
+          image_size=d.image_size, process_index=jax.process_index(),
+          process_count=jax.process_count(), balanced=d.balanced_sampling):
+        yield batch["image"]
+  reporting.log(f"[{role}] precise BN: BatchNorm statistics recomputed over "
+                f"{n} training batches before every evaluation")
+  return lambda variables: precise_bn.recalibrate(stats_fn, variables,
+                                                  images(), mesh)
+
+
 def epoch_batches(data_spec: config_lib.DataSpec, train_split,
                   steps_per_epoch, views=None, *, indexed=False):
   """`(epoch, start_step, step) -> host batches` of the training split for
@@ -530,12 +557,14 @@ class SingleStepper:
   (`Tracker`)."""
 
   def __init__(self, tracker, state, step_jits, hp, teacher_vars, mesh,
-               evaluate, *, progress, frozen_epochs, num_epochs, stage_dir):
+               evaluate, *, progress, frozen_epochs, num_epochs, stage_dir,
+               recalibrate=None):
     self.tr, self.state, self.step_jits = tracker, state, step_jits
     self.hp, self.teacher_vars, self.mesh = hp, teacher_vars, mesh
     self.evaluate, self.progress = evaluate, progress
     self.frozen_epochs, self.num_epochs = frozen_epochs, num_epochs
     self.stage_dir, self.step_jit = stage_dir, step_jits[-1]
+    self.recalibrate = recalibrate  # precise BN before evaluation, or None
     # The step on the host: reading state.step would wait for the device
     # every step and stop the host from preparing the next batches.
     self.start_step = int(state.step)
@@ -585,6 +614,8 @@ class SingleStepper:
   def end_epoch(self, step):
     tr, run = self.tr, self.tr.specs.run
     variables = model_init.inference_variables(self.state)
+    if self.recalibrate is not None:
+      variables = self.recalibrate(variables)
     val = self.evaluate(variables, "val")
     stop = tr.end_epoch(step, val, self.state, variables)
     reporting.log(f"[{tr.role} {tr.model_name}] epoch {self.loop['epoch']}/"

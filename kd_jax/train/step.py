@@ -130,40 +130,41 @@ def make_spec(specs: config_lib.Specs, student, method: str, *,
       teacher_bf16=specs.run.teacher_bf16)
 
 
-def hyperparams(config, class_weights=None) -> dict:
+def hyperparams(specs: config_lib.Specs, class_weights=None) -> dict:
   """The per-cell hyperparameters the step takes as arrays; `class_weights`
   (`[C]`, from `class_weights`) only when the CE is weighted, so that an
   unweighted step computes exactly the unweighted losses."""
-  hp = {"temperature": jnp.float32(config.kd.temperature),
-        "alpha": jnp.float32(config.kd.alpha),
-        "cosine": jnp.bool_(config.kd.schedule == "cosine"),
-        "seed": jnp.int32(config.seed)}
-  swept = methods.get(config.kd.method).sweep_fields
+  loss = specs.loss
+  hp = {"temperature": jnp.float32(loss.temperature),
+        "alpha": jnp.float32(loss.alpha),
+        "cosine": jnp.bool_(loss.schedule == "cosine"),
+        "seed": jnp.int32(specs.run.seed)}
+  swept = methods.get(loss.method).sweep_fields
   if swept:  # the method's fields a sweep may vary, per cell
-    hp["kd"] = {n: jnp.float32(config.kd[n]) for n in swept}
+    hp["kd"] = {n: jnp.float32(getattr(specs.kd, n)) for n in swept}
   if class_weights is not None:
     hp["class_weights"] = jnp.asarray(class_weights, jnp.float32)
   return hp
 
 
-def stack_hyperparams(configs, class_weights=None) -> dict:
-  """The cells' hyperparameters stacked on a leading K axis; `class_weights`
-  is one entry per cell (None: unweighted). Stacked arrays need one tree
-  structure, so once any cell is weighted the unweighted ones get weights
-  of 1 (the same loss up to rounding)."""
-  weights = list(class_weights or [None] * len(configs))
+def stack_hyperparams(cells, class_weights=None) -> dict:
+  """The cells' (`config_lib.Specs`) hyperparameters stacked on a leading
+  K axis; `class_weights` is one entry per cell (None: unweighted).
+  Stacked arrays need one tree structure, so once any cell is weighted the
+  unweighted ones get weights of 1 (the same loss up to rounding)."""
+  weights = list(class_weights or [None] * len(cells))
   given = [w for w in weights if w is not None]
   if given:
     weights = [np.ones(len(given[0])) if w is None else w for w in weights]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *[
-      hyperparams(c, w) for c, w in zip(configs, weights)])
+      hyperparams(c, w) for c, w in zip(cells, weights)])
 
 
-def class_weights(config, train_labels, num_classes):
+def class_weights(loss: config_lib.LossSpec, train_labels, num_classes):
   """The `[C]` float32 class weights of config.loss.class_weights for a
   training split with `train_labels` (None: unweighted). Raises UserError
   for a list of the wrong length or 'balanced' with an absent class."""
-  setting = config_lib.class_weights_setting(config)
+  setting = loss.class_weights
   if setting is None:
     return None
   if setting == "balanced":
@@ -176,7 +177,7 @@ def class_weights(config, train_labels, num_classes):
                                          num_classes).astype(np.float32)
   if len(setting) != num_classes:
     raise config_lib.UserError(
-        f"config.loss.class_weights={config.loss.class_weights!r} has "
+        f"config.loss.class_weights={loss.class_weights_text!r} has "
         f"{len(setting)} weights; the data has {num_classes} classes: give "
         f"{num_classes} (or 'none' / 'balanced')")
   return np.asarray(setting, np.float32)

@@ -150,12 +150,13 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   sharding.check_batch_size(config.batch_size, "batch_size", mesh)
   sharding.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   ds = data.load(config)
+  specs = [config_lib.read_specs(c) for c, _ in todo]  # the configs, read once
   teacher = teacher_result = None
   if methods.get(config.kd.method).teacher:
-    teacher = train.load_frozen(config, ds, mesh, config.teacher.checkpoint)
-    teacher_result = train.evaluate_loaded_teacher(config, ds, mesh, teacher)
-  for c, w in todo:
-    checkpointing.check_resumable(w, c, ds)
+    teacher = train.load_frozen(specs[0], ds, mesh, config.teacher.checkpoint)
+    teacher_result = train.evaluate_loaded_teacher(specs[0], ds, mesh, teacher)
+  for s, (_, w) in zip(specs, todo):
+    checkpointing.check_resumable(w, s, ds)
   for c, w in todo:
     os.makedirs(w, exist_ok=True)
     if jax.process_index() == 0:
@@ -163,8 +164,10 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   reporting.log(f"sweep: {len(todo)} cells of {config.student.name} "
                 f"({config.kd.method}) in one vmapped program; data: "
                 f"{ds.describe()}")
-  specs = [config_lib.read_specs(c) for c, _ in todo]  # the configs, read once
-  rows = _train_cells(todo, specs, data.stage_data(config, ds, "student"),
+  rows = _train_cells([(s, w) for s, (_, w) in zip(specs, todo)],
+                      config.student.name,
+                      data.stage_data(ds, "student",
+                                      specs[0].data.transfer_limit),
                       mesh, teacher, vmap_chunk)
   out = []
   for (c, w), student in zip(todo, rows):
@@ -181,24 +184,24 @@ def _read_json(path):
     return json.load(f)
 
 
-def _init_cells(todo, specs, model, ds, mesh, tx):
+def _init_cells(todo, student, model, ds, mesh, tx):
   """Each cell's tracker and initial (or resumed) state: the same weights a
   separate run starts from; init compiled once for all cells."""
-  init = model_init.make_init(model, specs[0].data.image_size, mesh)
+  init = model_init.make_init(model, todo[0][0].data.image_size, mesh)
   init_state = jax.jit(lambda p, b: step_lib.new_train_state(
       tx, p, {"student": b}), out_shardings=sharding.replicated(mesh))
-  learned = methods.get(todo[0][0].kd.method).temperature == "learned"
+  learned = methods.get(todo[0][0].loss.method).temperature == "learned"
   trackers, states = [], []
-  for (c, w), spec in zip(todo, specs):
-    params, stats = init(model_init.init_rng(c, "student"))
+  for spec, w in todo:
+    params, stats = init(model_init.init_rng(spec.run.seed, "student"))
     params = {"student": params}
     if learned:
-      params["temperature"] = jnp.float32(c.kd.init_raw)
+      params["temperature"] = jnp.float32(spec.kd.init_raw)
     state = init_state(params, stats)
     tr = stage_lib.Tracker(
-        spec, ds, role="student", model_name=c.student.name, method=c.kd.method,
+        spec, ds, role="student", model_name=student, method=spec.loss.method,
         stage_dir=os.path.join(w, "student"),
-        fingerprint_=checkpointing.fingerprint(c, ds, "student", c.student.name))
+        fingerprint_=checkpointing.fingerprint(spec, ds, "student", student))
     restored = tr.restore(state, sharding.replicated(mesh))
     trackers.append(tr)
     states.append(state if restored is None else restored)
@@ -221,15 +224,16 @@ class _Cells:
     self.hp = [jax.tree.map(lambda a, i=i: a[i:i + cs], hp) for i in self.starts]
     self.loop = trackers[0].loop  # every cell is at the same position
     self.teacher_vars = self.teacher_fn = self.mesh = None
-    self.progress = self.evaluate = None
+    self.progress = self.evaluate = self.recalibrate = None
     self.best = {}  # cell -> inference variables of its best epoch
     self.title, self.num_epochs = "", 0
 
   def attach(self, *, mesh, teacher_vars, teacher_fn, evaluate, progress,
-             title, num_epochs):
+             title, num_epochs, recalibrate=None):
     """What the loop's steps and epoch ends need beside the states."""
     self.mesh, self.teacher_vars, self.teacher_fn = mesh, teacher_vars, teacher_fn
     self.evaluate, self.progress = evaluate, progress
+    self.recalibrate = recalibrate  # precise BN before evaluation, or None
     self.title, self.num_epochs = title, num_epochs
 
   def cell(self, k):
@@ -292,6 +296,8 @@ class _Cells:
         tr.save_latest(step, state)
         continue
       variables = model_init.inference_variables(state)
+      if self.recalibrate is not None:
+        variables = self.recalibrate(variables)
       tr.end_epoch(step, self.evaluate(variables, k), state, variables)
       if tr.improved:
         self.best[k] = variables
@@ -301,51 +307,50 @@ class _Cells:
                       for t in self.trackers))
 
 
-def _setup(todo, specs, ds, mesh, teacher, chunk):
+def _setup(todo, student, ds, mesh, teacher, chunk):
   """(step spec, cells, dataset with the cached teacher logits, cache used,
-  steps per epoch) of a group."""
-  configs = [c for c, _ in todo]
-  config, s0 = configs[0], specs[0]
-  model = models.get_model(config.student.name, num_classes=ds.num_classes)
+  steps per epoch) of a group: `todo` is [(specs, workdir)] of its cells."""
+  specs = [s for s, _ in todo]
+  s0, method = specs[0], specs[0].loss.method
+  model = models.get_model(student, num_classes=ds.num_classes)
   spe = data.steps_per_epoch(len(ds.train), s0.data.batch_size,
                              s0.run.max_steps_per_epoch)
   tx = step_lib.make_optimizer(
       s0.optimizer, s0.kd, learning_rate=s0.optimizer.learning_rate,
       num_epochs=s0.run.num_epochs, steps_per_epoch=spe,
-      ctkd=methods.get(config.kd.method).learns_temperature)
-  ds, cache_used = stage_lib.with_teacher_cache(config, ds, teacher, mesh,
-                                                "sweep")
-  spec = step_lib.make_spec(s0, model, config.kd.method,
-                            steps_per_epoch=spe,
+      ctkd=methods.get(method).learns_temperature)
+  ds, cache_used = stage_lib.with_teacher_cache(s0, ds, teacher, mesh, "sweep")
+  spec = step_lib.make_spec(s0, model, method, steps_per_epoch=spe,
                             teacher=teacher.model if teacher else None)
-  hp = step_lib.stack_hyperparams(configs, [
-      stage_lib.class_weights(c, ds, "sweep") for c in configs])
-  cells = _Cells(*_init_cells(todo, specs, model, ds, mesh, tx), hp,
-                 vmap_chunk(chunk, len(configs)),
+  hp = step_lib.stack_hyperparams(specs, [
+      stage_lib.class_weights(s.loss, ds, "sweep") for s in specs])
+  cells = _Cells(*_init_cells(todo, student, model, ds, mesh, tx), hp,
+                 vmap_chunk(chunk, len(specs)),
                  jax.jit(make_sweep_step(spec, tx), donate_argnums=0))
   return spec, cells, ds, cache_used, spe
 
 
-def _teacher_source(config, ds, teacher, spec, spe, mesh, cache_used):
+def _teacher_source(specs, ds, teacher, spec, spe, mesh, cache_used):
   """(augmented views cache, live teacher function): where the cells'
   teacher logits come from when the per-example cache does not serve them
   (both None when it does, or without a teacher)."""
   if teacher is None or cache_used:
     return None, None
-  views = teacher_cache.augmented_views(config, ds, teacher, spec, spe, mesh,
+  views = teacher_cache.augmented_views(specs, ds, teacher, spec, spe, mesh,
                                         "sweep")
   if views is not None:
     return views, None
   return None, step_lib.make_live_teacher_fn(spec)
 
 
-def _train_cells(todo, specs, ds, mesh, teacher, chunk):
-  """The sweep's cells through `loop.run_epochs`, then their tests."""
-  configs = [c for c, _ in todo]
-  config, k_cells = configs[0], len(configs)
-  spec, cells, ds, cache_used, spe = _setup(todo, specs, ds, mesh, teacher,
+def _train_cells(todo, student, ds, mesh, teacher, chunk):
+  """The sweep's cells ([(specs, workdir)]) of `student` through
+  `loop.run_epochs`, then their tests."""
+  specs = [s for s, _ in todo]
+  k_cells, num_epochs = len(specs), specs[0].run.num_epochs
+  spec, cells, ds, cache_used, spe = _setup(todo, student, ds, mesh, teacher,
                                             chunk)
-  views, teacher_fn = _teacher_source(config, ds, teacher, spec, spe, mesh,
+  views, teacher_fn = _teacher_source(specs[0], ds, teacher, spec, spe, mesh,
                                       cache_used)
   teacher_vars = teacher.variables if teacher is not None else None
   eval_jit = jax.jit(step_lib.make_eval_step(spec.preprocess, spec.student,
@@ -354,15 +359,17 @@ def _train_cells(todo, specs, ds, mesh, teacher, chunk):
       eval_jit, variables, teacher_vars, getattr(ds, split), specs[k].data, mesh,
       teacher is not None, path)
   step = cells.loop["epoch"] * spe + cells.loop["step_in_epoch"]
-  title = f"sweep x{k_cells} {config.student.name}"
+  title = f"sweep x{k_cells} {student}"
   cells.attach(mesh=mesh, teacher_vars=teacher_vars, teacher_fn=teacher_fn,
-               evaluate=evaluate, title=title, num_epochs=config.num_epochs,
-               progress=reporting.Progress(f"sweep x{k_cells}",
-                                           config.student.name,
-                                           config.num_epochs * spe, step, spe))
+               evaluate=evaluate, title=title, num_epochs=num_epochs,
+               recalibrate=stage_lib.bn_recalibrator(
+                   specs[0], spec.student, spec.preprocess, ds.train, mesh,
+                   "sweep"),
+               progress=reporting.Progress(f"sweep x{k_cells}", student,
+                                           num_epochs * spe, step, spe))
   step = loop_lib.run_epochs(
       cells, stage_lib.epoch_batches(specs[0].data, ds.train, spe, views),
-      step=step, num_epochs=specs[0].run.num_epochs, steps_per_epoch=spe,
+      step=step, num_epochs=num_epochs, steps_per_epoch=spe,
       log_every=specs[0].run.log_every_steps,
       checkpoint_every=specs[0].run.checkpoint_every_steps)
   return [_cell_result(cells, k, step, cells.best.get(k), evaluate, teacher,

@@ -46,11 +46,11 @@ from kd_jax.train import step as step_lib
 SPLITS = ("train", "val", "test")
 
 
-def usable(config) -> tuple[bool, str]:
+def usable(specs: config_lib.Specs) -> tuple[bool, str]:
   """(can the teacher's logits be cached for this run, why not)."""
-  if not config.teacher.cache_dir:
+  if not specs.teacher.cache_dir:
     return False, "off"
-  if config.dataset.random_crop or config.dataset.random_flip:
+  if specs.data.random_crop or specs.data.random_flip:
     return False, "augmentation changes the teacher's input every epoch"
   return True, ""
 
@@ -61,17 +61,17 @@ def _hash_tree(h, tree):
     h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
 
 
-def cache_key(config, ds, teacher_name, teacher) -> str:
+def cache_key(specs: config_lib.Specs, ds, teacher_name, teacher) -> str:
   h = hashlib.blake2b(digest_size=16)
   fields = {
       "teacher": teacher_name, "subclasses": teacher.subclasses,
-      "image_size": config.dataset.image_size,
-      "normalization": config_lib.normalization(config),
+      "image_size": specs.data.image_size,
+      "normalization": specs.data.normalization,
   }
   # Named only when bf16, so float32 keys stay as they were and existing
   # caches still hit.
-  if config_lib.teacher_bf16(config):
-    fields["compute_dtype"] = config.teacher.compute_dtype
+  if specs.run.teacher_bf16:
+    fields["compute_dtype"] = specs.teacher.compute_dtype
   h.update(json.dumps(fields, sort_keys=True).encode())
   _hash_tree(h, teacher.variables)
   for name in SPLITS:
@@ -80,20 +80,19 @@ def cache_key(config, ds, teacher_name, teacher) -> str:
   return h.hexdigest()
 
 
-def _over_split(config, fn, variables, split, mesh) -> np.ndarray:
+def _over_split(specs, fn, variables, split, mesh) -> np.ndarray:
   """`fn(variables, preprocessed images)` for every example of `split`, in
   order, as float32 (jitted, over evaluation batches; in bfloat16 with
   `teacher.compute_dtype=bfloat16`, as the live teacher runs)."""
   def fwd(variables, images):
-    x = data.preprocess(images, image_size=config.dataset.image_size,
-                        normalization=config_lib.normalization(config))
-    return step_lib.frozen_forward(fn, variables, x,
-                                   config_lib.teacher_bf16(config))
+    x = data.preprocess(images, image_size=specs.data.image_size,
+                        normalization=specs.data.normalization)
+    return step_lib.frozen_forward(fn, variables, x, specs.run.teacher_bf16)
   fwd_jit = jax.jit(fwd)
   out = []
   for host_batch in data.eval_batches(
-      split, global_batch=config.eval_batch_size,
-      image_size=config.dataset.image_size,
+      split, global_batch=specs.data.eval_batch_size,
+      image_size=specs.data.image_size,
       process_index=jax.process_index(), process_count=jax.process_count()):
     batch = sharding.global_batch(host_batch["image"], mesh)
     y = fwd_jit(variables, batch)
@@ -101,31 +100,33 @@ def _over_split(config, fn, variables, split, mesh) -> np.ndarray:
   return np.concatenate(out)[:len(split)].astype(np.float32)
 
 
-def compute_logits(config, teacher, split, mesh) -> np.ndarray:
+def compute_logits(specs: config_lib.Specs, teacher, split,
+                   mesh) -> np.ndarray:
   """The teacher's logits for every example of `split`, in order."""
-  return _over_split(config, lambda v, x: teacher.model.apply(v, x, train=False),
+  return _over_split(specs, lambda v, x: teacher.model.apply(v, x, train=False),
                      teacher.variables, split, mesh)
 
 
-def compute_features(config, teacher, split, mesh, layer) -> np.ndarray:
+def compute_features(specs: config_lib.Specs, teacher, split, mesh,
+                     layer) -> np.ndarray:
   """The teacher's feature `layer` (a FitNets hint) for every example."""
-  return _over_split(config, lambda v, x: models.apply_with_features(
+  return _over_split(specs, lambda v, x: models.apply_with_features(
       teacher.model, v, x, train=False)[1][layer], teacher.variables, split, mesh)
 
 
-def load_or_compute_features(config, ds, teacher_name, teacher, mesh,
-                             layer) -> np.ndarray:
+def load_or_compute_features(specs: config_lib.Specs, ds, teacher_name,
+                             teacher, mesh, layer) -> np.ndarray:
   """The training split's hint features [N, h, w, c], cached beside the
   logits (same key) as `train.hint-<layer>.npy` and read as a memory map."""
-  key = cache_key(config, ds, teacher_name, teacher)
-  root = os.path.join(config.teacher.cache_dir, key)
+  key = cache_key(specs, ds, teacher_name, teacher)
+  root = os.path.join(specs.teacher.cache_dir, key)
   path = os.path.join(root, f"train.hint-{layer}.npy")
   if os.path.exists(path):
     arr = np.load(path, mmap_mode="r")
     if arr.shape[0] == len(ds.train):
       reporting.log(f"teacher cache {path}: hit")
       return arr
-  feats = compute_features(config, teacher, ds.train, mesh, layer)
+  feats = compute_features(specs, teacher, ds.train, mesh, layer)
   if jax.process_index() == 0:
     reporting.write_atomic(path, lambda f: np.save(f, feats))
   if jax.process_count() > 1:
@@ -134,10 +135,11 @@ def load_or_compute_features(config, ds, teacher_name, teacher, mesh,
   return feats
 
 
-def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:
+def load_or_compute(specs: config_lib.Specs, ds, teacher_name, teacher,
+                    mesh) -> dict:
   """{split name: logits [N, K]} from the cache, computing what is missing."""
-  key = cache_key(config, ds, teacher_name, teacher)
-  root = os.path.join(config.teacher.cache_dir, key)
+  key = cache_key(specs, ds, teacher_name, teacher)
+  root = os.path.join(specs.teacher.cache_dir, key)
   out, computed = {}, []
   for name in SPLITS:
     path = os.path.join(root, name + ".npy")
@@ -147,28 +149,28 @@ def load_or_compute(config, ds, teacher_name, teacher, mesh) -> dict:
       if arr.shape[0] == len(split):
         out[name] = arr
         continue
-    out[name] = compute_logits(config, teacher, split, mesh)
+    out[name] = compute_logits(specs, teacher, split, mesh)
     computed.append(name)
     if jax.process_index() == 0:
       reporting.write_atomic(path, lambda f, a=out[name]: np.save(f, a))
   if computed and jax.process_index() == 0:
     reporting.write_json(os.path.join(root, "meta.json"), {
         "teacher": teacher_name, "teacher_checkpoint": teacher.path,
-        "dataset": ds.name, "image_size": config.dataset.image_size,
-        "normalization": config_lib.normalization(config),
-        "compute_dtype": config.teacher.compute_dtype,
+        "dataset": ds.name, "image_size": specs.data.image_size,
+        "normalization": specs.data.normalization,
+        "compute_dtype": specs.teacher.compute_dtype,
         "splits": {n: list(out[n].shape) for n in SPLITS}})
   reporting.log(f"teacher cache {root}: "
                 + (f"computed {', '.join(computed)}" if computed else "hit"))
   return out
 
 
-def views_problem(config, live="") -> str | None:
+def views_problem(specs: config_lib.Specs, live="") -> str | None:
   """Why a run does not cache its teacher's logits of augmented batches
   (None: it does); `live`: why the run needs its teacher live anyway."""
-  if not config.teacher.cache_dir:
+  if not specs.teacher.cache_dir:
     return "off"
-  if not (config.dataset.random_crop or config.dataset.random_flip):
+  if not (specs.data.random_crop or specs.data.random_flip):
     return "no augmentation: the per-example cache serves the run"
   if live:
     return live
@@ -181,22 +183,23 @@ class AugmentedViews:
   """The frozen teacher's logits of every augmented training batch of a run,
   one file per epoch, computed the first time any run reaches that epoch."""
 
-  def __init__(self, config, ds, teacher, spec: step_lib.StepSpec, spe, mesh):
-    self.config, self.ds, self.teacher, self.spe, self.mesh = (
-        config, ds, teacher, spe, mesh)
+  def __init__(self, specs: config_lib.Specs, ds, teacher,
+               spec: step_lib.StepSpec, spe, mesh):
+    self.data, self.ds, self.teacher, self.spe, self.mesh = (
+        specs.data, ds, teacher, spe, mesh)
     self.spec = spec
-    d = config.dataset
+    d = specs.data
     h = hashlib.blake2b(digest_size=16)
-    h.update(cache_key(config, ds, type(teacher.model).__name__,
+    h.update(cache_key(specs, ds, type(teacher.model).__name__,
                        teacher).encode())
     h.update(json.dumps({
-        "data_seed": spec.data_seed, "batch_size": config.batch_size,
-        "steps_per_epoch": spe, "balanced": bool(d.balanced_sampling),
-        "random_crop": bool(d.random_crop), "random_flip": bool(d.random_flip),
-        "crop_padding": int(d.crop_padding),
-        "mixed_precision": bool(config.mixed_precision)},
+        "data_seed": spec.data_seed, "batch_size": d.batch_size,
+        "steps_per_epoch": spe, "balanced": d.balanced_sampling,
+        "random_crop": d.random_crop, "random_flip": d.random_flip,
+        "crop_padding": d.crop_padding,
+        "mixed_precision": specs.run.mixed_precision},
         sort_keys=True).encode())
-    self.root = os.path.join(config.teacher.cache_dir, "views-" + h.hexdigest())
+    self.root = os.path.join(specs.teacher.cache_dir, "views-" + h.hexdigest())
     self._fn = step_lib.make_live_teacher_fn(spec)
     self._epoch, self._logits = -1, None
 
@@ -224,14 +227,14 @@ class AugmentedViews:
     path = os.path.join(self.root, f"epoch-{epoch}.npy")
     if os.path.exists(path):
       arr = np.load(path, mmap_mode="r")
-      if arr.shape[:2] == (self.spe, self.config.batch_size):
+      if arr.shape[:2] == (self.spe, self.data.batch_size):
         return arr
     out = []
     for s, host_batch in enumerate(data.train_batches(
-        self.ds.train, global_batch=self.config.batch_size,
+        self.ds.train, global_batch=self.data.batch_size,
         seed=self.spec.data_seed, epoch=epoch, num_steps=self.spe,
-        image_size=self.config.dataset.image_size,
-        balanced=self.config.dataset.balanced_sampling)):
+        image_size=self.data.image_size,
+        balanced=self.data.balanced_sampling)):
       images = sharding.global_batch(host_batch["image"], self.mesh)
       out.append(np.asarray(self._fn(self.teacher.variables, images,
                                      jnp.int32(epoch * self.spe + s))))
@@ -243,14 +246,14 @@ class AugmentedViews:
     return arr
 
 
-def augmented_views(config, ds, teacher, spec, spe, mesh, role,
-                    live="") -> AugmentedViews | None:
+def augmented_views(specs: config_lib.Specs, ds, teacher, spec, spe, mesh,
+                    role, live="") -> AugmentedViews | None:
   """The run's `AugmentedViews`, or None (logged unless the cache is off)."""
   if teacher is None:
     return None
-  why = views_problem(config, live)
+  why = views_problem(specs, live)
   if why is None:
-    return AugmentedViews(config, ds, teacher, spec, spe, mesh)
+    return AugmentedViews(specs, ds, teacher, spec, spe, mesh)
   if why != "off" and not why.startswith("no augmentation"):
     reporting.log(f"[{role}] augmented batches' teacher logits not cached: {why}")
   return None
