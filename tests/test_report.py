@@ -239,18 +239,24 @@ def test_report_errors(tmp_path):
 
 
 def test_speedup_figure_has_kd_and_scratch_per_student():
-  # The seeds' figure 7: validation accuracy relative to the teacher's, the
-  # best KD setting (by validation) and scratch at the student's speed-up.
-  teacher = {"model": "big", "best_val_accuracy": 0.8, "size_mb": 40.0}
+  # Test accuracy of the teacher and, per student, of the best KD setting (by
+  # validation) and of scratch, at the student's speed-up.
+  teacher = {"model": "big", "test": {"accuracy": 0.8}, "size_mb": 40.0}
   deploy = [{"role": "teacher", "model": "big"},
             {"role": "student", "model": "small", "size_mb": 1.0,
              "speedup_vs_teacher": 10.0, "flops_ratio_vs_teacher": 40.0}]
-  best = {("small", "none"): {"val_accuracy_mean": 0.70, "val_selected_mean": 0.70},
-          ("small", "vanilla"): {"val_accuracy_mean": 0.76, "val_selected_mean": 0.76},
-          ("small", "dkd"): {"val_accuracy_mean": 0.74, "val_selected_mean": 0.74}}
-  points, timed = figures.speedup_points(deploy, best, teacher)
-  assert timed
-  assert [(p[0], p[4]) for p in points] == [
-      ("big", "teacher"), ("small", "KD"), ("small", "scratch")]
-  assert [p[1] for p in points] == [1.0, 10.0, 10.0]
-  assert [p[2] for p in points] == pytest.approx([100.0, 95.0, 87.5])
+  def setting(name, val, test):
+    return {"setting": name, "val_selected_mean": val,
+            "test_accuracy_mean": test, "test_accuracy_std": 0.01}
+  best = {("small", "none"): setting("s-none", 0.70, 0.69),
+          ("small", "vanilla"): setting("s-vanilla", 0.76, 0.74),
+          ("small", "dkd"): setting("s-dkd", 0.74, 0.75)}
+  data = figures.speedup_data(deploy, best, teacher)
+  assert data["timed"] and data["xscale"] == "log"
+  points = data["points"]
+  assert [(p["model"], p["kind"], p["method"]) for p in points] == [
+      ("big", "teacher", None), ("small", "KD", "vanilla"),
+      ("small", "scratch", "none")]
+  assert [p["x"] for p in points] == [1.0, 10.0, 10.0]
+  assert [p["y"] for p in points] == pytest.approx([80.0, 74.0, 69.0])
+  assert [p["err"] for p in points] == pytest.approx([0.0, 1.0, 1.0])

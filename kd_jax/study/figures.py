@@ -1,19 +1,28 @@
 """The figures of a study report (matplotlib, PNG):
 
   accuracy_per_student.png  test accuracy per student and method (best
-                            setting, mean ± std over seeds), teacher as a line
-  accuracy_vs_speedup.png   validation accuracy relative to the teacher vs
-                            CPU speed-up, each student's best KD setting and
+                            setting by validation, mean ± std over seeds),
+                            the teacher's test accuracy as a line
+  accuracy_vs_speedup.png   test accuracy vs CPU speed-up (the FLOPs ratio
+                            when untimed): the teacher at its own test
+                            accuracy, per student its best KD setting and
                             its scratch setting, point size = model MB
-  settings_<student>.png    every setting of one student: validation
-                            accuracy, mean ± std over seeds, the teacher's
-                            as a line
+  settings_<student>.png    every setting of one student: test accuracy,
+                            mean ± std over seeds, the teacher's as a line
   t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
   training_curves.png       validation accuracy per epoch, mean over seeds
   roc.png                   binary tasks: test ROC curve of each method's
                             best setting, the teacher dashed
   confusion_best.png        test confusion matrix of the best student
                             setting, summed over seeds, row-normalised
+
+Every point of a figure is on one basis (the same metric and split for the
+teacher and the students); a teacher without that value is left out and a
+legend entry says so. A method has one colour in every figure
+(`METHOD_COLORS`). Each figure that compares methods has a pure function
+that computes what it plots (`*_data`: points, error bars, axis limits,
+colours, the teacher's line) and a `draw_*` that draws that dict; tests read
+the dicts.
 
 Inputs are the tables of `kd_jax.report` (rows, settings, best settings) and
 of `kd_jax.deployment`; matplotlib is imported only when a figure is drawn.
@@ -28,10 +37,84 @@ import numpy as np
 
 from kd_jax.distill import methods
 
+TEACHER_COLOR = "#000000"
+SCRATCH_COLOR = "#7f7f7f"  # the baseline in neutral grey
+OTHER_COLOR = "#333333"  # a method name the registry does not hold
+# tab10 without its grey, then tab20b's dark shades and tab20's light ones:
+# one distinct colour for each method of the registry.
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+            "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31",
+            "#843c39", "#7b4173", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896",
+            "#c5b0d5", "#dbdb8d")
+
+
+def _method_colors() -> dict:
+  """{method: colour}, by the registry's order, so that a method keeps its
+  colour in every figure and every study."""
+  others = [m for m in methods.METHODS if not methods.is_scratch(m)]
+  colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(others)}
+  return colors | {methods.SCRATCH: SCRATCH_COLOR}
+
+
+METHOD_COLORS = _method_colors()
+# Line styles of a method's settings in one panel (the teacher's is '--').
+_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+
+
+def method_color(method) -> str:
+  return METHOD_COLORS.get(method, OTHER_COLOR)
+
 
 def method_label(method):
   """The method's display name: 'none' trains from scratch."""
   return methods.label(method)
+
+
+def teacher_accuracy(teacher):
+  """The teacher's test accuracy (the split and metric the students are
+  plotted with), or None where it has none."""
+  acc = ((teacher or {}).get("test") or {}).get("accuracy")
+  return None if acc is None or math.isnan(float(acc)) else float(acc)
+
+
+def _teacher_line(teacher):
+  """(line, notes): the teacher's test accuracy in % with its label, or
+  None and a note that says why it is not drawn."""
+  if teacher is None:
+    return None, []
+  acc = teacher_accuracy(teacher)
+  if acc is None:
+    return None, [f"teacher {teacher['model']}: no test accuracy, not drawn"]
+  return {"model": teacher["model"], "y": 100 * acc,
+          "label": f"teacher {teacher['model']}: {100 * acc:.2f} %"}, []
+
+
+def _err(std) -> float:
+  """An error bar in %: 0 where the std is NaN (one seed)."""
+  return 0.0 if std is None or math.isnan(std) else 100 * float(std)
+
+
+def span(lows, highs, *, pad=0.1, min_pad=0.5):
+  """Axis limits that hold every value in [min(lows), max(highs)] (points
+  minus and plus their error bars) with a margin of `pad` of the range (at
+  least `min_pad`), not below 0 unless a value is."""
+  if not lows:
+    return (0.0, 100.0)
+  lo, hi = min(lows), max(highs)
+  margin = max(pad * (hi - lo), min_pad)
+  return (max(lo - margin, 0.0) if lo >= 0 else lo - margin, hi + margin)
+
+
+def _note_entries(ax, notes):
+  """The figure's notes as text-only legend entries."""
+  for note in notes:
+    ax.plot([], [], " ", label=note)
+
+
+def _legend(ax, *, fontsize=8):
+  """The legend right of the axes, where it hides no point."""
+  return ax.legend(fontsize=fontsize, loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def _save(fig, path):
@@ -41,134 +124,233 @@ def _save(fig, path):
   plt.close(fig)
 
 
-def _bars(ax, best, students, names):
-  """One bar group per student, one bar per method with std error bars."""
+# ------------------------------------------------- best setting per student
+
+
+def per_student_data(best, teacher) -> dict:
+  """`best`: {(student, method): best setting}, in the summary's order. One
+  bar group per student, one bar per method (scratch first): test accuracy
+  in %, mean ± std over seeds."""
+  students = list(dict.fromkeys(st for st, _ in best))
+  names = sorted(dict.fromkeys(m for _, m in best),
+                 key=lambda m: not methods.is_scratch(m))
   width = 0.8 / max(len(names), 1)
+  bars = []
   for j, m in enumerate(names):
-    xs, ys, es = [], [], []
     for i, st in enumerate(students):
       if (st, m) in best:
         s = best[(st, m)]
-        xs.append(i + (j - (len(names) - 1) / 2) * width)
-        ys.append(s["test_accuracy_mean"])
-        es.append(0 if math.isnan(s["test_accuracy_std"]) else s["test_accuracy_std"])
-    ax.bar(xs, ys, width, yerr=es, capsize=3, label=method_label(m))
+        bars.append({"student": st, "method": m, "label": method_label(m),
+                     "color": method_color(m), "setting": s["setting"],
+                     "x": i + (j - (len(names) - 1) / 2) * width,
+                     "y": 100 * s["test_accuracy_mean"],
+                     "err": _err(s["test_accuracy_std"])})
+  line, notes = _teacher_line(teacher)
+  notes += [f"{b['setting']}: no test accuracy, not drawn"
+            for b in bars if math.isnan(b["y"])]
+  bars = [b for b in bars if not math.isnan(b["y"])]
+  tops = [b["y"] + b["err"] for b in bars] + ([line["y"]] if line else [])
+  # Bars start at 0: a bar's length is its value.
+  return {"students": students, "bars": bars, "width": width,
+          "teacher": line, "notes": notes, "ylim": span([0.0], tops),
+          # 2 inches hold the legend right of the axes.
+          "figsize": (2.0 + max(4.0, 1.6 * len(students)
+                                * max(1, len(names) / 3)), 4.0),
+          "ylabel": "test accuracy (%, mean ± std over seeds)"}
 
 
-def plot_accuracy_per_student(best, teacher, path):
-  """`best`: {(student, method): best setting}, in the summary's order."""
+def draw_accuracy_per_student(data):
   import matplotlib.pyplot as plt
-  students = list(dict.fromkeys(st for st, _ in best))
-  names = list(dict.fromkeys(m for _, m in best))
-  names.sort(key=lambda m: not methods.is_scratch(m))  # scratch first
-  fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(students) * max(1, len(names) / 3)), 4))
-  _bars(ax, best, students, names)
-  if teacher is not None:
-    ax.axhline(teacher["test"]["accuracy"], color="k", ls="--",
-               label=f"teacher ({teacher['model']})")
-  ax.set_xticks(range(len(students)), students, rotation=15)
-  ax.set_ylabel("test accuracy (mean ± std over seeds)")
+  fig, ax = plt.subplots(figsize=data["figsize"])
+  for label in dict.fromkeys(b["label"] for b in data["bars"]):
+    bars = [b for b in data["bars"] if b["label"] == label]
+    ax.bar([b["x"] for b in bars], [b["y"] for b in bars], data["width"],
+           yerr=[b["err"] for b in bars], capsize=3, label=label,
+           color=bars[0]["color"])
+  if data["teacher"]:
+    ax.axhline(data["teacher"]["y"], color=TEACHER_COLOR, ls="--",
+               label=data["teacher"]["label"])
+  _note_entries(ax, data["notes"])
+  ax.set_xticks(range(len(data["students"])), data["students"], rotation=15)
+  ax.set_ylim(*data["ylim"])
+  ax.set_ylabel(data["ylabel"])
   ax.set_title("Best setting per method (picked on validation accuracy)",
                fontsize=10)
-  ax.legend(fontsize=8)
-  _save(fig, path)
+  _legend(ax)
+  return fig
 
 
-def _relative_val(value, teacher):
-  """Validation accuracy in % of the teacher's (the seeds' figure 7), or in
-  % absolute when the teacher has no validation accuracy (imported)."""
-  ref = (teacher or {}).get("best_val_accuracy")
-  return 100 * value / ref if ref else 100 * value
+# ------------------------------------------------------- accuracy vs speed
 
 
-def speedup_points(deploy, best, teacher):
-  """[(label, x, y, MB, kind)]: the teacher at (1, 100) and, per student, its
-  best KD setting and its scratch setting at the student's speed-up."""
+def _selected(setting) -> float:
+  """The setting's mean validation value of the selection metric; a NaN
+  never wins."""
+  v = setting["val_selected_mean"]
+  return -math.inf if math.isnan(v) else v
+
+
+def _student_points(d, best, xkey):
+  """A student's best KD setting (by validation) and its scratch setting at
+  the student's speed-up."""
+  kd = [(m, s) for (st, m), s in best.items()
+        if st == d["model"] and not methods.is_scratch(m)]
+  picked = [max(kd, key=lambda ms: _selected(ms[1]))] if kd else []
+  if (d["model"], methods.SCRATCH) in best:
+    picked.append((methods.SCRATCH, best[(d["model"], methods.SCRATCH)]))
+  return [{"model": d["model"], "method": m,
+           "kind": "scratch" if methods.is_scratch(m) else "KD",
+           "label": ("scratch" if methods.is_scratch(m)
+                     else f"KD: {method_label(m)}"),
+           "setting": s["setting"], "x": d[xkey],
+           "y": 100 * s["test_accuracy_mean"],
+           "err": _err(s["test_accuracy_std"]), "size_mb": d["size_mb"],
+           "color": method_color(m),
+           "marker": "X" if methods.is_scratch(m) else "o"}
+          for m, s in picked]
+
+
+def speedup_data(deploy, best, teacher) -> dict:
+  """The teacher at speed-up 1 and its test accuracy, and per student its
+  best KD setting and its scratch setting: test accuracy in %, mean ± std
+  over seeds, at the student's CPU speed-up (its FLOPs ratio when a student
+  is untimed). Points without a value are left out with a note."""
   students = [d for d in deploy if d["role"] == "student"]
   timed = all(not math.isnan(d["speedup_vs_teacher"]) for d in students)
   xkey = "speedup_vs_teacher" if timed else "flops_ratio_vs_teacher"
-  points = []
-  if teacher is not None:
-    points.append((teacher["model"], 1.0,
-                   _relative_val(teacher.get("best_val_accuracy", 1.0) or 1.0,
-                                 teacher), teacher["size_mb"], "teacher"))
+  line, notes = _teacher_line(teacher)
+  # The deployment row's size: the int8 file's under --deploy_format=int8,
+  # as the students' are.
+  t_size = next((d["size_mb"] for d in deploy if d["role"] == "teacher"
+                 and not math.isnan(d.get("size_mb", math.nan))),
+                teacher.get("size_mb"))
+  points = [] if line is None else [{
+      "model": teacher["model"], "method": None, "kind": "teacher",
+      "label": line["label"], "setting": "teacher", "x": 1.0, "y": line["y"],
+      "err": 0.0, "size_mb": t_size, "color": TEACHER_COLOR,
+      "marker": "s"}]
   for d in students:
-    kd = [s for (st, m), s in best.items()
-          if st == d["model"] and not methods.is_scratch(m)]
-    kinds = [("KD", max(kd, key=lambda s: s["val_selected_mean"]))] if kd else []
-    if (d["model"], methods.SCRATCH) in best:
-      kinds.append(("scratch", best[(d["model"], methods.SCRATCH)]))
-    for kind, s in kinds:
-      points.append((d["model"], d[xkey],
-                     _relative_val(s["val_accuracy_mean"], teacher),
-                     d["size_mb"], kind))
-  return points, timed
+    points += _student_points(d, best, xkey)
+  drawn = [p for p in points if not math.isnan(p["x"] + p["y"])]
+  notes += [f"{p['model']} ({p['label']}): no value, not drawn"
+            for p in points if math.isnan(p["x"] + p["y"])]
+  xs = [p["x"] for p in drawn]
+  log = bool(xs) and min(xs) > 0
+  return {"timed": timed, "points": drawn, "notes": notes,
+          "xscale": "log" if log else "linear",
+          "xlim": ((min(xs) / 1.8, max(xs) * 1.8) if log else
+                   span(xs, xs, pad=0.15) if xs else (0.0, 2.0)),
+          "ylim": span([p["y"] - p["err"] for p in drawn],
+                       [p["y"] + p["err"] for p in drawn], pad=0.2),
+          "xlabel": ("CPU inference speed-up vs teacher (batch 1)" if timed
+                     else "FLOPs ratio vs teacher (no timing run)"),
+          "ylabel": "test accuracy (%, mean ± std over seeds)"}
 
 
-def plot_accuracy_vs_speedup(deploy, best, teacher, path):
-  """Every student trained with KD (its best setting) and from scratch:
-  validation accuracy relative to the teacher vs CPU speed-up, point size =
-  MB, as the seeds plot it. Falls back to the FLOPs ratio on the x axis
-  when a student is untimed."""
+def draw_accuracy_vs_speedup(data):
   import matplotlib.pyplot as plt
-  points, timed = speedup_points(deploy, best, teacher)
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  scale = 600 / max([p[3] for p in points] or [1])
-  style = {"teacher": ("s", "k"), "KD": ("o", "tab:blue"),
-           "scratch": ("X", "tab:orange")}
-  for kind, (marker, color) in style.items():
-    pts = [p for p in points if p[4] == kind and not math.isnan(p[1] + p[2])]
-    ax.scatter([p[1] for p in pts], [p[2] for p in pts], alpha=0.5,
-               s=[max(20, p[3] * scale) for p in pts], marker=marker,
-               color=color, label=kind)
-    for name, x, y, mb, _ in pts:
-      ax.annotate(f"{name}\n{mb:.1f} MB", (x, y), fontsize=7, ha="center",
-                  va="bottom")
-  if any(p[1] > 0 for p in points if not math.isnan(p[1] + p[2])):
-    ax.set_xscale("log")
-  ax.set_xlabel("CPU inference speed-up vs teacher (batch 1)" if timed
-                else "FLOPs ratio vs teacher (no timing run)")
-  relative = bool((teacher or {}).get("best_val_accuracy"))
-  ax.set_ylabel("validation accuracy relative to the teacher (%)" if relative
-                else "validation accuracy (%)")
-  ax.set_title("KD and scratch students: accuracy vs speed-up "
-               "(point size = MB)", fontsize=10)
-  ax.legend(fontsize=8, markerscale=0.5)
-  ax.margins(0.2)
-  _save(fig, path)
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  points = data["points"]
+  # Area per MB from the largest known size (NaN or 0 MB: the smallest dot).
+  scale = 600 / max([p["size_mb"] for p in points if p["size_mb"] > 0],
+                    default=1)
+  for label in dict.fromkeys(p["label"] for p in points):
+    pts = [p for p in points if p["label"] == label]
+    bars = [p for p in pts if p["err"] > 0]
+    ax.errorbar([p["x"] for p in bars], [p["y"] for p in bars],
+                yerr=[p["err"] for p in bars], fmt="none",
+                ecolor=pts[0]["color"], capsize=3, lw=1)
+    ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], alpha=0.6,
+               s=[max(20, p["size_mb"] * scale) for p in pts],
+               marker=pts[0]["marker"], color=pts[0]["color"], label=label)
+  for p in points:  # right of the marker: its radius is sqrt(area) / 2
+    ax.annotate(f"{p['model']}, {p['size_mb']:.1f} MB", (p["x"], p["y"]),
+                fontsize=7, ha="left", va="center", textcoords="offset points",
+                xytext=(math.sqrt(max(20, p["size_mb"] * scale)) / 2 + 4, 0))
+  _note_entries(ax, data["notes"])
+  ax.set_xscale(data["xscale"])
+  ax.set_xlim(*data["xlim"])
+  ax.set_ylim(*data["ylim"])
+  ax.set_xlabel(data["xlabel"])
+  ax.set_ylabel(data["ylabel"])
+  ax.set_title("Test accuracy vs speed-up (point size = MB)", fontsize=10)
+  for handle in _legend(ax).legend_handles:  # one marker size in the legend
+    if hasattr(handle, "set_sizes"):
+      handle.set_sizes([40])
+  return fig
 
 
-def plot_settings(summary, teacher, student, path):
-  """One student's every setting: validation accuracy, mean ± std over
-  seeds, scratch in orange, the teacher's as a dashed line (the seeds'
-  figures 3-6, one per student)."""
+# ------------------------------------------------------ a student's settings
+
+
+def setting_label(setting: dict, student: str) -> str:
+  """A setting's tick label: its method's display name, then the other
+  parts of its name (T, alpha, ...) one a line; the student is the
+  figure's."""
+  parts = [p for p in setting["setting"].split("__")
+           if p != f"student-{student}" and not p.startswith("method-")]
+  return "\n".join([method_label(setting["method"])] + parts)
+
+
+def settings_data(summary, teacher, student) -> dict:
+  """Every setting of `student`: test accuracy in %, mean ± std over seeds,
+  the teacher's test accuracy as a line, scratch first; the y axis holds
+  every point, error bar and the line with a margin; the figure widens with
+  the settings."""
+  settings = sorted((s for s in summary if s["student"] == student),
+                    key=lambda s: not methods.is_scratch(s["method"]))
+  points = [{"setting": s["setting"], "method": s["method"],
+             "label": setting_label(s, student),
+             "color": method_color(s["method"]),
+             "y": 100 * s["test_accuracy_mean"],
+             "err": _err(s["test_accuracy_std"])}
+            for s in settings if not math.isnan(s["test_accuracy_mean"])]
+  line, notes = _teacher_line(teacher)
+  notes += [f"{s['setting']}: no test accuracy, not drawn"
+            for s in settings if math.isnan(s["test_accuracy_mean"])]
+  ref = [line["y"]] if line else []
+  lines = max([p["label"].count("\n") + 1 for p in points], default=1)
+  return {"student": student, "points": points, "teacher": line,
+          "notes": notes,
+          "ylim": span([p["y"] - p["err"] for p in points] + ref,
+                       [p["y"] + p["err"] for p in points] + ref),
+          # 2.5 inches hold the legend right of the axes.
+          "figsize": (max(6.5, 2.5 + 0.8 * len(points)), 3.6 + 0.3 * lines),
+          "ylabel": "test accuracy (%, mean ± std over seeds)",
+          "title": f"Every setting of {student}: test accuracy"}
+
+
+def draw_settings(data):
+  """Points with error bars, not bars: the y axis zooms on the data, where a
+  bar's length would not be its value."""
   import matplotlib.pyplot as plt
-  settings = [s for s in summary if s["student"] == student]
-  fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.32 * len(settings)))
-  ys = range(len(settings))
-  vals = [100 * s["val_accuracy_mean"] for s in settings]
-  stds = [0 if math.isnan(s.get("val_accuracy_std", math.nan))
-          else 100 * s["val_accuracy_std"] for s in settings]
-  colors = ["tab:orange" if methods.is_scratch(s["method"]) else "tab:blue"
-            for s in settings]
-  ax.barh(list(ys), vals, xerr=stds, color=colors, capsize=2, height=0.7)
-  ax.set_yticks(list(ys), [s["setting"] for s in settings], fontsize=7)
-  if teacher is not None and teacher.get("best_val_accuracy"):
-    ax.axvline(100 * teacher["best_val_accuracy"], color="r", ls="--",
-               label=f"teacher ({teacher['model']})")
-    ax.legend(fontsize=7, loc="lower right")
-  finite = [v for v in vals if not math.isnan(v)]
-  if finite:  # zoom on the spread between settings, as the seeds' plots do
-    lo, hi = min(finite), max(finite + [100 * (teacher or {}).get(
-        "best_val_accuracy", 0)])
-    ax.set_xlim(max(0, lo - 0.25 * (hi - lo) - 0.5), min(100, hi + 0.5))
-  ax.set_xlabel("validation accuracy (%, mean ± std over seeds)")
-  ax.set_title(f"Validation accuracy of {student}", fontsize=10)
-  _save(fig, path)
+  fig, ax = plt.subplots(figsize=data["figsize"])
+  points = data["points"]
+  for method in dict.fromkeys(p["method"] for p in points):
+    xs = [i for i, p in enumerate(points) if p["method"] == method]
+    ax.errorbar(xs, [points[i]["y"] for i in xs],
+                yerr=[points[i]["err"] for i in xs], fmt="o", ms=6,
+                capsize=4, color=points[xs[0]]["color"],
+                label=method_label(method))
+  if data["teacher"]:
+    ax.axhline(data["teacher"]["y"], color=TEACHER_COLOR, ls="--", lw=1,
+               label=data["teacher"]["label"])
+  _note_entries(ax, data["notes"])
+  ax.set_xticks(range(len(points)), [p["label"] for p in points], fontsize=8)
+  ax.set_xlim(-0.6, len(points) - 0.4)
+  ax.set_ylim(*data["ylim"])
+  ax.grid(axis="y", alpha=0.3)
+  ax.set_ylabel(data["ylabel"], fontsize=9)
+  ax.set_title(data["title"], fontsize=10)
+  _legend(ax)
+  return fig
 
 
 def settings_figure_name(student: str) -> str:
   return f"settings_{student}.png"
+
+
+# ----------------------------------------------------------------- T x alpha
 
 
 def _heatmap_panel(fig, ax, student, method, settings):
@@ -188,51 +370,82 @@ def _heatmap_panel(fig, ax, student, method, settings):
   ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
   ax.set_xlabel("T")
   ax.set_ylabel("alpha")
-  ax.set_title(f"{student} ({method})", fontsize=9)
+  ax.set_title(f"{student} ({method_label(method)})", fontsize=9)
   fig.colorbar(im, ax=ax, shrink=0.8)
 
 
-def plot_t_alpha_heatmap(summary, path) -> bool:
+def draw_t_alpha_heatmap(summary):
   """Mean test accuracy over (T, alpha) per (student, method) for the
-  methods that read a fixed T and alpha; False (no file) if no setting
-  has them."""
+  methods that read a fixed T and alpha; None if no setting has them."""
   import matplotlib.pyplot as plt
   panels: dict = {}
   for s in summary:
     if methods.fixed_t_and_alpha(s["method"]) and s["temperature"] != "":
       panels.setdefault((s["student"], s["method"]), []).append(s)
   if not panels:
-    return False
+    return None
   fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8),
                            squeeze=False)
   for ax, ((student, method), settings) in zip(axes[0], panels.items()):
     _heatmap_panel(fig, ax, student, method, settings)
   fig.suptitle("Mean test accuracy over seeds")
-  _save(fig, path)
-  return True
+  return fig
 
 
-def plot_training_curves(rows, path):
-  import matplotlib.pyplot as plt
+# ----------------------------------------------------------- training curves
+
+
+def _panel_lines(rows, student):
+  """A student's settings: validation accuracy per epoch in %, mean over
+  seeds; the k-th setting of a method gets the k-th line style and marker."""
+  by_setting: dict = {}
+  for r in rows:
+    if r["student"] == student:
+      entry = by_setting.setdefault(r["setting"], (r["method"], {}))
+      for h in r["history"]:
+        entry[1].setdefault(h["epoch"], []).append(h["accuracy"])
+  lines, seen = [], {}
+  for setting, (method, by_epoch) in by_setting.items():
+    k = seen[method] = seen.get(method, -1) + 1
+    epochs = sorted(by_epoch)
+    lines.append({
+        "setting": setting, "method": method, "color": method_color(method),
+        "label": setting_label({"setting": setting, "method": method},
+                               student).replace("\n", " "),
+        "linestyle": _STYLES[k % len(_STYLES)], "marker": "os^vD"[k % 5],
+        "epochs": epochs,
+        "y": [100 * sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]})
+  return lines
+
+
+def curves_data(rows) -> dict:
+  """One panel per student; a setting's colour is its method's."""
   students = list(dict.fromkeys(r["student"] for r in rows))
-  fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 3.8),
+  return {"panels": [{"student": st, "lines": _panel_lines(rows, st)}
+                     for st in students],
+          "figsize": (5 * len(students), 3.8),
+          "ylabel": "validation accuracy (%, mean over seeds)"}
+
+
+def draw_training_curves(data):
+  import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
+  fig, axes = plt.subplots(1, len(data["panels"]), figsize=data["figsize"],
                            squeeze=False)
-  for ax, student in zip(axes[0], students):
-    curves: dict = {}
-    for r in rows:
-      if r["student"] == student:
-        for h in r["history"]:
-          curves.setdefault(r["setting"], {}).setdefault(h["epoch"], []).append(
-              h["accuracy"])
-    for setting, by_epoch in curves.items():
-      epochs = sorted(by_epoch)
-      ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs],
-              marker="o", ms=3, label=setting, lw=1)
-    ax.set_title(student, fontsize=9)
+  for ax, panel in zip(axes[0], data["panels"]):
+    for line in panel["lines"]:
+      ax.plot(line["epochs"], line["y"], color=line["color"],
+              ls=line["linestyle"], marker=line["marker"], ms=3, lw=1,
+              label=line["label"])
+    ax.set_title(panel["student"], fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (mean over seeds)")
+    ax.set_ylabel(data["ylabel"])
     ax.legend(fontsize=6)
-  _save(fig, path)
+  return fig
+
+
+# ----------------------------------------------------------------------- ROC
 
 
 def roc_curve(labels_N, score_N):
@@ -252,46 +465,70 @@ def _load_predictions(path):
     return f["probs"], f["labels"]
 
 
-def plot_roc_curves(rows, best, teacher, path) -> bool:
+def _roc_of(pred):
+  """A binary prediction file's ROC curve; None for any other."""
+  if pred is None or pred[0].shape[-1] != 2:
+    return None
+  return roc_curve(pred[1] == 1, pred[0][:, 1])
+
+
+def roc_data(rows, best, teacher) -> dict:
   """Binary tasks: the test ROC curve of each (student, method)'s best
-  setting (its first seed's run), the teacher dashed."""
-  import matplotlib.pyplot as plt
-  curves = []
+  setting (its first seed's run) in its method's colour, one line style per
+  student; the teacher black and dashed."""
+  curves, styles = [], {}
   for (student, method), s in best.items():
     run = next((r for r in rows if r["setting"] == s["setting"]), None)
-    pred = _load_predictions(run and run.get("predictions"))
-    if pred is not None and pred[0].shape[-1] == 2:
-      curves.append((f"{student} {method_label(method)} (AUC "
-                     f"{s['test_auc_mean']:.3f})", pred, "-"))
-  t_pred = _load_predictions(teacher.get("predictions")) if teacher else None
-  if t_pred is not None and t_pred[0].shape[-1] == 2:
-    curves.append((f"teacher {teacher['model']}", t_pred, "--"))
-  if not curves:
-    return False
+    roc = _roc_of(_load_predictions(run and run.get("predictions")))
+    if roc is not None:
+      k = styles.setdefault(student, len(styles))
+      curves.append({"student": student, "method": method,
+                     "label": f"{student} {method_label(method)} (AUC "
+                              f"{s['test_auc_mean']:.3f})",
+                     "color": method_color(method),
+                     "linestyle": _STYLES[k % len(_STYLES)],
+                     "fpr": roc[0], "tpr": roc[1]})
+  roc = _roc_of(_load_predictions(teacher.get("predictions"))
+                if teacher else None)
+  if roc is not None:
+    curves.append({"student": None, "method": None,
+                   "label": f"teacher {teacher['model']}",
+                   "color": TEACHER_COLOR, "linestyle": "--",
+                   "fpr": roc[0], "tpr": roc[1]})
+  return {"curves": curves}
+
+
+def draw_roc_curves(data):
+  """None where no run has binary predictions."""
+  import matplotlib.pyplot as plt
+  if not data["curves"]:
+    return None
   fig, ax = plt.subplots(figsize=(5, 4.5))
-  for label, (probs, labels), ls in curves:
-    ax.plot(*roc_curve(labels == 1, probs[:, 1]), ls=ls, lw=1.2, label=label)
+  for c in data["curves"]:
+    ax.plot(c["fpr"], c["tpr"], color=c["color"], ls=c["linestyle"], lw=1.2,
+            label=c["label"])
   ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
   ax.set_xlabel("false positive rate")
   ax.set_ylabel("true positive rate")
   ax.set_title("Test ROC, best setting per method (first seed)", fontsize=10)
   ax.legend(fontsize=6)
-  _save(fig, path)
-  return True
+  return fig
 
 
-def plot_confusion_best(rows, best, path) -> bool:
+# ----------------------------------------------------------------- confusion
+
+
+def draw_confusion_best(rows, best):
   """The confusion matrix of the best student setting (highest mean
   validation value of the selection metric), summed over its seeds and
-  normalised per true class."""
+  normalised per true class; None without one."""
   import matplotlib.pyplot as plt
   if not best:
-    return False
-  top = max(best.values(), key=lambda s: -math.inf if math.isnan(
-      s["val_selected_mean"]) else s["val_selected_mean"])
+    return None
+  top = max(best.values(), key=_selected)
   runs = [r for r in rows if r["setting"] == top["setting"] and r["confusion"]]
   if not runs:
-    return False
+    return None
   cm = np.sum([np.asarray(r["confusion"]) for r in runs], axis=0)
   norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
   names = runs[0]["class_names"] or [str(i) for i in range(len(cm))]
@@ -306,32 +543,37 @@ def plot_confusion_best(rows, best, path) -> bool:
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
   ax.set_title(f"{top['setting']} (test, {len(runs)} seed(s))", fontsize=8)
-  _save(fig, path)
-  return True
+  return fig
+
+
+# ------------------------------------------------------------------- writing
 
 
 def write_figures(out_dir, *, rows, summary, best, teacher, deploy) -> list:
-  """Draws every figure into out_dir; returns the file names written, in
-  the report's order (the heatmap only where a setting has T and alpha)."""
+  """Draws every figure into out_dir, each from its data; returns the file
+  names written, in the report's order (the heatmap, ROC and confusion
+  matrix only where the study has what they show)."""
   import matplotlib
   if "matplotlib.pyplot" not in sys.modules:  # headless unless already set up
     matplotlib.use("Agg")
-  figures = ["accuracy_per_student.png", "accuracy_vs_speedup.png"]
-  plot_accuracy_per_student(best, teacher, os.path.join(out_dir, figures[0]))
-  plot_accuracy_vs_speedup(deploy, best, teacher,
-                           os.path.join(out_dir, figures[1]))
-  for student in dict.fromkeys(s["student"] for s in summary):
-    name = settings_figure_name(student)
-    plot_settings(summary, teacher, student, os.path.join(out_dir, name))
-    figures.append(name)
-  if plot_t_alpha_heatmap(summary,
-                          os.path.join(out_dir, "t_alpha_heatmap.png")):
-    figures.append("t_alpha_heatmap.png")
-  plot_training_curves(rows, os.path.join(out_dir, "training_curves.png"))
-  figures.append("training_curves.png")
-  if plot_roc_curves(rows, best, teacher, os.path.join(out_dir, "roc.png")):
-    figures.append("roc.png")
-  if plot_confusion_best(rows, best, os.path.join(out_dir,
-                                                   "confusion_best.png")):
-    figures.append("confusion_best.png")
-  return figures
+  # Each figure is drawn and saved before the next, so one is open at a time.
+  draws = [("accuracy_per_student.png",
+            lambda: draw_accuracy_per_student(per_student_data(best, teacher))),
+           ("accuracy_vs_speedup.png", lambda: draw_accuracy_vs_speedup(
+               speedup_data(deploy, best, teacher)))]
+  draws += [(settings_figure_name(st), lambda st=st: draw_settings(
+      settings_data(summary, teacher, st)))
+            for st in dict.fromkeys(s["student"] for s in summary)]
+  draws += [("t_alpha_heatmap.png", lambda: draw_t_alpha_heatmap(summary)),
+            ("training_curves.png",
+             lambda: draw_training_curves(curves_data(rows))),
+            ("roc.png",
+             lambda: draw_roc_curves(roc_data(rows, best, teacher))),
+            ("confusion_best.png", lambda: draw_confusion_best(rows, best))]
+  names = []
+  for name, draw in draws:
+    fig = draw()
+    if fig is not None:
+      _save(fig, os.path.join(out_dir, name))
+      names.append(name)
+  return names
