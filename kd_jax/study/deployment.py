@@ -9,8 +9,11 @@ With `tflite=True` each student also gets its TFLite figures (`measure_tflite`):
 the float32 and int8 files of its trained cells (the deployed setting's, one
 per seed), their batch-1 latency in the TFLite interpreter on 1 and on all
 threads, and the int8 model's test accuracy; cached per cell and machine in
-`tflite.json`. `deploy_format='int8'` checks the budget against the int8
-file (MB, all-threads latency) instead of the float32 JAX model.
+`tflite.json`. `deploy_format='int8'` judges every model by the int8 file
+that is deployed: its MB, all-threads latency, frames/s, the ratios against
+the teacher (whose int8 file is measured too, from the study's `teacher/`
+run) and the budget; the float32 JAX model's MB and ms stay in `jax_size_mb`
+and `jax_latency_ms`.
 """
 from __future__ import annotations
 
@@ -26,9 +29,11 @@ from kd_jax import reporting
 from kd_jax.deploy import export
 from kd_jax.deploy import tflite_runtime
 from kd_jax.distill import methods
+from kd_jax.errors import UserError
 from kd_jax.models import profile
 
 NAN = float("nan")
+TEACHER_DIR = "teacher"  # runner.TEACHER_DIR (the report imports no runner)
 DEPLOY_FORMATS = ("float32", "int8")
 # A student's TFLite figures (NaN where not measured): file MB, batch-1 ms on
 # 1 thread and on all threads, float32 and int8, and the int8 test accuracy.
@@ -140,33 +145,38 @@ def meets(latency_ms, size_mb, *, min_fps, max_mb) -> str:
   return "yes" if 1e3 / latency_ms >= min_fps and size_mb < max_mb else "no"
 
 
-def model_row(role, name, prof, t_prof, *, params, size_mb, accuracy,
-              accuracy_setting, teacher, min_fps, max_mb, tfl=None,
+def basis(prof, size_mb, tfl, deploy_format):
+  """(ms, MB) a model is judged on: the float32 JAX model's batch-1 latency
+  and weights, or the int8 TFLite file's (all threads) and size."""
+  if deploy_format == "int8":
+    return tfl["tflite_int8_ms_all"], tfl["tflite_int8_mb"]
+  return prof.get("latency_ms") or NAN, size_mb
+
+
+def model_row(role, name, prof, ref, *, params, size_mb, accuracy,
+              accuracy_setting, min_fps, max_mb, tfl=None,
               deploy_format="float32"):
-  """One model's line of the check; `prof` / `t_prof` are its and the
-  teacher's profiles ({} without a teacher), `tfl` its mean TFLite figures.
-  The budget is checked on the float32 JAX model, or with
-  deploy_format='int8' on the int8 TFLite file (all threads)."""
-  lat = prof.get("latency_ms")
-  fps = 1e3 / lat if lat else NAN
-  t_acc = teacher["test"]["accuracy"] if teacher else NAN
+  """One model's line of the check. `prof` is its profile, `tfl` its mean
+  TFLite figures, `ref` the teacher's {'latency_ms', 'size_mb', 'gflops',
+  'test_accuracy'} on the same basis (None without a teacher). MB, ms,
+  frames/s, the ratios and the budget are on the `deploy_format` basis."""
   tfl = tfl or dict.fromkeys(TFLITE_FIELDS, NAN)
-  budget = ((lat, size_mb) if deploy_format == "float32" else
-            (tfl["tflite_int8_ms_all"], tfl["tflite_int8_mb"]))
+  lat, mb = basis(prof, size_mb, tfl, deploy_format)
+  ref = ref or {}
   return {
-      "model": name, "role": role, "params": params, "size_mb": size_mb,
-      "gflops": prof["gflops"], "latency_ms": lat if lat else NAN,
-      "frames_per_s": fps,
-      "speedup_vs_teacher": _ratio(t_prof.get("latency_ms"), lat),
-      "flops_ratio_vs_teacher": (t_prof["gflops"] / prof["gflops"]
-                                 if t_prof and prof["gflops"] else NAN),
-      "size_ratio_vs_teacher": teacher["size_mb"] / size_mb if teacher else NAN,
+      "model": name, "role": role, "params": params, "size_mb": mb,
+      "gflops": prof["gflops"], "latency_ms": lat,
+      "frames_per_s": _ratio(1e3, lat),
+      "speedup_vs_teacher": _ratio(ref.get("latency_ms"), lat),
+      "flops_ratio_vs_teacher": _ratio(ref.get("gflops"), prof["gflops"]),
+      "size_ratio_vs_teacher": _ratio(ref.get("size_mb"), mb),
       "test_accuracy": accuracy, "accuracy_setting": accuracy_setting,
-      "relative_accuracy": (accuracy / t_acc if t_acc == t_acc and t_acc
-                            else NAN),
+      "relative_accuracy": (accuracy / ref["test_accuracy"]
+                            if ref.get("test_accuracy") else NAN),
+      "jax_size_mb": size_mb, "jax_latency_ms": prof.get("latency_ms") or NAN,
       **tfl, "int8_frames_per_s": _ratio(1e3, tfl["tflite_int8_ms_all"]),
       "deploy_format": deploy_format,
-      "meets_budget": meets(*budget, min_fps=min_fps, max_mb=max_mb),
+      "meets_budget": meets(lat, mb, min_fps=min_fps, max_mb=max_mb),
   }
 
 
@@ -190,6 +200,40 @@ def student_pick(best, student):
              key=lambda s: s["val_accuracy_mean"])
 
 
+def student_figures(rows, picks, study_dir, out_dir, tflite_fn):
+  """{student: the mean TFLite figures of its deployed setting's cells}."""
+  cells = {n: setting_cells(rows, p["setting"], study_dir)
+           for n, p in picks.items()}
+  figures = tflite_figures([c for cs in cells.values() for c in cs],
+                           out_dir, tflite_fn)
+  return {n: mean_figures([figures[c] for c in cs]) for n, cs in cells.items()}
+
+
+def teacher_figures(study_dir, out_dir, tflite_fn):
+  """The TFLite figures of the study's shared teacher run (`teacher/`), or
+  None: a teacher from the cells' own stages has no run of its own, and
+  one TFLite cannot take has no int8 file (the students' figures still
+  count)."""
+  cell = (os.path.join(study_dir or "", TEACHER_DIR), "student")
+  if not os.path.exists(os.path.join(cell[0], "results.json")):
+    return None
+  try:
+    return tflite_figures([cell], out_dir, tflite_fn)[cell]
+  except UserError:
+    return None
+
+
+def reference(teacher, t_prof, t_tfl, deploy_format):
+  """The teacher's figures the students' ratios divide (None without a
+  teacher), on the `deploy_format` basis."""
+  if teacher is None:
+    return None
+  lat, mb = basis(t_prof, teacher["size_mb"],
+                  t_tfl or dict.fromkeys(TFLITE_FIELDS, NAN), deploy_format)
+  return {"latency_ms": lat, "size_mb": mb, "gflops": t_prof["gflops"],
+          "test_accuracy": teacher["test"]["accuracy"]}
+
+
 def check(best, teacher, rows, out_dir, *, min_fps, max_mb, timing,
           profile_fn=None, study_dir=None, tflite=False, tflite_fn=None,
           deploy_format="float32"):
@@ -197,7 +241,7 @@ def check(best, teacher, rows, out_dir, *, min_fps, max_mb, timing,
   (student, method) to its best setting (see `report.best_settings`);
   `tflite` (implied by deploy_format='int8') measures the students' TFLite
   figures from their cells in `study_dir` (`tflite_fn` stands in for
-  `measure_tflite`)."""
+  `measure_tflite`), and with 'int8' the shared teacher's as well."""
   first = {}
   for r in rows:
     first.setdefault(r["student"], r)
@@ -209,25 +253,22 @@ def check(best, teacher, rows, out_dir, *, min_fps, max_mb, timing,
              teacher.get("image_size", rows[0]["image_size"]))
   prof = profiles(([t_key] if t_key else []) + list(keys.values()), out_dir,
                   timing, profile_fn)
-  t_prof = prof[t_key] if t_key else {}
-  budget = {"teacher": teacher, "min_fps": min_fps, "max_mb": max_mb,
-            "deploy_format": deploy_format}
+  budget = {"min_fps": min_fps, "max_mb": max_mb, "deploy_format": deploy_format}
   picks = {name: student_pick(best, name) for name in first}
-  tfl = {}
+  tfl, t_tfl = {}, None
   if tflite or deploy_format == "int8":
-    cells = {n: setting_cells(rows, p["setting"], study_dir)
-             for n, p in picks.items()}
-    figures = tflite_figures([c for cs in cells.values() for c in cs],
-                             out_dir, tflite_fn)
-    tfl = {n: mean_figures([figures[c] for c in cs]) for n, cs in cells.items()}
+    tfl = student_figures(rows, picks, study_dir, out_dir, tflite_fn)
+  if teacher is not None and deploy_format == "int8":
+    t_tfl = teacher_figures(study_dir, out_dir, tflite_fn)
+  ref = reference(teacher, prof.get(t_key), t_tfl, deploy_format)
   out = []
   if teacher is not None:
-    out.append(model_row("teacher", teacher["model"], prof[t_key], t_prof,
+    out.append(model_row("teacher", teacher["model"], prof[t_key], ref,
                          params=teacher["params"], size_mb=teacher["size_mb"],
                          accuracy=teacher["test"]["accuracy"],
-                         accuracy_setting="teacher", **budget))
+                         accuracy_setting="teacher", tfl=t_tfl, **budget))
   for name, r in first.items():
-    out.append(model_row("student", name, prof[keys[name]], t_prof,
+    out.append(model_row("student", name, prof[keys[name]], ref,
                          params=r["params"], size_mb=r["size_mb"],
                          accuracy=picks[name]["test_accuracy_mean"],
                          accuracy_setting=picks[name]["setting"],

@@ -21,15 +21,21 @@ Writes into `STUDY_DIR/report/` (or `--out`):
                    with --tflite per student also its float32 and int8
                    TFLite files' MB, batch-1 ms on 1 and on all threads,
                    and the int8 model's test accuracy (--deploy_format=int8:
-                   the budget is checked on the int8 file)
+                   MB, ms, frames/s, the ratios and the budget are the int8
+                   files', the teacher run's measured too; the float32 JAX
+                   model's MB and ms stay in jax_size_mb, jax_latency_ms)
   report.md        all of the above as markdown tables, with the figures
   accuracy_per_student.png  test accuracy per student and method (best
                    setting, mean ± std over seeds), teacher as a line
-  accuracy_vs_speedup.png   validation accuracy relative to the teacher
-                   vs CPU speed-up, KD and scratch per student, size = MB
-  settings_<student>.png    every setting of a student (validation)
+  accuracy_vs_speedup.png   test accuracy (mean ± std over seeds) vs CPU
+                   speed-up: the teacher at its test accuracy, KD and
+                   scratch per student, size = MB
+  settings_<student>.png    every setting of a student: test accuracy, mean
+                   ± std over seeds, the teacher's as a line
   t_alpha_heatmap.png       mean test accuracy over T x alpha, per student
   training_curves.png       validation accuracy per epoch, mean over seeds
+  roc.png, confusion_best.png  binary tasks' ROC curves; the best setting's
+                   confusion matrix
   profile.json     the model profiles (cached: timing runs once per model)
   tflite.json      the TFLite figures (cached per cell)
 """
@@ -356,23 +362,30 @@ def _md_comparisons(comps):
 
 
 def _md_deployment(deploy, *, min_fps, max_mb, timing):
-  basis = ("float32 weights" if deploy[0]["deploy_format"] == "float32" else
-           "the int8 TFLite file, all threads")
+  int8 = deploy[0]["deploy_format"] == "int8"
+  # The int8 basis fills MB, ms and the ratios from the int8 files, so the
+  # headers say so.
+  tag = " (int8 TFLite)" if int8 else ""
+  basis = "the int8 TFLite file, all threads" if int8 else "float32 weights"
   lines = ["", "## Deployment check", "",
            f"Budget: ≥ {min_fps:g} frames/s at batch 1 and < {max_mb:g} MB "
-           f"({basis}). Measured on this machine's CPU "
+           f"({basis}). "
+           + ("MB, ms/frame, frames/s, speed-up and size ratio are the int8 "
+              f"files' ({tflite_runtime.all_threads()} threads), the "
+              "teacher's too where the study has a teacher run. " if int8
+              else "")
+           + "Measured on this machine's CPU "
            f"({deployment.cpu_name()}); "
            "speed-up = teacher ms / student ms on the same machine. "
            "Accuracy: the student's best setting by the validation selection "
            "metric."
-           + ("" if timing else " Timing was not run (--no_timing): "
+           + ("" if timing or int8 else " Timing was not run (--no_timing): "
               "FLOPs ratios only."), ""]
   lines.append(md_table(
-      ("model", "role", "params", "MB", "GFLOPs", "ms/frame", "frames/s",
-       "speed-up", "FLOPs ratio", "size ratio", "test acc", "rel. acc",
-       "meets budget" + (" (int8 TFLite)" if deploy[0]["deploy_format"] == "int8"
-                         else "")),
-      [(d["model"], d["role"], f"{d['params']:,}", f"{d['size_mb']:.2f}",
+      ("model", "role", "params", "MB" + tag, "GFLOPs", "ms/frame" + tag,
+       "frames/s" + tag, "speed-up" + tag, "FLOPs ratio", "size ratio" + tag,
+       "test acc", "rel. acc", "meets budget" + tag),
+      [(d["model"], d["role"], f"{d['params']:,}", _fmt(d["size_mb"], 2),
         f"{d['gflops']:.3f}", _fmt(d["latency_ms"], 2), _fmt(d["frames_per_s"], 1),
         _fmt(d["speedup_vs_teacher"], 1) + ("" if math.isnan(d["speedup_vs_teacher"]) else "×"),
         _fmt(d["flops_ratio_vs_teacher"], 1), _fmt(d["size_ratio_vs_teacher"], 1),
@@ -384,13 +397,15 @@ def _md_deployment(deploy, *, min_fps, max_mb, timing):
 
 
 def _md_tflite(deploy):
-  """The students' TFLite figures, where they were measured (--tflite)."""
+  """The TFLite figures, where they were measured: the students' (--tflite)
+  and with --deploy_format=int8 the teacher run's."""
   rows = [d for d in deploy if not math.isnan(d["tflite_f32_mb"])]
   if not rows:
     return []
   n = f"{tflite_runtime.all_threads()} threads"
   lines = ["", "### TFLite (LiteRT) at batch 1", "",
-           "Each student's deployed setting exported with `python -m "
+           "Each student's deployed setting (and the teacher run, with "
+           "--deploy_format=int8) exported with `python -m "
            "kd_jax.export --format=tflite` (float32; int8 calibrated on 200 "
            "training images), timed in the TFLite interpreter on this CPU "
            f"with 1 thread and with all ({n}); values are means over the "

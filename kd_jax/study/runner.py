@@ -20,10 +20,15 @@ continues it.
   python -m kd_jax.study list    configs/echo_study.py [--arg=...] [--study_dir=...]
   python -m kd_jax.study run     configs/echo_study.py [--parallel=N] [--dry_run]
   python -m kd_jax.study run     configs/cifar_grid.py --vmap   # groups vmapped
+  python -m kd_jax.study run     configs/echo_study.py --only=method=ctkd,student=ghostnet_100
   python -m kd_jax.study command configs/echo_study.py --index=I|teacher
   python -m kd_jax.study commands configs/echo_study.py   # all, tab-separated
   python -m kd_jax.study count   configs/echo_study.py
 The SLURM array script `launch/slurm_study.sh` uses `count` and `command`.
+`--only=KEY=VALUE,...` (with list, run, commands) keeps the cells whose
+config has every given value: KEY is a cell axis (`method`, `student`,
+`seed`, ...) or a config path (`kd.temperature`); `method=ctkd|dkd` or a
+repeated key allows several values.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ import subprocess
 import sys
 import threading
 import time
+
+import ml_collections
 
 from kd_jax import config_lib
 from kd_jax import console
@@ -91,6 +98,80 @@ def cell_dirname(arg: str, common: str = "") -> str:
   return name.replace("/", "_")
 
 
+# ------------------------------------------------------------------ --only
+
+
+def parse_only(text: str) -> dict:
+  """'method=ctkd|dkd,seed=0' -> {'kd.method': ('method', ['ctkd', 'dkd']),
+  'seed': ('seed', ['0'])}: config path -> (the key as given, its values);
+  keys take the cell args' aliases, and a repeated key adds values."""
+  out = {}
+  for item in text.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, eq, value = (s.strip() for s in item.partition("="))
+    values = [v.strip() for v in value.split("|") if v.strip()]
+    if not eq or not key or not values:
+      raise UserError(f"--only item {item!r} is not KEY=VALUE (e.g. "
+                      "--only=method=vanilla,seed=0)")
+    path = config_lib.ALIASES.get(key, key)
+    out.setdefault(path, (key, []))[1].extend(values)
+  return out
+
+
+def _same(value, text: str) -> bool:
+  """Does a config value equal an --only value, read as the value's type
+  (so that `T=4` matches 4.0)?"""
+  if isinstance(value, bool):
+    return text.lower() in (("1", "true", "yes") if value else
+                            ("0", "false", "no"))
+  if isinstance(value, (int, float)):
+    try:
+      return float(text) == value
+    except ValueError:
+      return False
+  return str(value) == text
+
+
+def cell_axes(cell_args, common: str = "") -> list[str]:
+  """The keys the cells' args set, study-wide items left out: what the
+  cells differ in (`student`, `method`, `seed`, ...)."""
+  drop = {i.strip() for i in common.split(",")}
+  keys = {}
+  for arg in cell_args:
+    for item in arg.split(","):
+      if "=" in item and item.strip() not in drop:
+        keys[item.split("=", 1)[0].strip()] = None
+  return list(keys)
+
+
+def select(configs, axes, only: str) -> list[int]:
+  """Positions of the configs that match `only` (see parse_only): every
+  key, any of its values. A key that is neither an axis nor a config leaf,
+  or a value that no cell has, is refused (a typo would run nothing)."""
+  keep = list(range(len(configs)))
+  for path, (key, values) in parse_only(only).items():
+    try:
+      have = [config_lib.get_path(c, path) for c in configs]
+    except UserError:
+      have = None
+    if have is None or isinstance(have[0], ml_collections.ConfigDict):
+      raise UserError(f"--only key {key!r} is neither a cell axis "
+                      f"({', '.join(axes) or 'none'}) nor a config value "
+                      "such as kd.temperature")
+    allowed = ", ".join(dict.fromkeys(str(h) for h in have))
+    for v in values:
+      if not any(_same(h, v) for h in have):
+        raise UserError(f"--only {key}={v} matches no cell; {key} is one "
+                        f"of: {allowed}")
+    keep = [i for i in keep if any(_same(have[i], v) for v in values)]
+  if not keep:
+    raise UserError(f"--only={only} matches no cell: no cell has all of "
+                    "these values together")
+  return keep
+
+
 # ------------------------------------------------------------- the study
 
 
@@ -138,8 +219,9 @@ class Cell:
 
 class Study:
   def __init__(self, path: str, arg: str | None = None,
-               study_dir: str | None = None, teacher_cache: bool = True):
-    self.path, self.arg = path, arg or ""
+               study_dir: str | None = None, teacher_cache: bool = True,
+               only: str = ""):
+    self.path, self.arg, self.only = path, arg or "", only
     self.teacher_cache = teacher_cache
     self.module = load_module(path)
     name = os.path.basename(path)[:-3]
@@ -169,6 +251,10 @@ class Study:
       raise UserError(f"{path}: cells use different teachers {teachers}; a "
                       "study shares one teacher")
     self.teacher_config = kd_configs[0] if kd_configs else None
+    # The teacher comes from all cells, not from the selection: every
+    # subset of the study distils from the same teacher run.
+    self.keep = select(self.configs, cell_axes(self.cell_args, self.common),
+                       only)
 
   # --- commands
 
@@ -224,6 +310,18 @@ class Study:
                       self._main_argv(arg, workdir, overrides), needs,
                       overrides))
     return out
+
+  def selected(self) -> list[Cell]:
+    """The cells that `only` keeps (all without it)."""
+    keep = set(self.keep)
+    return [c for c in self.cells() if c.index in keep]
+
+  def plan(self) -> list[Cell]:
+    """The selected cells, after the teacher where one of them needs it."""
+    cells = self.selected()
+    teacher = self.teacher_cell()
+    need = teacher is not None and any(c.needs_teacher for c in cells)
+    return ([teacher] if need else []) + cells
 
   def cell(self, index: str) -> Cell:
     if index == TEACHER_DIR:
@@ -293,18 +391,21 @@ def vmap_groups(study: Study, cells) -> list[list[Cell]]:
 def run(study: Study, *, parallel: int = 1, dry_run: bool = False,
         in_process: bool = False, vmap: bool = False,
         vmap_chunk: int = 0) -> int:
-  """Runs the teacher, then every unfinished cell, `parallel` processes at a
-  time (or one after the other in this process; with `vmap`, groups of cells
-  as one vmapped program each, in this process). Returns the number of
-  failed cells."""
+  """Runs the teacher (if a cell to run needs it), then every unfinished
+  cell that `study.only` keeps, `parallel` processes at a time (or one
+  after the other in this process; with `vmap`, groups of cells as one
+  vmapped program each, in this process). Returns the number of failed
+  cells."""
   teacher = study.teacher_cell()
-  cells = study.cells()
+  cells = study.selected()
   todo = [c for c in cells if not c.done]
-  print(f"study {study.path}: {len(cells)} cells in {study.study_dir} "
+  what = (f"{len(cells)} of the study's {len(study.cell_args)} cells "
+          f"(--only={study.only})" if study.only else f"{len(cells)} cells")
+  print(f"study {study.path}: {what} in {study.study_dir} "
         f"({len(cells) - len(todo)} finished, {len(todo)} to run)", flush=True)
   log_dir = os.path.join(study.study_dir, "logs")
   if dry_run:
-    for c in ([teacher] if teacher else []) + cells:
+    for c in study.plan():
       state = "done" if c.done else "todo"
       print(f"# {c.index} {c.name} [{state}]\n{shlex.join(c.argv)}")
     return 0
@@ -358,9 +459,7 @@ def _run_vmapped(study: Study, todo, counter, vmap_chunk=0) -> int:
 # --------------------------------------------------------------------- CLI
 
 
-def main(argv=None) -> int:
-  console.quiet_native_logs()  # before anything imports TensorFlow
-  cpu_runtime.configure()  # before JAX starts a backend (--in_process, --vmap)
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m kd_jax.study",
                               description="Run or inspect an ablation study.")
   p.add_argument("action", choices=("list", "run", "command", "commands",
@@ -369,6 +468,10 @@ def main(argv=None) -> int:
                  "optionally with its arg as main takes it: configs/x.py:runlocal")
   p.add_argument("--arg", default="", help="study-wide arg, e.g. runlocal,seeds=3")
   p.add_argument("--study_dir", default=None)
+  p.add_argument("--only", action="append", default=[],
+                 help="keep the cells with these values, e.g. "
+                 "method=ctkd|dkd,student=ghostnet_100,seed=0 (list, run, "
+                 "commands)")
   p.add_argument("--parallel", type=int, default=1,
                  help="cells run at the same time (each is one process)")
   p.add_argument("--dry_run", action="store_true", help="print, run nothing")
@@ -383,11 +486,22 @@ def main(argv=None) -> int:
                  help="with --vmap: cells per vmap call (0: all on GPU/TPU, "
                  "1 on CPU)")
   p.add_argument("--index", default=None, help="cell index or 'teacher'")
-  args = p.parse_args(argv)
+  return p
+
+
+def main(argv=None) -> int:
+  console.quiet_native_logs()  # before anything imports TensorFlow
+  cpu_runtime.configure()  # before JAX starts a backend (--in_process, --vmap)
+  args = _parser().parse_args(argv)
+  only = ",".join(args.only)
   try:
+    # count and command index the whole study (the SLURM array's tasks)
+    if only and args.action in ("count", "command"):
+      raise UserError(f"--only works with list, run and commands, not with "
+                      f"{args.action}")
     path, arg = split_spec(args.study, args.arg)
     study = Study(path, arg, args.study_dir,
-                  teacher_cache=not args.no_teacher_cache)
+                  teacher_cache=not args.no_teacher_cache, only=only)
     if args.action == "count":
       print(len(study.cell_args))
     elif args.action == "command":
@@ -395,12 +509,10 @@ def main(argv=None) -> int:
         raise UserError("command needs --index=I or --index=teacher")
       print(shlex.join(study.cell(args.index).argv))
     elif args.action == "commands":  # every cell: 'index<TAB>command'
-      teacher = study.teacher_cell()
-      for c in ([teacher] if teacher else []) + study.cells():
+      for c in study.plan():
         print(f"{c.index}\t{shlex.join(c.argv)}")
     elif args.action == "list":
-      teacher = study.teacher_cell()
-      for c in ([teacher] if teacher else []) + study.cells():
+      for c in study.plan():
         print(f"{c.index}\t{'done' if c.done else 'todo'}\t{c.name}\t{c.arg}")
     else:
       failed = run(study, parallel=args.parallel, dry_run=args.dry_run,
@@ -411,4 +523,3 @@ def main(argv=None) -> int:
     print(f"kd_jax: error: {e}", file=sys.stderr)
     return 2
   return 0
-
