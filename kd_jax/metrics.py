@@ -132,6 +132,28 @@ def failure_warning(confusion_CxC, class_names, *,
   return None
 
 
+def unit_metrics(probs_NxC, labels_N, units_N, unit: str) -> dict:
+  """Accuracy over units of several frames (a video, a patient): a unit's
+  class is the argmax of its frames' mean probability (`<unit>_accuracy`)
+  or its frames' majority vote, ties to the lowest class index
+  (`<unit>_vote_accuracy`); its label is its frames' most common one.
+  `<unit>s`: how many units."""
+  probs = np.asarray(probs_NxC, np.float64)
+  labels, units = np.asarray(labels_N), np.asarray(units_N)
+  names, inverse = np.unique(units, return_inverse=True)
+  classes = probs.shape[1]
+  mean = np.zeros((len(names), classes))
+  np.add.at(mean, inverse, probs)
+  votes = np.zeros((len(names), classes))
+  np.add.at(votes, (inverse, probs.argmax(1)), 1)
+  truth = np.zeros((len(names), classes))
+  np.add.at(truth, (inverse, labels), 1)
+  label_U = truth.argmax(1)
+  return {f"{unit}_accuracy": float((mean.argmax(1) == label_U).mean()),
+          f"{unit}_vote_accuracy": float((votes.argmax(1) == label_U).mean()),
+          f"{unit}s": int(len(names))}
+
+
 def macro_f1(confusion_CxC) -> float:
   """Unweighted mean F1 over classes that occur in the labels or predictions
   (scikit-learn's f1_score(average='macro') with zero_division=0)."""

@@ -85,6 +85,12 @@ class Progress:
         + f" | {self.rate:.1f} steps/s, ETA {_hms(eta)}")
 
 
+# Per-video and per-patient test metrics (metrics.unit_metrics), where the
+# data knows its frames' videos: a row key and its table column.
+UNIT_KEYS = {"video_accuracy": "video acc", "video_vote_accuracy": "vote acc",
+             "patient_accuracy": "patient acc"}
+
+
 def summarize_run(config_json, ds, stages) -> dict:
   rows = []
   for r in stages:
@@ -96,6 +102,7 @@ def summarize_run(config_json, ds, stages) -> dict:
         "test_balanced_accuracy": r["test"].get("balanced_accuracy"),
         "test_auc": r["test"].get("auc"),
         "teacher_agreement": r["test"].get("agreement"),
+        **{f"test_{k}": r["test"].get(k) for k in UNIT_KEYS},
     })
     for i, peer in enumerate(r.get("cohort", [])[1:]):  # DML peers
       rows.append({
@@ -118,12 +125,15 @@ def fmt(value) -> str:
 
 
 def format_table(rows) -> str:
+  units = [k for k in UNIT_KEYS if any(r.get(f"test_{k}") is not None
+                                       for r in rows)]
   head = ("stage", "model", "params", "MB", "test acc", "macro-F1", "bal acc",
-          "AUC", "agree(T)")
+          "AUC", "agree(T)", *(UNIT_KEYS[k] for k in units))
   lines = [[r["stage"], r["model"], f"{r['params']:,}", f"{r['size_mb']:.3f}",
             fmt(r["test_accuracy"]), fmt(r["test_macro_f1"]),
             fmt(r.get("test_balanced_accuracy")), fmt(r.get("test_auc")),
-            fmt(r["teacher_agreement"])]
+            fmt(r["teacher_agreement"]),
+            *(fmt(r.get(f"test_{k}")) for k in units)]
            for r in rows]
   return text_table(head, lines, left=2)
 

@@ -99,3 +99,49 @@ def train_digits_teacher(root):
                   scratch_baseline=False)
   train.train_and_evaluate(c, str(root))
   return os.path.join(str(root), "student")
+
+
+ECHO_VIEWS = ("A2C", "A4C", "PLAX", "PSAX")
+
+
+def _echo_frame(view, t, rng, size):
+  """One grey frame of `view`: a bright shape of the view's kind that moves
+  with `t` (the heart beating, crudely) on speckle noise."""
+  yy, xx = np.mgrid[:size, :size] / size
+  cx = 0.5 + 0.15 * np.sin(2 * np.pi * t / 8)
+  shapes = {"A2C": (xx - cx) ** 2 + (yy - 0.5) ** 2 < 0.06,  # disc
+            "A4C": (abs(xx - cx) < 0.2) & (abs(yy - 0.5) < 0.2),  # square
+            "PLAX": abs(yy - 0.3 - 0.4 * (xx - cx + 0.5)) < 0.06,  # slant bar
+            "PSAX": abs((xx - cx) ** 2 + (yy - 0.5) ** 2 - 0.06) < 0.02}  # ring
+  img = rng.normal(60, 25, (size, size)) + 140 * shapes[view]
+  return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_echo_videos(root, patients=8, frames=12, size=48, seed=0):
+  """An echo-like set: for each of 4 views, `patients` patients with one
+  MJPEG AVI each (moving shape + noise); returns (videos dir, labels CSV)
+  for `python -m kd_jax.prepare frames`."""
+  import av
+  rng = np.random.default_rng(seed)
+  videos = os.path.join(root, "videos")
+  os.makedirs(videos, exist_ok=True)
+  rows = []
+  for v, view in enumerate(ECHO_VIEWS):
+    for p in range(patients):
+      name = f"{view}_p{p}.avi"
+      with av.open(os.path.join(videos, name), "w", format="avi") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuvj420p"
+        for t in range(frames):
+          grey = _echo_frame(view, t + p, rng, size)
+          frame = av.VideoFrame.from_ndarray(np.stack([grey] * 3, -1),
+                                             format="rgb24")
+          out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+      rows.append((name, view, f"P{v}{p:02d}"))
+  labels = os.path.join(root, "labels.csv")
+  with open(labels, "w") as f:
+    f.write("FileName,label,patient_id\n")
+    f.writelines(",".join(r) + "\n" for r in rows)
+  return videos, labels

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from kd_jax.data.prepare import MANIFEST
 from kd_jax.errors import UserError
 
 FASHION_MNIST_DIR = os.environ.get(
@@ -78,6 +79,11 @@ class Split:
   # int [N]: each example's index in its source's own split (in-memory
   # sources; `teacher_logits.py` looks logits up by it).
   index: np.ndarray | None = None
+  # str [N]: each frame's video and patient (an image folder written by
+  # `kd_jax.prepare frames`, from its manifest.csv): per-video and
+  # per-patient results.
+  videos: np.ndarray | None = None
+  patients: np.ndarray | None = None
 
   def __len__(self):
     return len(self.labels)
@@ -86,7 +92,7 @@ class Split:
     pick = lambda a: None if a is None else a[idx]
     return Split(self.labels[idx], pick(self.images), pick(self.paths),
                  pick(self.teacher_logits), pick(self.teacher_features),
-                 pick(self.index))
+                 pick(self.index), pick(self.videos), pick(self.patients))
 
 
 @dataclasses.dataclass
@@ -279,7 +285,31 @@ def _load_folder(root, corrupt="refuse"):
   val = None
   if os.path.isdir(os.path.join(root, "val")):
     _, val = _list_folder_split(root, "val", names, corrupt)
-  return names, train, val, test
+  units = _manifest_units(root)
+  return names, *(None if s is None else _with_units(s, root, units)
+                  for s in (train, val, test))
+
+
+def _manifest_units(root) -> dict:
+  """{frame path relative to root: (video, patient)} of a folder written by
+  `kd_jax.prepare frames` (its manifest.csv), else {}."""
+  path = os.path.join(root, MANIFEST)
+  if not os.path.isfile(path):
+    return {}
+  with open(path, newline="", encoding="utf-8") as f:
+    return {os.path.normpath(r["path"]): (r["video"], r["group"])
+            for r in csv.DictReader(f)}
+
+
+def _with_units(split: Split, root, units) -> Split:
+  """`split` with its frames' videos and patients when the manifest lists
+  every frame (a frame added by hand leaves the split without them)."""
+  rel = [os.path.normpath(os.path.relpath(p, root)) for p in split.paths]
+  if not units or not all(r in units for r in rel):
+    return split
+  return dataclasses.replace(
+      split, videos=np.asarray([units[r][0] for r in rel]),
+      patients=np.asarray([units[r][1] for r in rel]))
 
 
 CSV_SPLITS = {"train": "train", "test": "test", "val": "val", "valid": "val",
@@ -450,6 +480,45 @@ def resolve_name(name):
   return name
 
 
+def _absent(dc, name) -> str | None:
+  """Why source `name` is not on this machine, or None when it may be: a
+  TFDS dataset without a prepared data_dir, an image folder or CSV that does
+  not exist, IDX files that are not there. Only absence: a source that is
+  there but broken (a corrupt image, a bad CSV row) stays an error."""
+  if name in TFDS_NAMES:
+    if not dc.data_dir:
+      return f"TFDS {name!r} is not prepared here (no dataset.data_dir)"
+    if not os.path.isdir(os.path.join(dc.data_dir, name)):
+      return f"TFDS {name!r} is not prepared in {dc.data_dir}"
+  if name == "folder" and not os.path.isdir(dc.data_dir):
+    return f"the image folder {dc.data_dir!r} does not exist"
+  if name == "csv" and not (os.path.isfile(dc.csv)
+                            and os.path.isdir(dc.data_dir)):
+    return f"the CSV {dc.csv!r} or its images {dc.data_dir!r} do not exist"
+  if name == "mnist_local":
+    root = dc.data_dir or os.environ.get("KD_JAX_MNIST_DIR", "")
+    if not (root and idx_files_available(root)):
+      return f"the MNIST IDX files are not in {root or '(unset)'}"
+  if name == "fashion_mnist_local" and not fashion_mnist_available():
+    return f"the Fashion-MNIST IDX files are not in {FASHION_MNIST_DIR}"
+  return None
+
+
+def source_name(config) -> str:
+  """The source `load` reads: dataset.name resolved ('default' -> what is
+  installed). In tiny mode a source that is not on this machine is the
+  embedded default instead, with one line saying so: a config's tiny mode
+  runs on a fresh machine (outside it, loading the source is the error)."""
+  name = resolve_name(config.dataset.name)
+  absent = _absent(config.dataset, name) if config.get("runlocal") else None
+  if absent is None:
+    return name
+  fallback = resolve_name("default")
+  print(f"kd_jax: tiny mode: {absent}; using the embedded data ({fallback}) "
+        "instead", file=sys.stderr, flush=True)
+  return fallback
+
+
 def _load_files(dc, name):
   """(class names, train, val, test) of an image folder or a CSV-annotated
   image directory."""
@@ -468,7 +537,7 @@ def _load_files(dc, name):
 def load(config) -> Dataset:
   """Loads the configured dataset. Raises UserError on missing/bad data."""
   dc = config.dataset
-  name = resolve_name(dc.name)
+  name = source_name(config)
   if name in ("folder", "csv"):
     names, train, val, test = _load_files(dc, name)
     shape = (dc.image_size, dc.image_size, 3)

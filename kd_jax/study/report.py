@@ -49,6 +49,7 @@ import os
 import re
 import sys
 
+from kd_jax import reporting
 from kd_jax.deploy import tflite_runtime
 from kd_jax.distill import methods
 from kd_jax.errors import UserError
@@ -91,6 +92,7 @@ def _row(cell, setting, stage, config):
       "test_balanced_accuracy": _num(test.get("balanced_accuracy")),
       "test_auc": _num(test.get("auc")),
       "test_pr_auc": _num(test.get("pr_auc")),
+      **{f"test_{k}": _num(test.get(k)) for k in reporting.UNIT_KEYS},
       "val_accuracy": stage.get("best_val_accuracy", float("nan")),
       # The validation value the stage selected its best epoch on.
       "select_metric": stage.get("select_metric", "accuracy"),
@@ -188,7 +190,8 @@ def summarize_settings(rows):
     acc = stats.summarize([r["test_accuracy"] for r in rs])
     first = rs[0]
     extra = {}
-    for key in ("test_auc", "test_balanced_accuracy"):
+    for key in ("test_auc", "test_balanced_accuracy", *(
+        f"test_{k}" for k in reporting.UNIT_KEYS)):
       m = stats.summarize([r[key] for r in rs if not math.isnan(r[key])])
       extra |= {f"{key}_mean": m.mean, f"{key}_std": m.std,
                 f"{key}_ci95_low": m.ci_low, f"{key}_ci95_high": m.ci_high}
@@ -317,23 +320,29 @@ def _md_intro(study_dir, rows, teacher, unfinished):
 
 
 def _md_results(summary):
+  units = [k for k in reporting.UNIT_KEYS
+           if any(not math.isnan(s[f"test_{k}_mean"]) for s in summary)]
   lines = ["", "## Results per setting", "",
            "Test accuracy, balanced accuracy and ROC-AUC (one-vs-rest macro "
            "for more than 2 classes) as mean ± sample std over seeds, with "
            "the 95% t confidence interval of the mean (needs 2 or more "
            f"seeds). Selected on: {summary[0]['select_metric']} "
            "(validation). T of CTKD: the learned final temperature (mean "
-           "over seeds).", ""]
+           "over seeds)."
+           + (" Per video / patient: the class of a video's (patient's) "
+              "mean frame probability; vote: its frames' majority."
+              if units else ""), ""]
   lines.append(md_table(
       ("setting", "student", "method", "T", "α", "schedule", "seeds",
        "test acc", "95% CI", "bal acc", "AUC", "AUC 95% CI", "val (selected)",
-       "macro-F1", "agreement"),
+       "macro-F1", "agreement", *(reporting.UNIT_KEYS[k] for k in units)),
       [(s["setting"], s["student"], figures.method_label(s["method"]),
         s["temperature"], s["alpha"], s["schedule"], s["n"], _pm(s), _ci(s),
         _pm(s, "test_balanced_accuracy"), _pm(s, "test_auc"),
         _ci(s, "test_auc"), _fmt(s["val_selected_mean"]),
         _fmt(s["test_macro_f1_mean"]),
-        _fmt(s["teacher_agreement_mean"])) for s in summary]))
+        _fmt(s["teacher_agreement_mean"]),
+        *(_pm(s, f"test_{k}") for k in units)) for s in summary]))
   return lines
 
 

@@ -25,8 +25,10 @@ PREDICTIONS = "test_predictions.npz"  # per stage: ROC curves in reports
 
 def evaluate(eval_jit, variables, teacher_vars, split, data_spec, mesh,
              has_teacher, predictions_path=None):
-  """The split's metrics; with `predictions_path`, also writes every
-  example's class probabilities and label there (.npz)."""
+  """The split's metrics (with its frames' videos and patients known, also
+  per video and per patient: `metrics.unit_metrics`); with
+  `predictions_path`, also writes every example's class probabilities and
+  label there (.npz, with the videos and patients)."""
   acc = None
   for batch in data.eval_batches(
       split, global_batch=data_spec.eval_batch_size,
@@ -36,10 +38,16 @@ def evaluate(eval_jit, variables, teacher_vars, split, data_spec, mesh,
     m = m.replace(scores=jax.tree.map(host_array, m.scores))
     acc = m if acc is None else acc.merge(m)
   acc = jax.device_get(acc)
+  units = {u: ids for u, ids in (("video", split.videos),
+                                 ("patient", split.patients)) if ids is not None}
+  scores = acc.scores.compute()
+  keep = scores["mask"] > 0
+  probs_NxC, labels_N = scores["probs"][keep], scores["labels"][keep]
   if predictions_path and jax.process_index() == 0:
-    scores = acc.scores.compute()
-    keep = scores["mask"] > 0
     reporting.write_atomic(predictions_path, lambda f: np.savez(
-        f, probs=scores["probs"][keep].astype(np.float32),
-        labels=scores["labels"][keep].astype(np.int32)))
-  return metrics.summarize(acc, has_teacher)
+        f, probs=probs_NxC.astype(np.float32),
+        labels=labels_N.astype(np.int32), **units))
+  out = metrics.summarize(acc, has_teacher)
+  for unit, ids in units.items():  # frames in split order, as `ids`
+    out |= metrics.unit_metrics(probs_NxC, labels_N, ids, unit)
+  return out
