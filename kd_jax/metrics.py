@@ -135,8 +135,9 @@ def failure_warning(confusion_CxC, class_names, *,
 def unit_metrics(probs_NxC, labels_N, units_N, unit: str) -> dict:
   """Accuracy over units of several frames (a video, a patient): a unit's
   class is the argmax of its frames' mean probability (`<unit>_accuracy`)
-  or its frames' majority vote, ties to the lowest class index
-  (`<unit>_vote_accuracy`); its label is its frames' most common one.
+  or its frames' majority vote, a tie to the tied class of higher mean
+  probability, as `kd_jax.predict` breaks it (`<unit>_vote_accuracy`); its
+  label is its frames' most common one.
   `<unit>s`: how many units."""
   probs = np.asarray(probs_NxC, np.float64)
   labels, units = np.asarray(labels_N), np.asarray(units_N)
@@ -149,8 +150,11 @@ def unit_metrics(probs_NxC, labels_N, units_N, unit: str) -> dict:
   truth = np.zeros((len(names), classes))
   np.add.at(truth, (inverse, labels), 1)
   label_U = truth.argmax(1)
+  mean /= np.bincount(inverse)[:, None]
+  # Whole votes first; the mean probability (< 1) only breaks their ties.
+  vote_U = (votes + 0.5 * mean).argmax(1)
   return {f"{unit}_accuracy": float((mean.argmax(1) == label_U).mean()),
-          f"{unit}_vote_accuracy": float((votes.argmax(1) == label_U).mean()),
+          f"{unit}_vote_accuracy": float((vote_U == label_U).mean()),
           f"{unit}s": int(len(names))}
 
 

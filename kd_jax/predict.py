@@ -1,4 +1,5 @@
-"""`python -m kd_jax.predict`: classify images with an exported student.
+"""`python -m kd_jax.predict`: classify images and videos with an exported
+student.
 
 The command sets up the process (native log lines, XLA:CPU) before
 kd_jax.deploy.predict imports TensorFlow or JAX; the code lives there.

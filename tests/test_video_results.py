@@ -16,7 +16,7 @@ from tests import helpers
 def _reference(probs, labels, units):
   """{unit: (label, mean-probability class, vote class)} with dicts and
   Counters: a unit's label is its frames' most common one, a vote tie goes
-  to the lowest class."""
+  to the tied class of higher mean probability."""
   frames = collections.defaultdict(list)
   for p, y, u in zip(probs, labels, units):
     frames[u].append((p, y))
@@ -27,7 +27,8 @@ def _reference(probs, labels, units):
     top = max(votes.values())
     truth = collections.Counter(y for _, y in rows).most_common(1)[0][0]
     out[u] = (truth, int(np.argmax(mean)),
-              min(c for c, n in votes.items() if n == top))
+              max((c for c, n in votes.items() if n == top),
+                  key=lambda c: mean[c]))
   return out
 
 
@@ -40,17 +41,20 @@ def _accuracies(ref):
 def test_unit_metrics_match_a_counter_reference():
   rng = np.random.default_rng(0)
   probs = rng.dirichlet(np.ones(3), size=60)
-  probs[:4] = [[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2],
-               [0.1, 0.2, 0.7]]  # unit 'a': frame votes 0, 1, 0
-  units = np.asarray(["a"] * 3 + [f"v{i % 9}" for i in range(57)])
+  probs[:3] = [[0.5, 0.3, 0.2], [0.2, 0.5, 0.3],
+               [0.4, 0.4, 0.2]]  # unit 'a': frame votes 0, 1, 0
+  probs[3:5] = [[0.6, 0.4, 0.0], [0.1, 0.9, 0.0]]  # unit 'b': a 1-1 tie
+  units = np.asarray(["a"] * 3 + ["b"] * 2 + [f"v{i % 9}" for i in range(55)])
   labels = rng.integers(0, 3, 60)
-  labels[:3] = 1
+  labels[:5] = 1
   got = metrics.unit_metrics(probs, labels, units, "video")
   mean_acc, vote_acc, n = _accuracies(_reference(probs, labels, units))
   assert got == {"video_accuracy": mean_acc, "video_vote_accuracy": vote_acc,
                  "videos": n}
   # Unit 'a' (label 1): its mean probability says 1, its vote 0.
   assert _reference(probs, labels, units)["a"] == (1, 1, 0)
+  # Unit 'b': votes 0 and 1 tie; class 1's mean (0.65) breaks it.
+  assert _reference(probs, labels, units)["b"] == (1, 1, 1)
 
 
 def test_a_run_on_prepared_frames_reports_videos_and_patients(tmp_path,
