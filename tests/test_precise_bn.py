@@ -1,7 +1,9 @@
-"""Precise BatchNorm (train/precise_bn.py): the recomputed statistics equal
-a NumPy re-computation of the per-batch statistics' mean, whatever the
-layers' momentum, and they mend the short run whose running averages make
-the model answer one class."""
+"""BatchNorm statistics: every training path (live or cached teacher,
+vmapped sweep cell, fine-tuning's phases) updates them as BatchNorm does;
+precise BN (train/precise_bn.py) recomputes them as a NumPy re-computation
+of the per-batch statistics' mean, whatever the layers' momentum, and
+mends the short run whose running averages make the model answer one
+class."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,9 +11,14 @@ import numpy as np
 import pytest
 
 from kd_jax import config_lib
+from kd_jax import models
+from kd_jax.data import datasets as data
 from kd_jax.train import pipeline as train
 from kd_jax.train import precise_bn
 from kd_jax.train import sharding
+from kd_jax.train import stage
+from kd_jax.train import step
+from kd_jax.train import sweep
 from tests import helpers
 
 
@@ -111,3 +118,74 @@ def test_bad_value_is_one_line():
   with pytest.raises(config_lib.UserError,
                      match=r"bn_recalibration_steps=-1 must be >= 0"):
     config_lib.validate(c)
+
+
+def _one_step_setup(frozen_epochs=0):
+  c = helpers.tiny_config("dataset=digits,method=vanilla,student=resnet8")
+  ds = data.load(c)
+  teacher = models.get_model("mlp_small", num_classes=ds.num_classes)
+  t_vars = models.init(teacher, jax.random.PRNGKey(9), c.dataset.image_size)
+  specs = config_lib.read_specs(c)
+  run = stage.Stage(specs, role="student", model_name="resnet8",
+                    method="vanilla", stage_dir="/nonexistent", num_epochs=2,
+                    learning_rate=c.learning_rate, ds=ds,
+                    mesh=sharding.make_mesh(), frozen_epochs=frozen_epochs,
+                    teacher=step.Frozen(teacher, t_vars))
+  tx, state = run.init_state()
+  batch = next(data.train_batches(ds.train, global_batch=c.batch_size, seed=0,
+                                  epoch=0, num_steps=1, image_size=28))
+  hp = step.hyperparams(specs)
+  return run, tx, state, batch, hp, t_vars, teacher
+
+
+def _expected_stats(run, state, batch):
+  """The student's BatchNorm update on this batch, applied directly."""
+  x = run.spec().preprocess(jnp.asarray(batch["image"]))
+  _, new = run.model.apply({"params": state.params["student"],
+                            "batch_stats": state.batch_stats["student"]},
+                           x, train=True, mutable=["batch_stats"])
+  return new["batch_stats"]
+
+
+def _assert_close(got, want):
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6), got, want)
+
+
+@pytest.mark.parametrize("path", ["plain", "cached_teacher", "vmapped"])
+def test_every_training_path_updates_the_batchnorm_statistics(path):
+  """A live teacher, cached teacher logits and a vmapped sweep cell each
+  move the student's running statistics exactly as BatchNorm does on the
+  step's batch."""
+  run, tx, state, batch, hp, t_vars, teacher = _one_step_setup()
+  want = _expected_stats(run, state, batch)
+  fn = step.make_train_step(run.spec(), tx)
+  if path == "cached_teacher":
+    x = run.spec().preprocess(jnp.asarray(batch["image"]))
+    batch = {**batch, "teacher_logits": teacher.apply(t_vars, x, train=False)}
+    new, _ = jax.jit(fn)(state, batch, hp, None)
+  elif path == "vmapped":
+    states = jax.tree.map(lambda a: jnp.stack([a, a]), state)
+    hps = jax.tree.map(lambda a: jnp.stack([a, a]), hp)
+    new_k, _ = jax.jit(sweep.make_sweep_step(run.spec(), tx))(
+        states, hps, jnp.asarray([True, True]), batch, t_vars)
+    new = jax.tree.map(lambda a: a[1], new_k)
+  else:
+    new, _ = jax.jit(fn)(state, batch, hp, t_vars)
+  _assert_close(new.batch_stats["student"], want)
+
+
+def test_fine_tuning_keeps_statistics_frozen_then_updates_them():
+  """The head-only phase runs the backbone in inference mode (its
+  statistics stay, as a frozen pretrained backbone's should); the full
+  phase updates them."""
+  run, _, state, batch, hp, t_vars, _ = _one_step_setup(frozen_epochs=1)
+  frozen_fn, full_fn = run.step_fns(run.spec(), sharding.replicated(run.mesh))
+  want = _expected_stats(run, state, batch)
+  before = jax.device_get(state.batch_stats["student"])
+  frozen, _ = frozen_fn(state, batch, hp, t_vars)
+  _assert_close(frozen.batch_stats["student"], before)
+  run, _, state, batch, hp, t_vars, _ = _one_step_setup(frozen_epochs=1)
+  _, full_fn = run.step_fns(run.spec(), sharding.replicated(run.mesh))
+  full, _ = full_fn(state, batch, hp, t_vars)
+  _assert_close(full.batch_stats["student"], want)
