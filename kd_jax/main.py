@@ -51,14 +51,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
+    config = config_lib.command_line_config(  # tiny mode: one line
+        FLAGS.config, config_flags.get_config_filename(FLAGS["config"]),
+        config_flags.get_override_values(FLAGS["config"]))
     if FLAGS.print_config:
-      config_lib.validate(FLAGS.config)
-      print(FLAGS.config, end="")
+      config_lib.validate(config)
+      print(config, end="")
       return
     sharding.maybe_initialize_distributed()
     workdir = FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(FLAGS["config"]))
-    train.train_and_evaluate(FLAGS.config, workdir, overwrite=FLAGS.overwrite)
+    train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -28,8 +28,8 @@ from kd_jax.config_lib.defaults import (  # noqa: F401
     OPTIMIZERS, SELECT_METRICS, WEIGHT_SOURCES, base_config)
 from kd_jax.config_lib.args import (  # noqa: F401
     ALIASES, FLAGS_IN_ARG, TINY_HINT_TEACHERS, TINY_TEACHERS, apply_arg,
-    flatten, get_path, load_config_module, make_tiny, model_list, parse_arg,
-    set_path, sibling_config)
+    command_line_config, flatten, get_path, load_config_module, make_tiny,
+    model_list, parse_arg, set_path, sibling_config, tiny_changes)
 from kd_jax.config_lib.derived import (  # noqa: F401
     as_json, auto_normalization, class_weights_setting, feature_layer_pairs,
     hint_epochs, hint_links, hint_shapes, hints_enabled, int_list,

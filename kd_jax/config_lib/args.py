@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import ml_collections
 
+from kd_jax import weight_spec
 from kd_jax.errors import UserError
 
 
@@ -153,11 +155,17 @@ def make_tiny(c: ml_collections.ConfigDict):
   c.max_steps_per_epoch = 4
   c.log_every_steps = 2
   c.checkpoint_every_steps = 2
-  c.dataset.image_size = min(c.dataset.image_size, 32)
+  # A teacher used as is (teacher.checkpoint) is right only at the size its
+  # weights were trained at (an ImageNet VGG16 at 32 px loses a third of
+  # its accuracy); one whose training starts from weights (init_from) is
+  # fine-tuned at the tiny size, like the student.
+  if not c.teacher.checkpoint:
+    c.dataset.image_size = min(c.dataset.image_size, 32)
   c.dataset.train_limit = 128
   c.dataset.eval_limit = 64
   # The student is kept; a big teacher (VGG16: 138M params) is swapped for a
-  # small CNN so a tiny run takes seconds on a CPU. With hint layers the
+  # small CNN so a tiny run takes seconds on a CPU, unless weights are given
+  # for it: they fit only the model they were made for. With hint layers the
   # swap keeps the family, so the teacher's feature names still exist.
   named_layers = c.kd.hint_teacher_layer or c.kd.feature_layers
   if (not (c.teacher.checkpoint or c.teacher.init_from or c.teacher.logits)
@@ -172,6 +180,91 @@ def make_tiny(c: ml_collections.ConfigDict):
     c.kd.hint_epochs = min(c.kd.hint_epochs, 2)
   c.finetune.frozen_epochs = min(c.finetune.frozen_epochs, 1)
   return c
+
+
+# (what the tiny-mode line calls a field, its path), in the line's order.
+_SHRUNK = (("epochs", "num_epochs"), ("teacher epochs", "teacher.num_epochs"),
+           ("hint epochs", "kd.hint_epochs"),
+           ("head-only epochs", "finetune.frozen_epochs"),
+           ("lr decay epochs", "lr_decay_epochs"), ("batch", "batch_size"),
+           ("eval batch", "eval_batch_size"))
+
+
+def tiny_changes(full: ml_collections.ConfigDict,
+                 tiny: ml_collections.ConfigDict) -> str:
+  """What tiny mode changed from `full` (the config without it) to `tiny`,
+  e.g. 'epochs 30->2, batch 64->16, 4 steps/epoch, 128 train / 64 eval
+  images, image 112->32 px, teacher vgg16->simple_cnn'."""
+  parts = [f"{label} {get_path(full, path)}->{get_path(tiny, path)}"
+           for label, path in _SHRUNK
+           if get_path(full, path) != get_path(tiny, path)]
+  if full.max_steps_per_epoch != tiny.max_steps_per_epoch:
+    parts.append(f"{tiny.max_steps_per_epoch} steps/epoch")
+  d, t = full.dataset, tiny.dataset
+  if (d.train_limit, d.eval_limit) != (t.train_limit, t.eval_limit):
+    parts.append(f"{t.train_limit or 'all'} train / {t.eval_limit or 'all'} "
+                 "eval images")
+  if d.image_size != t.image_size:
+    parts.append(f"image {d.image_size}->{t.image_size} px")
+  for label, path in (("teacher", "teacher.name"),
+                      ("assistants", "kd.assistants")):
+    if get_path(full, path) != get_path(tiny, path):
+      parts.append(f"{label} {get_path(full, path) or '-'}->"
+                   f"{get_path(tiny, path) or '-'}")
+  if full.teacher.name == tiny.teacher.name and (
+      tiny.teacher.checkpoint or tiny.teacher.init_from):
+    at = f" at {t.image_size} px" if tiny.teacher.checkpoint else ""
+    parts.append(f"teacher {tiny.teacher.name} kept{at} (given as weights)")
+  return ", ".join(parts) or "nothing to shrink"
+
+
+def _has_tiny_flag(arg: str) -> bool:
+  return any(a.strip() in FLAGS_IN_ARG for a in arg.split(","))
+
+
+def _set_all(config, overrides: dict, skip=("runlocal",)):
+  for path, value in overrides.items():
+    if path not in skip:
+      set_path(config, path, value)
+
+
+def command_line_config(config: ml_collections.ConfigDict, spec: str,
+                        overrides: dict) -> ml_collections.ConfigDict:
+  """The config a `kd_jax.main` run uses: `config` is `spec`'s
+  (``path.py:arg``) with the command line's `overrides` (``--config.x=y``)
+  applied after it. In tiny mode this prints one line saying what tiny mode
+  shrank, and a foreign weight file given as an override keeps the teacher
+  it was made for (see `_keep_imported_teacher`)."""
+  if not config.runlocal:
+    return config
+  path, _, arg = spec.partition(":")
+  rest = ",".join(a for a in arg.split(",") if a.strip() not in FLAGS_IN_ARG)
+  full = load_config_module(path).get_config(rest or None)
+  _set_all(full, overrides)
+  if not _has_tiny_flag(arg):  # runlocal given as an override only
+    make_tiny(config)
+    _set_all(config, overrides)
+  _keep_imported_teacher(config, full, overrides)
+  print(f"kd_jax: tiny mode: {tiny_changes(full, config)}", file=sys.stderr,
+        flush=True)
+  return config
+
+
+def _keep_imported_teacher(tiny, full, overrides: dict) -> None:
+  """Overrides come after tiny mode, which has swapped a big teacher for a
+  small one: a foreign weight file (torchvision/timm/Keras) named by
+  teacher.checkpoint or teacher.init_from brings the configured teacher
+  back (and, used as is, its image size), as if it had been in the arg
+  string. A kd_jax run given this way is taken as made for the tiny config:
+  a study passes its tiny teacher so."""
+  checkpoint = weight_spec.foreign_source(overrides.get("teacher.checkpoint", ""))
+  init_from = weight_spec.foreign_source(overrides.get("teacher.init_from", ""))
+  if not (checkpoint or init_from):
+    return
+  if "teacher.name" not in overrides:
+    tiny.teacher.name = full.teacher.name
+  if checkpoint and "dataset.image_size" not in overrides:
+    tiny.dataset.image_size = full.dataset.image_size
 
 
 def model_list(text: str) -> list[str]:

@@ -480,45 +480,6 @@ def resolve_name(name):
   return name
 
 
-def _absent(dc, name) -> str | None:
-  """Why source `name` is not on this machine, or None when it may be: a
-  TFDS dataset without a prepared data_dir, an image folder or CSV that does
-  not exist, IDX files that are not there. Only absence: a source that is
-  there but broken (a corrupt image, a bad CSV row) stays an error."""
-  if name in TFDS_NAMES:
-    if not dc.data_dir:
-      return f"TFDS {name!r} is not prepared here (no dataset.data_dir)"
-    if not os.path.isdir(os.path.join(dc.data_dir, name)):
-      return f"TFDS {name!r} is not prepared in {dc.data_dir}"
-  if name == "folder" and not os.path.isdir(dc.data_dir):
-    return f"the image folder {dc.data_dir!r} does not exist"
-  if name == "csv" and not (os.path.isfile(dc.csv)
-                            and os.path.isdir(dc.data_dir)):
-    return f"the CSV {dc.csv!r} or its images {dc.data_dir!r} do not exist"
-  if name == "mnist_local":
-    root = dc.data_dir or os.environ.get("KD_JAX_MNIST_DIR", "")
-    if not (root and idx_files_available(root)):
-      return f"the MNIST IDX files are not in {root or '(unset)'}"
-  if name == "fashion_mnist_local" and not fashion_mnist_available():
-    return f"the Fashion-MNIST IDX files are not in {FASHION_MNIST_DIR}"
-  return None
-
-
-def source_name(config) -> str:
-  """The source `load` reads: dataset.name resolved ('default' -> what is
-  installed). In tiny mode a source that is not on this machine is the
-  embedded default instead, with one line saying so: a config's tiny mode
-  runs on a fresh machine (outside it, loading the source is the error)."""
-  name = resolve_name(config.dataset.name)
-  absent = _absent(config.dataset, name) if config.get("runlocal") else None
-  if absent is None:
-    return name
-  fallback = resolve_name("default")
-  print(f"kd_jax: tiny mode: {absent}; using the embedded data ({fallback}) "
-        "instead", file=sys.stderr, flush=True)
-  return fallback
-
-
 def _load_files(dc, name):
   """(class names, train, val, test) of an image folder or a CSV-annotated
   image directory."""
@@ -534,24 +495,62 @@ def _load_files(dc, name):
   return names, train, val, test
 
 
+def _tfds_absent(name, data_dir) -> str | None:
+  """Why TFDS dataset `name` is not prepared here (None: it may be)."""
+  if not data_dir:
+    return f"TFDS {name!r} is not prepared here (no dataset.data_dir)"
+  if not os.path.isdir(data_dir):
+    return (f"TFDS {name!r} is not prepared here (dataset.data_dir "
+            f"{data_dir!r} does not exist)")
+  return None
+
+
+def _tiny_tfds(name, data_dir):
+  """(the source read, class names, arrays) of TFDS dataset `name` in tiny
+  mode: the embedded default when `name` is not prepared here, with one
+  line saying so. TFDS data needs internet to prepare, so a config's tiny
+  mode runs on a fresh machine on the embedded data instead; outside tiny
+  mode the missing data is the error."""
+  reason = _tfds_absent(name, data_dir)
+  if reason is None:
+    try:
+      return (name, *_load_tfds(name, data_dir))
+    except UserError as e:
+      reason = str(e)
+  fallback = resolve_name("default")
+  print(f"kd_jax: tiny mode: {reason}; using the embedded data ({fallback}) "
+        "instead", file=sys.stderr, flush=True)
+  return (fallback, *_load_arrays(fallback, data_dir))
+
+
+def _load_arrays(name, data_dir):
+  """(class names, {'train'|'test': (uint8 images, int32 labels)}) of an
+  in-memory source."""
+  if name == "fashion_mnist_local":
+    return _load_fashion_mnist_local()
+  if name == "mnist_local":
+    return _load_mnist_local(data_dir)
+  if name == "digits":
+    return _load_digits()
+  if name in TFDS_NAMES:
+    return _load_tfds(name, data_dir)
+  raise UserError(f"unknown dataset {name!r}")
+
+
 def load(config) -> Dataset:
-  """Loads the configured dataset. Raises UserError on missing/bad data."""
+  """Loads the configured dataset. Raises UserError on missing/bad data
+  (in tiny mode a TFDS dataset that is not prepared here is the embedded
+  default instead, `_tiny_tfds`)."""
   dc = config.dataset
-  name = source_name(config)
+  name = resolve_name(dc.name)
   if name in ("folder", "csv"):
     names, train, val, test = _load_files(dc, name)
     shape = (dc.image_size, dc.image_size, 3)
   else:
-    if name == "fashion_mnist_local":
-      names, arrays = _load_fashion_mnist_local()
-    elif name == "mnist_local":
-      names, arrays = _load_mnist_local(dc.data_dir)
-    elif name == "digits":
-      names, arrays = _load_digits()
-    elif name in TFDS_NAMES:
-      names, arrays = _load_tfds(name, dc.data_dir)
+    if name in TFDS_NAMES and config.get("runlocal"):
+      name, names, arrays = _tiny_tfds(name, dc.data_dir)
     else:
-      raise UserError(f"unknown dataset {name!r}")
+      names, arrays = _load_arrays(name, dc.data_dir)
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
     train, val = _holdout(Split(ytr, xtr, index=np.arange(len(ytr))),
                           dc.val_fraction or 0.1)
