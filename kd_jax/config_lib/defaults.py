@@ -162,6 +162,13 @@ def _teacher_config() -> ml_collections.ConfigDict:
   # accelerators; XLA:CPU runs bf16 convolutions at its float32 rate, see
   # benchmarks/RESULTS.md). The student stays float32.
   t.compute_dtype = "float32"
+  # The label order of a teacher.checkpoint trained elsewhere, as a comma
+  # list: its output i is class class_names[i] (e.g. 'A4C,A2C,PSAX,PLAX').
+  # The run reorders that teacher's classifier to the data's class order
+  # (sorted class folders, or the CSV's sorted labels), so every consumer
+  # of its logits sees data-ordered outputs; the names must be the data's.
+  # '' = its outputs already are in the data's class order.
+  t.class_names = ""
   return t
 
 

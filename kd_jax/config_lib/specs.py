@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from kd_jax.config_lib.args import model_list
 from kd_jax.config_lib.derived import (as_json, class_weights_setting,
                                        int_list, normalization, teacher_bf16)
 from kd_jax.distill import methods
@@ -67,6 +68,8 @@ class TeacherSpec:
   checkpoint: str = ""
   cache_dir: str = ""  # '' : no teacher cache
   compute_dtype: str = "float32"
+  # teacher.class_names: the checkpoint's output order; () = the data's
+  class_names: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +141,8 @@ def run_spec(c) -> RunSpec:
 def teacher_spec(c) -> TeacherSpec:
   t = c.teacher
   return TeacherSpec(name=t.name, checkpoint=t.checkpoint,
-                     cache_dir=t.cache_dir, compute_dtype=t.compute_dtype)
+                     cache_dir=t.cache_dir, compute_dtype=t.compute_dtype,
+                     class_names=tuple(model_list(t.class_names)))
 
 
 def loss_spec(c) -> LossSpec:

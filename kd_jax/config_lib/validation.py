@@ -78,6 +78,7 @@ def validate(c: ml_collections.ConfigDict) -> dict:
   _validate_hint_links(c)
   _validate_features(c, one_of, models)
   _validate_weights(c)
+  _validate_teacher_class_names(c)
   resolved = {"normalization": normalization(c),
               "class_weights": class_weights_setting(c)}
   _validate_data_files(c.dataset)
@@ -180,6 +181,34 @@ def _validate_weights(c):
       raise UserError(
           f"config.finetune.frozen_epochs={f.frozen_epochs} leaves no epoch "
           f"to fine-tune the whole {role} ({epochs} epochs)")
+
+
+def _validate_teacher_class_names(c):
+  """The list itself; whether it names the data's classes is known once
+  the data is read (`pipeline.load_frozen`). A run without a teacher
+  ignores it, as it ignores teacher.checkpoint."""
+  names = model_list(c.teacher.class_names)
+  method = methods.get(c.kd.method)
+  if not names or not method.teacher:
+    return
+  what = f"config.teacher.class_names={','.join(names)}"
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise UserError(f"{what} names {', '.join(twice)} more than once (one "
+                    "name per teacher output)")
+  if c.teacher.logits:
+    raise UserError(f"{what} reorders a teacher.checkpoint's classifier; the "
+                    "columns of config.teacher.logits must already be in the "
+                    "data's class order")
+  if not c.teacher.checkpoint:
+    raise UserError(f"{what} gives the output order of a teacher trained "
+                    "elsewhere (config.teacher.checkpoint); the teacher this "
+                    "run trains is in the data's class order")
+  if method.subclass_logits:
+    raise UserError(f"{what}: kd.method={c.kd.method} needs a teacher with "
+                    f"kd.subclasses={c.kd.subclasses} logits per class in "
+                    "the data's class order; teacher.class_names reorders "
+                    "a teacher with one output per class only")
 
 
 def _validate_methods(c, one_of, models) -> None:

@@ -27,6 +27,7 @@ import time
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from kd_jax import config_lib
 from kd_jax import models
@@ -49,23 +50,79 @@ from kd_jax.train.stage import Stage
 def load_frozen(specs: config_lib.Specs, ds, mesh, path, name=None,
                 subclasses=1) -> step_lib.Frozen:
   """A frozen model (teacher or assistant) from a kd_jax model checkpoint or
-  a foreign weight file (`torchvision:PATH`, `timm:PATH`, `keras:PATH`)."""
+  a foreign weight file (`torchvision:PATH`, `timm:PATH`, `keras:PATH`).
+  The configured teacher (`teacher.checkpoint`) with `teacher.class_names`
+  comes with its classifier in the data's class order."""
   name = name or specs.teacher.name
+  # teacher.class_names describes teacher.checkpoint only: a teacher trained
+  # in this run and every assistant learn the data's order.
+  order = None
+  if specs.teacher.class_names and path == specs.teacher.checkpoint:
+    order = teacher_order(specs.teacher.class_names, ds.class_names)
   outputs = ds.num_classes * subclasses
   model = models.get_model(name, num_classes=outputs)
   if weight_spec.foreign_source(path):
     variables, where = pretrained.frozen_variables(
         path, model_name=name, outputs=outputs,
         sharding_=sharding.replicated(mesh))
-    return step_lib.Frozen(model, variables, subclasses, where)
-  like = models.init_shapes(name, outputs, specs.data.image_size)
-  variables, _ = checkpointing.load_teacher(
-      path, expected_model=name, num_classes=ds.num_classes,
-      image_size=specs.data.image_size, like_variables=like,
-      sharding=sharding.replicated(mesh), subclasses=subclasses)
-  where = checkpointing.resolve_model_dir(path)
-  reporting.log(f"[teacher] {name} loaded from {where}")
+  else:
+    like = models.init_shapes(name, outputs, specs.data.image_size)
+    variables, _ = checkpointing.load_teacher(
+        path, expected_model=name, num_classes=ds.num_classes,
+        image_size=specs.data.image_size, like_variables=like,
+        sharding=sharding.replicated(mesh), subclasses=subclasses)
+    where = checkpointing.resolve_model_dir(path)
+    reporting.log(f"[teacher] {name} loaded from {where}")
+  if order is not None:
+    variables = head_in_data_order(variables, name, order,
+                                   specs.data.image_size)
+    reporting.log(
+        f"[teacher] outputs mapped from teacher.class_names "
+        f"{','.join(specs.teacher.class_names)} to the data's class order "
+        f"{','.join(ds.class_names)}")
   return step_lib.Frozen(model, variables, subclasses, where)
+
+
+def teacher_order(teacher_names, data_names):
+  """`order[j]`: the teacher's output that is data class j; one line when
+  the teacher's names are not the data's."""
+  teacher_names, data_names = tuple(teacher_names), tuple(data_names)
+  if sorted(teacher_names) != sorted(data_names):
+    missing = [n for n in data_names if n not in teacher_names]
+    unknown = [n for n in teacher_names if n not in data_names]
+    parts = []
+    if missing:
+      parts.append(f"it lacks {', '.join(missing)}")
+    if unknown:
+      parts.append(f"the data has no {', '.join(unknown)}")
+    detail = "; ".join(parts) or "a name is repeated"
+    raise UserError(
+        f"config.teacher.class_names={','.join(teacher_names)} does not name "
+        f"the data's classes {','.join(data_names)}: {detail} (one name per "
+        "teacher output, in the teacher's order)")
+  return np.asarray([teacher_names.index(n) for n in data_names])
+
+
+def head_in_data_order(variables, name, order, image_size):
+  """`variables` with the classifier's output units (the head leaves'
+  last axis: kernel columns, bias) reordered so that output j is
+  `order[j]` of the file: data class j. Done once at load time so that
+  every consumer of the teacher's logits (steps, cache, evaluation,
+  agreement, hint and feature methods' logit terms) sees the data's
+  order."""
+  head = models.head_mask(name, len(order), image_size)
+
+  def reorder(is_head, x):
+    if not is_head:
+      return x
+    if x.shape[-1] != len(order):
+      raise UserError(f"config.teacher.class_names: the {name} head's "
+                      f"parameter of shape {tuple(x.shape)} has no output "
+                      f"axis last; this model's outputs cannot be reordered")
+    return jax.device_put(np.asarray(jax.device_get(x))[..., order],
+                          x.sharding)
+
+  return jax.tree.map(reorder, head, dict(variables))
 
 
 def check_workdir(workdir, config, overwrite=False):
