@@ -19,6 +19,7 @@ import jax  # noqa: E402
 
 from kd_jax import config_lib  # noqa: E402
 from kd_jax import cpu_runtime  # noqa: E402
+from kd_jax import weight_spec  # noqa: E402
 from kd_jax.errors import UserError  # noqa: E402
 from kd_jax.train import pipeline as train  # noqa: E402
 from kd_jax.train import preemption  # noqa: E402
@@ -34,6 +35,10 @@ flags.DEFINE_bool("overwrite", False,
 flags.DEFINE_bool("print_config", False,
                   "Print the config (the file, its arg string and --config.x=y "
                   "overrides), checked, and exit without training.")
+flags.DEFINE_bool("trust_pickle", False,
+                  "Let a .pth that holds a whole pickled torch model "
+                  "(torch.save(model)) be unpickled with torch: it runs code "
+                  "the file names, so only for files you trust.")
 flags.DEFINE_string("workdir", None,
                     "Run directory (default: workdirs/<config name>[_<arg>]).")
 
@@ -50,6 +55,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.trust_pickle:
+    os.environ[weight_spec.TRUST_PICKLE_ENV] = "1"
   try:
     config = config_lib.command_line_config(  # tiny mode: one line
         FLAGS.config, config_flags.get_config_filename(FLAGS["config"]),

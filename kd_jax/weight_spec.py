@@ -14,6 +14,10 @@ SOURCES = ("torchvision", "timm", "keras")
 NORMALIZATION = {"torchvision": "imagenet", "timm": "imagenet", "keras": "half"}
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 KERAS_SUFFIXES = (".h5", ".keras", ".hdf5")
+# "1": a .pth holding a whole pickled torch model may be unpickled (set by
+# `kd_jax.main --trust_pickle`, inherited by a study's cell processes); it
+# runs code the file names, so only on the user's word.
+TRUST_PICKLE_ENV = "KD_JAX_TRUST_PICKLE"
 
 
 class WeightImportError(ValueError):

@@ -22,6 +22,7 @@ from kd_jax import weight_spec
 from kd_jax.errors import UserError
 from kd_jax.models.interop import convert
 from kd_jax.train import pretrained
+from tests import helpers
 
 # name -> the test file's format: .pth for a few, so both readers are covered.
 CASES = {
@@ -156,8 +157,44 @@ def test_a_whole_pickled_model_says_to_save_the_state_dict(tmp_path):
   msg = str(e.value)
   assert msg == (f"{path!r} holds a whole pickled model (torch.save(model)), "
                  "not a state dict: save torch.save(model.state_dict(), PATH) "
-                 "and pass that file")
+                 "and pass that file, or pass --trust_pickle to unpickle it "
+                 "with torch (it runs code the file names: only for a file "
+                 "you trust)")
   assert "\n" not in msg and "\x1b" not in msg
+
+
+def test_trust_pickle_reads_a_whole_model_as_its_state_dict(resnet18_file,
+                                                            tmp_path,
+                                                            monkeypatch):
+  """With --trust_pickle (its environment variable) a torch.save(model)
+  file imports to the same variables as the model's state dict."""
+  path = str(tmp_path / "whole.pth")
+  torch.save(torch_model("resnet18"), path)
+  monkeypatch.setenv(weight_spec.TRUST_PICKLE_ENV, "1")
+  got = flat(convert.import_weights("resnet18", path, num_classes=1000))
+  want = flat(convert.import_weights("resnet18", resnet18_file,
+                                     num_classes=1000))
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_trust_pickle_flag_on_the_command_line(tmp_path):
+  """`kd_jax.main --trust_pickle` lets the teacher file be unpickled: the
+  run gets past the file (here to the class-count check), which without the
+  flag stops at the pickled-model line."""
+  path = str(tmp_path / "whole.pth")
+  torch.save(torch_model("resnet18"), path)
+  args = ("--config=configs/quickstart.py:runlocal,dataset=digits",
+          "--config.teacher.name=resnet18",
+          f"--config.teacher.checkpoint=torchvision:{path}",
+          f"--workdir={tmp_path / 'run'}")
+  plain = helpers.run_cli(*args)
+  trusted = helpers.run_cli(*args, "--trust_pickle")
+  assert plain.returncode == 2 and "--trust_pickle" in plain.stderr
+  assert trusted.returncode == 2, trusted.stderr
+  assert "classifier has 1000 outputs" in trusted.stderr
+  assert not (tmp_path / "run").exists()
 
 
 def test_wrapped_state_dict_with_module_prefix(resnet18_file, tmp_path):

@@ -39,6 +39,7 @@ from kd_jax.models import zoo
 from kd_jax.models.interop import keras_weights
 from kd_jax.weight_spec import infer_source
 from kd_jax.weight_spec import SOURCES
+from kd_jax.weight_spec import TRUST_PICKLE_ENV
 from kd_jax.weight_spec import WeightImportError
 
 
@@ -142,6 +143,18 @@ def _safetensors_load(path: str) -> dict:
             for k, v in st_jax.load_file(path).items()}
 
 
+def _unpickled_state_dict(torch, path: str) -> dict:
+  """The state dict of a whole pickled model (`--trust_pickle`); its class
+  must be importable here, as torch.load needs it."""
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+  except (AttributeError, ModuleNotFoundError) as e:
+    raise WeightImportError(
+        f"{path!r}: unpickling the model needs its class ({e}); import it "
+        "where torch can find it, or save model.state_dict()") from None
+  return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
 def _torch_load(path: str) -> dict:
   try:
     import torch
@@ -156,10 +169,13 @@ def _torch_load(path: str) -> dict:
       raise  # not a pickle at all: read_state_dict says so in one line
     # torch.save(model) pickles the model's class; weights_only refuses
     # to run that code (its message is pages long).
-    raise WeightImportError(
-        f"{path!r} holds a whole pickled model (torch.save(model)), not a "
-        "state dict: save torch.save(model.state_dict(), PATH) and pass that "
-        "file") from None
+    if os.environ.get(TRUST_PICKLE_ENV) != "1":
+      raise WeightImportError(
+          f"{path!r} holds a whole pickled model (torch.save(model)), not a "
+          "state dict: save torch.save(model.state_dict(), PATH) and pass "
+          "that file, or pass --trust_pickle to unpickle it with torch (it "
+          "runs code the file names: only for a file you trust)") from None
+    obj = _unpickled_state_dict(torch, path)
   for wrapper in ("state_dict", "model"):
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
       obj = obj[wrapper]
