@@ -7,8 +7,11 @@ Cases: VGG16 -> MobileNetV3-small at 112 px, 4 classes (the echo recipe) and
 vgg_cifar -> simple_cnn at 32 px, 10 classes. For each batch size: kd_jax's
 jitted KD step (float32, and bf16 with `mixed_precision=True`) with a batch
 already on the device and with batches from kd_jax's input pipeline
-(host arrays -> device every step); the same step in PyTorch (torchvision
-models, float32, and bf16 autocast). The step's FLOPs and bytes come from
+(host arrays -> device, each batch placed when its step runs: "sync
+pipeline"; and as the training loop feeds it, with the next batches placed
+by train/prefetch.py's background thread: "prefetch pipeline", depth
+`--prefetch_depth`); the same step in PyTorch (the models of
+kd_step_vs_torch.py, float32 and bf16 autocast, its best variant). The step's FLOPs and bytes come from
 XLA:CPU's cost analysis of the same step (XLA:GPU's leaves out the
 convolutions cuDNN runs; the bf16 row reuses the f32 step's counts); they are
 divided by the measured
@@ -21,11 +24,14 @@ cells) as `kd_jax.study run --vmap` trains it on a GPU: one jitted
 (no augmentation), each cell its own batch-size rows; images/s counts every
 cell's images.
 
-  --ceiling_n=1024 --batch=8 --steps=2 --grid_cells=2  is a CPU dry run.
+  --ceiling_n=1024 --batch=8 --steps=2 --grid_cells=2  is a CPU dry run
+  (--torch_cpu also runs the PyTorch peer on the CPU; --cases=smoke is a
+  tiny simple_cnn -> simple_cnn case at 16 px).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -39,6 +45,7 @@ from conv_profile import timed  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from kd_step_vs_torch import CASES  # noqa: E402
+from kd_step_vs_torch import torch_models  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kd_jax import config_lib  # noqa: E402
@@ -46,10 +53,14 @@ from kd_jax import cpu_runtime
 from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.train import model_init
+from kd_jax.train import prefetch
 from kd_jax.train import sharding
 from kd_jax.train import step as step_lib  # noqa: E402
 from kd_jax.train import sweep
 
+# The two cases of kd_step_vs_torch.py, and a tiny one that runs the same
+# code in seconds on a CPU (gpu_check.py --cpu_smoke).
+ALL_CASES = {**CASES, "smoke": ("simple_cnn", "simple_cnn", 16, 10)}
 GRID_T = (2, 4, 6, 8, 10, 12, 14)  # configs/cifar_grid.py
 GRID_ALPHA = (0.3, 0.5, 0.7, 0.9)
 GRID_BATCH = {"cifar": 128, "echo": 64}  # the grid config's, the echo study's
@@ -85,8 +96,26 @@ def cpu_cost(fn, *args) -> dict:
           "bytes": float(cost.get("bytes accessed", float("nan")))}
 
 
+def pipeline_rate(step, state, hp, t_vars, split, batch, size, mesh, steps,
+                  depth):
+  """(images/s, state) of `steps` steps fed from kd_jax's input pipeline
+  (host uint8 batches of `split`, epoch after epoch), `depth` batches placed
+  ahead by the training loop's prefetcher (0: each when its step runs)."""
+  host = itertools.islice(itertools.chain.from_iterable(
+      data.train_batches(split, global_batch=batch, seed=0, epoch=e,
+                         num_steps=len(split) // batch, image_size=size)
+      for e in itertools.count()), steps)
+  t0 = time.perf_counter()
+  with prefetch.Prefetcher(host, lambda b: sharding.global_batch(b, mesh),
+                           depth) as placed:
+    for b in placed:
+      state, _ = step(state, b, hp, t_vars)
+  jax.block_until_ready(state)
+  return batch * steps / (time.perf_counter() - t0), state
+
+
 def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
-             cost=None):
+             cost=None, prefetch_depth=2, with_cost=True):
   c = config_lib.base_config()
   c.dataset.image_size, c.batch_size = size, batch
   c.kd.method, c.kd.temperature, c.kd.alpha = "vanilla", 4.0, 0.5
@@ -117,7 +146,8 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
   host = next(data.train_batches(split, global_batch=batch, seed=0, epoch=0,
                                  num_steps=1, image_size=size))
   dev_batch = sharding.global_batch(host, mesh)
-  cost = cost or cpu_cost(raw_step, state, dev_batch, hp, t_vars)
+  cost = cost or (cpu_cost(raw_step, state, dev_batch, hp, t_vars) if with_cost
+                  else {"flops": float("nan"), "bytes": float("nan")})
   for _ in range(3):
     state, m = step(state, dev_batch, hp, t_vars)
   jax.block_until_ready(state)
@@ -128,24 +158,14 @@ def jax_step(teacher_name, student_name, size, classes, batch, steps, bf16,
       state, _ = step(state, dev_batch, hp, t_vars)
     jax.block_until_ready(state)
 
-  def pipeline():
-    nonlocal state
-    for e in range(10**6):
-      for hb in data.train_batches(split, global_batch=batch, seed=0, epoch=e,
-                                   num_steps=8, image_size=size):
-        state, _ = step(state, sharding.global_batch(hb, mesh), hp, t_vars)
-        pipeline.count += 1
-        if pipeline.count >= steps:
-          jax.block_until_ready(state)
-          return
   t_dev = timed(on_device, 3, warmup=0) / steps
-  pipeline.count = 0
-  t0 = time.perf_counter()
-  pipeline()
-  t_pipe = (time.perf_counter() - t0) / steps
+  sync, state = pipeline_rate(step, state, hp, t_vars, split, batch, size,
+                              mesh, steps, 0)
+  ahead, state = pipeline_rate(step, state, hp, t_vars, split, batch, size,
+                               mesh, steps, prefetch_depth)
   return {"step_s": t_dev, "images_per_s": batch / t_dev,
-          "pipeline_images_per_s": batch / t_pipe,
-          **cost}
+          "pipeline_images_per_s": sync, "prefetch_images_per_s": ahead,
+          "prefetch_depth": prefetch_depth, **cost}
 
 
 def grid_step(student_name, size, classes, batch, steps, cells):
@@ -202,25 +222,30 @@ def grid_step(student_name, size, classes, batch, steps, cells):
 
 
 def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16,
-               options=frozenset()):
+               options=frozenset(), allow_cpu=False):
   """The PyTorch peer's images/s as a performance-minded user runs it: TF32
   (as JAX's default float32 precision on this GPU), cuDNN autotuning, fused
-  Adam; `options`: 'cl' (channels_last), 'compile' (torch.compile)."""
+  Adam; `options`: 'cl' (channels_last), 'compile' (torch.compile). The
+  models are kd_step_vs_torch.py's (torchvision's for the echo case);
+  None without torch, or without a GPU unless `allow_cpu`."""
   try:
     import torch
-    import torchvision
   except ImportError:
     return None
-  if teacher_name != "vgg16" or not torch.cuda.is_available():
-    return None  # the torch peer covers the echo case (torchvision models)
+  cuda = torch.cuda.is_available()
+  if not (cuda or allow_cpu):
+    return None
   torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   torch.backends.cudnn.benchmark = True
-  dev = torch.device("cuda")
+  dev = torch.device("cuda" if cuda else "cpu")
   fmt = torch.channels_last if "cl" in options else torch.contiguous_format
-  teacher = torchvision.models.vgg16(num_classes=classes).to(dev, memory_format=fmt).eval()
-  student = torchvision.models.mobilenet_v3_small(num_classes=classes).to(
+  build = torch_models()
+  teacher = build[teacher_name](classes, size).to(dev, memory_format=fmt).eval()
+  student = build[student_name](classes, size).to(
       dev, memory_format=fmt).train()
-  opt = torch.optim.Adam(student.parameters(), lr=1e-3, fused=True)
+  opt = torch.optim.Adam(student.parameters(), lr=1e-3, fused=cuda)
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  autocast = "cuda" if cuda else "cpu"
   x8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
                      device=dev).contiguous(memory_format=fmt)
   y = torch.randint(0, classes, (batch,), device=dev)
@@ -228,7 +253,7 @@ def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16,
 
   def loss_fn(x8, y):
     x = (x8.float() / 255.0 - 0.5) / 0.5
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(autocast, dtype=torch.bfloat16, enabled=bf16):
       with torch.no_grad():
         zt = teacher(x)
       zs = student(x)
@@ -248,12 +273,12 @@ def torch_step(teacher_name, student_name, size, classes, batch, steps, bf16,
 
   for _ in range(5):
     one()
-  torch.cuda.synchronize()
+  sync()
 
   def run():
     for _ in range(steps):
       one()
-    torch.cuda.synchronize()
+    sync()
   t = timed(run, 3, warmup=0) / steps
   return {"images_per_s": batch / t}
 
@@ -264,7 +289,8 @@ def best_torch(args, tname, sname, size, classes, batch, bf16):
   for v in args.torch_variants.split(","):
     opts = frozenset() if v == "eager" else frozenset(v.split("+"))
     try:
-      r = torch_step(tname, sname, size, classes, batch, args.steps, bf16, opts)
+      r = torch_step(tname, sname, size, classes, batch, args.steps, bf16, opts,
+                     allow_cpu=args.torch_cpu)
     except Exception as e:  # a variant that fails (e.g. compile) is reported
       print(f"torch {v}: {type(e).__name__}: {str(e)[:200]}", flush=True)
       continue
@@ -276,9 +302,9 @@ def best_torch(args, tname, sname, size, classes, batch, bf16):
   return rates, max(rates, key=rates.get)
 
 
-HEAD = ("case", "batch", "prec", "kd_jax img/s", "pipeline img/s",
-        "torch img/s", "jax/torch", "TFLOP/s", "% of matmul", "TB/s",
-        "% of copy")
+HEAD = ("case", "batch", "prec", "kd_jax img/s", "sync pipeline img/s",
+        "prefetch pipeline img/s", "torch img/s", "jax/torch", "TFLOP/s",
+        "% of matmul", "TB/s", "% of copy")
 
 
 def with_fractions(r, ceil, bf16):
@@ -294,9 +320,10 @@ def with_fractions(r, ceil, bf16):
 def format_row(r) -> str:
   t = r.get("torch_images_per_s")
   pipe = r.get("pipeline_images_per_s")
+  ahead = r.get("prefetch_images_per_s")
   return " | ".join([
       r["case"], str(r["batch"]), r["precision"], f"{r['images_per_s']:.0f}",
-      f"{pipe:.0f}" if pipe else "-",
+      f"{pipe:.0f}" if pipe else "-", f"{ahead:.0f}" if ahead else "-",
       f"{t:.0f} ({r['torch_best']})" if t else "-",
       f"{r['images_per_s'] / t:.2f}" if t else "-", f"{r['tflops']:.1f}",
       f"{100 * r['flop_fraction']:.1f}", f"{r['tb_per_s']:.2f}",
@@ -306,11 +333,12 @@ def format_row(r) -> str:
 def measure(args, ceil):
   """Yields the table's rows, one measurement at a time."""
   for case in args.cases.split(","):
-    tname, sname, size, classes = CASES[case]
+    tname, sname, size, classes = ALL_CASES[case]
     for batch in map(int, args.batch.split(",") if not args.no_single else ()):
       cost = None  # the bf16 row takes the f32 step's FLOPs and bytes
       for bf16 in (False, True):
-        r = jax_step(tname, sname, size, classes, batch, args.steps, bf16, cost)
+        r = jax_step(tname, sname, size, classes, batch, args.steps, bf16, cost,
+                     args.prefetch_depth, not args.no_cost)
         cost = {"flops": r["flops"], "bytes": r["bytes"]}
         rates, best = best_torch(args, tname, sname, size, classes, batch, bf16)
         yield with_fractions(
@@ -335,6 +363,11 @@ def main():
   p.add_argument("--grid_cells", type=int, default=len(GRID_T) * len(GRID_ALPHA))
   p.add_argument("--ceiling_n", type=int, default=8192)
   p.add_argument("--torch_variants", default="eager,cl,cl+compile")
+  p.add_argument("--torch_cpu", action="store_true",
+                 help="run the PyTorch peer on the CPU when there is no GPU")
+  p.add_argument("--prefetch_depth", type=int, default=2)
+  p.add_argument("--no_cost", action="store_true",
+                 help="skip XLA:CPU's cost analysis (the FLOP/s columns)")
   p.add_argument("--json", default="")
   args = p.parse_args()
   cpu_runtime.configure()  # as kd_jax's commands run; before the backend starts

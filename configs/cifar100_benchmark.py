@@ -13,8 +13,10 @@ vgg13_cifar-vgg8_cifar, vgg13_cifar-mobilenet_v2_cifar,
 resnet32x4-shufflenet_v2_cifar.
 Cells: scratch, KD (T = 4, alpha = 0.9: RepDistiller's 0.1 CE + 0.9 KD), AT,
 PKT, SP, RKD, VID, CRD, ReviewKD (CE + the method's default beta x its term),
-DKD (alpha 1, beta 8, 20 warm-up epochs), DIST (beta = gamma = 2) and CTKD,
-seeds 0.. (`seeds=N`, default 1).
+DKD (alpha 1, beta 8, 20 warm-up epochs), DIST (beta = gamma = 2), CTKD,
+CC and NST (CE + beta x term, as AT) and, for the pairs whose layers have
+equal channels, FSP (30 epochs on the FSP loss alone, then CE), seeds 0..
+(`seeds=N`, default 1).
 Recipe: 240 epochs, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for
 the MobileNetV2 and ShuffleNet students; their teacher keeps 0.05), x0.1 at
 epochs 150, 180 and 210, batch 64, random crop (4 px padding) + flip, 32 px;
@@ -22,16 +24,17 @@ the teacher is trained by the study with the same recipe.
 
 Reproducing the published numbers needs a GPU and a prepared TFDS `cifar100`
 (`dataset.data_dir`); the tiny mode (`runlocal`) runs in the tests. Published
-top-1 (%), scratch / KD / CRD from Tian et al. 2020, DKD from Zhao et al.
-2022 ("Decoupled Knowledge Distillation"):
-  resnet56 -> resnet20            69.06 / 70.66 / 71.16 / 71.97
-  resnet110 -> resnet32           71.14 / 73.08 / 73.48 / 74.11
-  resnet32x4 -> resnet8x4         72.50 / 73.33 / 75.51 / 76.32
-  wrn_40_2 -> wrn_16_2            73.26 / 74.92 / 75.48 / 76.24
-  wrn_40_2 -> wrn_40_1            71.98 / 73.54 / 74.14 / 74.81
-  vgg13 -> vgg8                   70.36 / 72.98 / 73.94 / 74.68
-  vgg13 -> MobileNetV2            64.60 / 67.37 / 69.73 / 69.71
-  resnet32x4 -> ShuffleNetV2      71.82 / 74.45 / 75.65 / 77.07
+top-1 (%), scratch / KD / CRD / CC / NST / FSP from Tian et al. 2020 (Tables
+1-2, RepDistiller's README), DKD from Zhao et al. 2022 ("Decoupled Knowledge
+Distillation"):
+  resnet56 -> resnet20       69.06 / 70.66 / 71.16 / 69.63 / 69.60 / 69.95 / 71.97
+  resnet110 -> resnet32      71.14 / 73.08 / 73.48 / 71.48 / 71.96 / 71.89 / 74.11
+  resnet32x4 -> resnet8x4    72.50 / 73.33 / 75.51 / 72.97 / 73.30 / 72.62 / 76.32
+  wrn_40_2 -> wrn_16_2       73.26 / 74.92 / 75.48 / 73.56 / 73.68 / 72.91 / 76.24
+  wrn_40_2 -> wrn_40_1       71.98 / 73.54 / 74.14 / 72.21 / 72.24 /   -   / 74.81
+  vgg13 -> vgg8              70.36 / 72.98 / 73.94 / 70.71 / 71.53 / 70.23 / 74.68
+  vgg13 -> MobileNetV2       64.60 / 67.37 / 69.73 / 64.86 / 58.16 /   -   / 69.71
+  resnet32x4 -> ShuffleNetV2 71.82 / 74.45 / 75.65 / 71.29 / 74.68 /   -   / 77.07
 """
 from kd_jax import config_lib
 from kd_jax.study import runner as study
@@ -42,7 +45,11 @@ PAIRS = ("resnet56-resnet20", "resnet110-resnet32", "resnet32x4-resnet8x4",
 MOBILE_STUDENTS = ("mobilenet_v2_cifar", "shufflenet_v2_cifar")
 SETTINGS = ("method=none", "method=vanilla", "method=at", "method=pkt",
             "method=sp", "method=rkd", "method=vid", "method=crd",
-            "method=reviewkd", "method=dkd", "method=dist", "method=ctkd")
+            "method=reviewkd", "method=dkd", "method=dist", "method=ctkd",
+            "method=cc", "method=nst")
+# FSP pairs layers of equal channels: the pairs RepDistiller reports it for.
+FSP_PAIRS = ("resnet56-resnet20", "resnet110-resnet32", "resnet32x4-resnet8x4",
+             "wrn_40_2-wrn_16_2", "vgg13_cifar-vgg8_cifar")
 
 
 def _split_pair(arg):
@@ -86,7 +93,9 @@ def get_config(arg=None):
 
 
 def cells(arg=None):
-  _split_pair(arg)  # a bad pair fails before any cell is listed
+  teacher, student, _ = _split_pair(arg)  # a bad pair fails before any cell
+  settings = SETTINGS + (("method=fsp",) if f"{teacher}-{student}" in FSP_PAIRS
+                         else ())
   seeds, common = study.parse_study_arg(arg, seeds=1)
   return [study.join(f"{s},seed={seed}", common)
-          for s in SETTINGS for seed in range(seeds)]
+          for s in settings for seed in range(seeds)]

@@ -30,8 +30,10 @@ def test_every_pair_and_cell_is_the_benchmark_recipe():
                                    or "shufflenet" in student else 0.05)
       assert config_lib.teacher_lr(cfg) == 0.05
       methods.append(cfg.kd.method)
+    fsp = ["fsp"] if pair in mod.FSP_PAIRS else []
     assert methods == ["none", "vanilla", "at", "pkt", "sp", "rkd", "vid",
-                       "crd", "reviewkd", "dkd", "dist", "ctkd"]
+                       "crd", "reviewkd", "dkd", "dist", "ctkd", "cc",
+                       "nst"] + fsp
   with pytest.raises(config_lib.UserError, match="not a benchmark pair"):
     study.Study(PATH, "pair=resnet8-resnet110")
 
@@ -44,5 +46,6 @@ def test_tiny_benchmark_study_runs_every_method(tmp_path):
   out = report.make_report(s.study_dir, timing=False)
   methods = {r["method"] for r in out["rows"]}
   assert methods == {"none", "vanilla", "at", "pkt", "sp", "rkd", "vid",
-                     "crd", "reviewkd", "dkd", "dist", "ctkd"}
+                     "crd", "reviewkd", "dkd", "dist", "ctkd", "cc", "nst",
+                     "fsp"}
   assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in out["rows"])

@@ -142,6 +142,8 @@ CE_PARTS = {
 
 
 def _ce_part(name):
+  if not methods.get(name).class_weights:  # no CE (a pre-training stage)
+    return None
   if methods.get(name).feature is not None:
     return CE_PARTS["none"]
   return CE_PARTS.get(name)

@@ -378,3 +378,93 @@ def test_losses_jit():
     if f is fl.hcl_loss:
       ft = [f32(rand(1, 4, 4, 4, 3))]
     np.testing.assert_allclose(jax.jit(f)(fs, ft), f(fs, ft), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- CC ------
+
+def np_cc(es, et):
+  """RepDistiller's CC: sum over neighbouring examples i, i + 1 of
+  <|e_s^i - e_t^i|, |e_s^(i+1) - e_t^(i+1)|>, over B - 1 pairs."""
+  d = np.abs(es - et)
+  return sum(d[i] @ d[i + 1] for i in range(len(d) - 1)) / (len(d) - 1)
+
+
+def test_cc_matches_numpy_zero_on_match_and_heads_train():
+  es, et = rand(0, 6, 5), rand(1, 6, 5, scale=2.0)
+  np.testing.assert_allclose(fl.cc_loss(f32(es), f32(et)), np_cc(es, et),
+                             rtol=RTOL)
+  assert float(fl.cc_loss(f32(es), f32(es))) == 0.0
+  # The linear head: x W + b on the flattened feature, no normalisation.
+  embed = fl.LinearEmbed(dim=4)
+  x = f32(rand(2, 3, 2, 2, 3))
+  p = numpy_variables(embed, x)
+  w, b = (np.asarray(a, np.float64) for a in (p["params"]["linear"]["kernel"],
+                                             p["params"]["linear"]["bias"]))
+  np.testing.assert_allclose(embed.apply(p, x),
+                             np.asarray(x, np.float64).reshape(3, -1) @ w + b,
+                             rtol=RTOL)
+
+
+# ---------------------------------------------------------------- NST -----
+
+def np_nst_pair(fs, ft):
+  """Huang & Wang's squared MMD with k(x, y) = (x . y)^2 between the
+  channels (normalised over positions) of one pair, over the batch."""
+  if fs.shape[1] > ft.shape[1]:
+    fs = np_adaptive_pool(fs, ft.shape[1])
+  elif fs.shape[1] < ft.shape[1]:
+    ft = np_adaptive_pool(ft, fs.shape[1])
+  total = 0.0
+  for b in range(fs.shape[0]):
+    s = [np_normalize(fs[b, ..., j].ravel()) for j in range(fs.shape[-1])]
+    t = [np_normalize(ft[b, ..., i].ravel()) for i in range(ft.shape[-1])]
+    k = lambda xs, ys: np.mean([(x @ y) ** 2 for x in xs for y in ys])
+    total += k(t, t) + k(s, s) - 2 * k(s, t)
+  return total / fs.shape[0]
+
+
+def test_nst_matches_numpy_and_properties():
+  fs = [rand(0, 3, 8, 8, 4), rand(1, 3, 4, 4, 6)]
+  ft = [rand(2, 3, 4, 4, 5), rand(3, 3, 4, 4, 2)]
+  got = fl.nst_loss([f32(f) for f in fs], [f32(f) for f in ft])
+  np.testing.assert_allclose(
+      got, sum(np_nst_pair(a, b) for a, b in zip(fs, ft)), rtol=RTOL)
+  # Zero on identical maps; invariant to a positive scale of a channel.
+  assert abs(float(fl.nst_loss([f32(fs[1])], [f32(fs[1])]))) < 1e-6
+  scaled = fs[1] * np.array([1.0, 3.0, 0.5, 2.0, 1.0, 7.0])
+  np.testing.assert_allclose(fl.nst_loss([f32(scaled)], [f32(ft[1])]),
+                             fl.nst_loss([f32(fs[1])], [f32(ft[1])]),
+                             rtol=RTOL)
+
+
+# ---------------------------------------------------------------- FSP -----
+
+def np_fsp(fs_list, ft_list):
+  """Yim et al.'s FSP matrices G_ij = mean_{h,w} top_i bottom_j of
+  consecutive layers (the larger map pooled), RepDistiller's mean of the
+  squared differences per pair, summed over pairs."""
+  def g(bot, top):
+    if bot.shape[1] > top.shape[1]:
+      bot = np_adaptive_pool(bot, top.shape[1])
+    elif bot.shape[1] < top.shape[1]:
+      top = np_adaptive_pool(top, bot.shape[1])
+    b, h, w = bot.shape[:3]
+    out = np.zeros((b, top.shape[-1], bot.shape[-1]))
+    for n in range(b):
+      for i in range(top.shape[-1]):
+        for j in range(bot.shape[-1]):
+          out[n, i, j] = np.sum(top[n, ..., i] * bot[n, ..., j]) / (h * w)
+    return out
+  return sum(np.mean((g(fs_list[l], fs_list[l + 1])
+                      - g(ft_list[l], ft_list[l + 1])) ** 2)
+             for l in range(len(fs_list) - 1))
+
+
+def test_fsp_matches_numpy_and_properties():
+  shapes = [(2, 8, 8, 3), (2, 4, 4, 5), (2, 4, 4, 2)]
+  fs = [rand(i, *s) for i, s in enumerate(shapes)]
+  ft = [rand(i + 10, *s, scale=2.0) for i, s in enumerate(shapes)]
+  got = fl.fsp_loss([f32(f) for f in fs], [f32(f) for f in ft])
+  np.testing.assert_allclose(got, np_fsp(fs, ft), rtol=RTOL)
+  assert fl.fsp_matrix(f32(fs[0]), f32(fs[1])).shape == (2, 5, 3)
+  assert float(fl.fsp_loss([f32(f) for f in fs], [f32(f) for f in fs])) == 0.0

@@ -14,6 +14,7 @@ from kd_jax import models
 from kd_jax.data import datasets as data
 from kd_jax.distill import feature_losses as fl
 from kd_jax.distill import losses
+from kd_jax.distill import methods
 from kd_jax.errors import UserError
 from kd_jax.train import checkpointing
 from kd_jax.train import pipeline as train
@@ -28,12 +29,14 @@ MESH = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
 # student maps 8x8x16, 4x4x16 and teacher maps 13x13x32, 5x5x64.
 STUDENT, TEACHER = "plain_cnn_2_c10", "cnn_mnist"
 BETA = {"at": 1000.0, "pkt": 30000.0, "sp": 3000.0, "rkd": 1.0, "vid": 1.0,
-        "crd": 0.8, "reviewkd": 1.0}
+        "crd": 0.8, "reviewkd": 1.0, "cc": 0.02, "nst": 50.0}
+# beta's warm-up factor at epoch 0: ReviewKD ramps up over 20 epochs.
+WARM0 = {"reviewkd": 1.0 / 20}
 STAGES = [("stage1", "block1"), ("stage2", "block2")]
 POOLED = [("pre_logits", "pre_logits")]
 DEFAULT_PAIRS = {"at": STAGES, "vid": STAGES, "sp": STAGES[-1:],
                  "pkt": POOLED, "rkd": POOLED, "crd": POOLED,
-                 "reviewkd": STAGES + POOLED}
+                 "reviewkd": STAGES + POOLED, "cc": POOLED, "nst": STAGES}
 
 
 def _config(method, **overrides):
@@ -62,8 +65,12 @@ def _reference_term(method, run, state, s, t, batch, key):
   state's parameters, and (CRD) the banks after the step."""
   p, pairs = state.params.get("feature", {}), run.feature_layers
   sl, tl = [s[a] for a, _ in pairs], [t[b] for _, b in pairs]
-  if method in ("at", "sp"):
+  if method in ("at", "sp", "nst"):
     return getattr(fl, f"{method}_loss")(sl, tl), None
+  if method == "cc":
+    embed = lambda name, f: fl.LinearEmbed(128).apply({"params": p[name]}, f)
+    return fl.cc_loss(embed("student_embed", sl[0]),
+                      embed("teacher_embed", tl[0])), None
   if method in ("pkt", "rkd"):
     return getattr(fl, f"{method}_loss")(sl[0].reshape(len(sl[0]), -1),
                                          tl[0]), None
@@ -127,8 +134,9 @@ def test_step_loss_is_cross_entropy_plus_beta_feature_term(method):
   ce = losses.cross_entropy(s_logits, jnp.asarray(batch["label"]))
   np.testing.assert_allclose(metrics["feature_loss"], term, rtol=2e-5,
                              atol=1e-7)
-  np.testing.assert_allclose(metrics["loss"], ce + BETA[method] * term,
-                             rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      metrics["loss"], ce + BETA[method] * WARM0.get(method, 1.0) * term,
+      rtol=2e-5, atol=1e-6)
   assert float(metrics["finite"]) == 1.0
   if method != "crd":
     return
@@ -144,6 +152,29 @@ def test_step_loss_is_cross_entropy_plus_beta_feature_term(method):
                                 old.student_bank_NxD[~rows])
   assert not np.allclose(got.teacher_bank_NxD[rows], old.teacher_bank_NxD[rows])
   assert float(old.z_student) < 0 < float(got.z_student)
+
+
+@pytest.mark.parametrize("warmup", [20, 5, 0])
+def test_reviewkd_beta_warms_up_linearly(warmup):
+  """beta * min(1, (E + 1) / warmup) at the 0-based epoch E: mdistiller's
+  min(E / warmup, 1) with its 1-based epochs; 0 is no warm-up. Traced
+  epochs (the step's) give the same."""
+  c = _config("reviewkd", **{"kd.reviewkd_warmup_epochs": warmup,
+                             "kd.feature_weight": 2.0})
+  config_lib.validate(c)
+  kd, method = config_lib.read_specs(c).kd, methods.get("reviewkd")
+  epochs = np.arange(30)
+  want = 2.0 * (np.minimum(1.0, (epochs + 1) / warmup) if warmup else 1.0)
+  got = [methods.feature_weight(kd, method, epoch=e) for e in epochs]
+  traced = jax.jit(jax.vmap(lambda e: methods.feature_weight(
+      kd, method, epoch=e)))(jnp.asarray(epochs))
+  np.testing.assert_allclose(np.broadcast_to(got, (30,)), want, rtol=1e-6)
+  np.testing.assert_allclose(np.broadcast_to(traced, (30,)), want, rtol=1e-6)
+  assert methods.feature_weight(kd, method) == 2.0  # beta, as logged
+  assert config_lib.base_config().kd.reviewkd_warmup_epochs == 20
+  # Only ReviewKD's term warms up.
+  at = methods.get("at")
+  assert methods.feature_weight(kd, at, epoch=jnp.int32(0)) == 2.0
 
 
 def test_a_logit_method_and_beta_combine_with_the_feature_term():
@@ -193,6 +224,73 @@ def test_crd_run_stops_and_resumes_bit_for_bit(tmp_path, monkeypatch):
   assert jax.tree.structure(best) == jax.tree.structure(like)
 
 
+def test_fsp_pretrain_stage_loss_is_the_fsp_term_alone():
+  """FSP's first stage (RepDistiller's `init`): the loss is the FSP term of
+  the paired layers at weight 1, no cross-entropy."""
+  c = _config("fsp", **{"teacher.name": STUDENT})
+  config_lib.validate(c)
+  ds = data.load(c)
+  teacher = models.get_model(STUDENT, num_classes=ds.num_classes)
+  t_vars = models.init(teacher, jax.random.PRNGKey(9), 16)
+  run = stage.Stage(config_lib.read_specs(c), role="pretrain",
+                    model_name=STUDENT,
+                    method=methods.get("fsp").pretrain.method,
+                    stage_dir="/nonexistent", num_epochs=2,
+                    learning_rate=c.learning_rate, ds=ds, mesh=MESH,
+                    teacher=step.Frozen(teacher, t_vars), select_best=False)
+  assert [tuple(p) for p in run.feature_layers] == [("stage1", "stage1"),
+                                                    ("stage2", "stage2")]
+  tx, state = run.init_state()
+  batch = _first_batch(c, ds)
+  _, metrics = jax.jit(step.make_train_step(run.spec(), tx))(
+      state, batch, step.hyperparams(config_lib.read_specs(c)), t_vars)
+  x = run.spec().preprocess(jnp.asarray(batch["image"]))
+  _, s, _ = models.apply_with_features(
+      run.model, step.model_variables(state.params["student"],
+                                      state.batch_stats["student"]), x,
+      train=True, mutable=("batch_stats",))
+  _, t, _ = models.apply_with_features(teacher, t_vars, x, train=False)
+  term = fl.fsp_loss([s["stage1"], s["stage2"]], [t["stage1"], t["stage2"]])
+  np.testing.assert_allclose(metrics["feature_loss"], term, rtol=2e-5)
+  np.testing.assert_allclose(metrics["loss"], term, rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_fsp_runs_its_pretrain_stage_then_the_student_from_it(tmp_path):
+  c = _config("fsp", **{"teacher.name": STUDENT})
+  summary = train.train_and_evaluate(c, str(tmp_path))
+  assert [r["stage"].split(" ")[0] for r in summary["rows"]] == [
+      "teacher", "pretrain", "student"]
+  pre = helpers.read_json(str(tmp_path / "pretrain" / "results.json"))
+  res = helpers.read_json(str(tmp_path / "student" / "results.json"))
+  assert pre["method"] == methods.get("fsp").pretrain.method
+  assert pre["epochs_run"] == 2 and np.isfinite(
+      pre["final_train_metrics"]["feature_loss"])
+  assert res["method"] == "fsp" and "feature_layers" not in res
+  assert res["init_from"] == str(tmp_path / "pretrain")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"kd.fsp_init_epochs": 0},
+     "config.kd.fsp_init_epochs=0 must be >= 1 (the pre-training stage's "
+     "epochs)"),
+    ({"teacher.name": TEACHER},
+     "method 'fsp' needs as many channels in the student's layer as in the "
+     "teacher's; plain_cnn_2_c10.stage1 has 16, cnn_mnist.block1 has 32"),
+])
+def test_bad_fsp_settings_are_one_line_errors(overrides, message):
+  c = _config("fsp", **{"teacher.name": STUDENT, **overrides})
+  with pytest.raises(UserError) as e:
+    config_lib.validate(c)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tiny_mode_gives_fsp_a_teacher_with_the_students_channels():
+  c = helpers.load_config("fsp_resnet8x4.py", "runlocal")
+  assert (c.teacher.name, c.kd.fsp_init_epochs) == ("resnet8x4", 2)
+  config_lib.validate(c)
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("feature_teacher"))
@@ -236,6 +334,8 @@ def test_feature_method_end_to_end(method, teacher_dir, tmp_path):
      "method 'crd' takes one layer pair"),
     ({"kd.method": "crd", "kd.crd_momentum": 1.0},
      "config.kd.crd_momentum=1.0 must be in [0, 1)"),
+    ({"kd.method": "reviewkd", "kd.reviewkd_warmup_epochs": -1},
+     "config.kd.reviewkd_warmup_epochs=-1 must be >= 0 (0: no warm-up)"),
     ({"student.name": "mlp"},
      "mlp has no feature maps"),
 ])

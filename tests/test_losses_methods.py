@@ -20,8 +20,8 @@ J_KL = jax.jit(losses.kl_per_example)
 J_KD = jax.jit(losses.kd_loss, static_argnames=_STD)
 J_DKD = jax.jit(losses.dkd_loss, static_argnames=_STD)
 G_DKD = jax.jit(jax.grad(losses.dkd_loss), static_argnames=_STD)
-J_DIST = jax.jit(losses.dist_loss)
-G_DIST = jax.jit(jax.grad(losses.dist_loss))
+J_DIST = jax.jit(losses.dist_loss, static_argnames=("exact_pearson",))
+G_DIST = jax.jit(jax.grad(losses.dist_loss), static_argnames=("exact_pearson",))
 J_HINT = jax.jit(losses.hint_loss)
 J_S2C = jax.jit(losses.subclass_to_class_logits, static_argnums=1)
 J_AUX = jax.jit(losses.subclass_aux_loss)
@@ -117,14 +117,20 @@ def np_dkd(s, t, y, T, alpha, beta):
   return T**2 * np.mean(alpha * tckd + beta * nckd)
 
 
-def np_pearson(a, b):
-  return np.corrcoef(a, b)[0, 1]
+def np_pearson(a, b, exact=True):
+  """The exact correlation (np.corrcoef), or the DIST authors' form
+  <a~, b~> / (|a~| |b~| + 1e-8) of the mean-centred vectors."""
+  if exact:
+    return np.corrcoef(a, b)[0, 1]
+  a, b = a - a.mean(), b - b.mean()
+  return a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-8)
 
 
-def np_dist(s, t, T, beta, gamma):
+def np_dist(s, t, T, beta, gamma, exact=True):
   ps, pt = np_softmax(s / T), np_softmax(t / T)
-  inter = 1 - np.mean([np_pearson(ps[i], pt[i]) for i in range(len(ps))])
-  intra = 1 - np.mean([np_pearson(ps[:, c], pt[:, c])
+  inter = 1 - np.mean([np_pearson(ps[i], pt[i], exact)
+                       for i in range(len(ps))])
+  intra = 1 - np.mean([np_pearson(ps[:, c], pt[:, c], exact)
                        for c in range(ps.shape[1])])
   return T**2 * (beta * inter + gamma * intra)
 
@@ -284,14 +290,58 @@ def test_dkd_zero_when_student_equals_teacher():
 # DIST (Huang et al. 2022)
 # ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
 @pytest.mark.parametrize("beta,gamma", [(1.0, 1.0), (2.0, 0.5), (1.0, 0.0),
                                         (0.0, 1.0)])
-def test_dist_matches_numpy(T, beta, gamma):
+def test_dist_matches_numpy(T, beta, gamma, exact):
   s, t, y = batch(int(T) + int(10 * gamma) + 80)
-  got = J_DIST(*f32(s, t), temperature=T, beta=beta, gamma=gamma)
-  np.testing.assert_allclose(got, np_dist(s, t, T, beta, gamma),
+  got = J_DIST(*f32(s, t), temperature=T, beta=beta, gamma=gamma,
+               exact_pearson=exact)
+  np.testing.assert_allclose(got, np_dist(s, t, T, beta, gamma, exact),
                              rtol=2e-5, atol=1e-5)
+
+
+def _near_one_hot_pair():
+  """A teacher 18 logits sure of classes 0-2 only, at T = 1 its other
+  classes' columns of size ~1e-8, and a student that follows it loosely."""
+  rng = np.random.default_rng(7)
+  t = rng.normal(0, 1, (16, 7)) + 18.0 * np.eye(7)[rng.integers(0, 3, 16)]
+  s = t / 4 + rng.normal(0, 0.3, (16, 7))
+  return [a.astype(np.float32).astype(np.float64) for a in (s, t)]
+
+
+def test_dist_default_is_the_authors_pearson_and_exact_is_an_option():
+  """On a near one-hot teacher at T = 1 the authors' |a| |b| + 1e-8 and the
+  exact correlation differ; each matches its float64 NumPy form, the
+  default is the authors', and the registry's field picks the form."""
+  from kd_jax.distill import methods
+  s, t = _near_one_hot_pair()
+  authors, exact = np_dist(s, t, 1.0, 1.0, 1.0, False), np_dist(
+      s, t, 1.0, 1.0, 1.0, True)
+  assert authors - exact > 0.05
+  kw = dict(temperature=1.0, beta=1.0, gamma=1.0)
+  np.testing.assert_allclose(J_DIST(*f32(s, t), **kw), authors, rtol=1e-4)
+  np.testing.assert_allclose(J_DIST(*f32(s, t), exact_pearson=True, **kw),
+                             exact, rtol=1e-4)
+  y = jnp.zeros(16, jnp.int32)
+  ce = float(losses.cross_entropy(*f32(s), y))
+  for flag, want in ((False, authors), (True, exact)):
+    got = methods.get("dist").loss(
+        methods.KDSpec(dist_exact_pearson=flag), *f32(s, t), y,
+        temperature=1.0, alpha=0.5, epoch=0)
+    np.testing.assert_allclose(float(got) - ce, want, rtol=1e-4)
+  assert methods.KDSpec().dist_exact_pearson is False
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_dist_grad_is_finite_for_a_batch_of_one(exact):
+  """A batch of one has all-zero centred columns: gradient 0, not NaN."""
+  s, t, _ = batch(5, b=2)
+  s, t = s[:1], t[:1]
+  g = jax.grad(losses.dist_loss)(*f32(s, t), temperature=2.0,
+                                 exact_pearson=exact)
+  assert np.all(np.isfinite(g))
 
 
 @pytest.mark.parametrize("T", [1.0, 4.0])

@@ -1,5 +1,6 @@
 """Two CPU processes joined by jax.distributed on loopback train one cell and
-end with the params of one process holding the same 2 devices."""
+end with the params of one process holding the same 2 devices; the GPUs a
+SLURM task drives."""
 import os
 import socket
 import subprocess
@@ -7,7 +8,9 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
+from kd_jax.train import sharding
 from tests import helpers
 
 ARGS = ["--config=configs/quickstart.py:runlocal,dataset=digits,method=none",
@@ -27,8 +30,10 @@ def _params(workdir):
 
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  """The two processes prefetch their own rows (the default
+  prefetch_depth); the one process places each batch when its step runs."""
   one = str(tmp_path / "one")
-  r = helpers.run_cli(*ARGS, f"--workdir={one}", env={
+  r = helpers.run_cli(*ARGS, "--config.prefetch_depth=0", f"--workdir={one}", env={
       "JAX_PLATFORMS": "cpu",
       "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert r.returncode == 0, r.stderr[-2000:]
@@ -55,3 +60,18 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   for a, b in zip(_params(one), _params(two)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert res_two["test"]["accuracy"] == res_one["test"]["accuracy"]
+
+
+@pytest.mark.parametrize("env,ids", [
+    ({}, None),  # not SLURM's GPU binding: JAX's default
+    ({"SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "3"}, [0]),
+    ({"SLURM_GPUS_PER_TASK": "8", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
+     list(range(8))),  # one task per node drives its 8 GPUs
+    ({"SLURM_GPUS_PER_TASK": "2", "SLURM_LOCALID": "1",
+      "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, [2, 3]),  # unbound: its own pair
+    ({"SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "0",
+      "JAX_LOCAL_DEVICE_IDS": "0"}, None),
+    ({"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "SLURM_LOCALID": "5"}, None),
+])
+def test_slurm_local_devices(env, ids):
+  assert sharding.slurm_local_devices(env) == ids

@@ -9,6 +9,7 @@ import sys
 import ml_collections
 
 from kd_jax import weight_spec
+from kd_jax.distill import methods
 from kd_jax.errors import UserError
 
 
@@ -38,6 +39,7 @@ ALIASES = {
     "image_size": "dataset.image_size", "assistants": "kd.assistants",
     "peers": "kd.peers", "hint_stages": "kd.hint_stages",
     "subclasses": "kd.subclasses", "ls": "kd.logit_standardization",
+    "mixup": "dataset.mixup_alpha", "cutmix": "dataset.cutmix_alpha",
 }
 
 
@@ -166,11 +168,15 @@ def make_tiny(c: ml_collections.ConfigDict):
   # The student is kept; a big teacher (VGG16: 138M params) is swapped for a
   # small CNN so a tiny run takes seconds on a CPU, unless weights are given
   # for it: they fit only the model they were made for. With hint layers the
-  # swap keeps the family, so the teacher's feature names still exist.
+  # swap keeps the family, so the teacher's feature names still exist; a
+  # term that pairs equal channels (FSP) gets the student's architecture.
   named_layers = c.kd.hint_teacher_layer or c.kd.feature_layers
+  term = (methods.feature_term(c.kd.method) if c.kd.method in methods.METHODS
+          else None)
   if (not (c.teacher.checkpoint or c.teacher.init_from or c.teacher.logits)
       and c.teacher.name not in TINY_TEACHERS):
-    c.teacher.name = (TINY_HINT_TEACHERS.get(c.teacher.name, "simple_cnn")
+    c.teacher.name = (c.student.name if term and term.same_channels else
+                      TINY_HINT_TEACHERS.get(c.teacher.name, "simple_cnn")
                       if named_layers else "simple_cnn")
   c.kd.assistants = ",".join(
       m if m in TINY_TEACHERS else "tiny_cnn" for m in model_list(c.kd.assistants))
@@ -178,6 +184,10 @@ def make_tiny(c: ml_collections.ConfigDict):
     c.teacher.num_epochs = min(c.teacher.num_epochs, 2)
   if c.kd.hint_epochs > 0:
     c.kd.hint_epochs = min(c.kd.hint_epochs, 2)
+  pretrain = (methods.get(c.kd.method).pretrain
+              if c.kd.method in methods.METHODS else None)
+  if pretrain is not None:  # the method's pre-training stage (FSP)
+    c.kd[pretrain.epochs] = min(c.kd[pretrain.epochs], 2)
   c.finetune.frozen_epochs = min(c.finetune.frozen_epochs, 1)
   return c
 
@@ -187,7 +197,9 @@ _SHRUNK = (("epochs", "num_epochs"), ("teacher epochs", "teacher.num_epochs"),
            ("hint epochs", "kd.hint_epochs"),
            ("head-only epochs", "finetune.frozen_epochs"),
            ("lr decay epochs", "lr_decay_epochs"), ("batch", "batch_size"),
-           ("eval batch", "eval_batch_size"))
+           ("eval batch", "eval_batch_size")) + tuple(
+               ("pre-training epochs", "kd." + name)
+               for name in methods.pretrain_epoch_fields())
 
 
 def tiny_changes(full: ml_collections.ConfigDict,

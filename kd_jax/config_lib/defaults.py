@@ -35,6 +35,13 @@ CORRUPT_IMAGES = ("refuse", "skip")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+# config.dataset.mix_ratio and mix_partner (kd_jax/data/mixing.py).
+MIX_RATIOS = ("beta", "folded")
+
+
+MIX_PARTNERS = ("permutation", "roll")
+
+
 # config.kd.temperature's default. A learned-temperature method (CTKD)
 # refuses any other value: a fixed T given to it would be silently unused.
 DEFAULT_TEMPERATURE = 4.0
@@ -50,15 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 20
   c.batch_size = 256
   c.eval_batch_size = 512
-  c.optimizer = "adam"
-  c.learning_rate = 1e-3
-  c.momentum = 0.9  # sgd only
-  c.nesterov = False  # sgd only: Nesterov momentum (Sutskever et al. 2013)
-  c.weight_decay = 0.0
-  c.warmup_epochs = 0.0
-  c.lr_schedule = "cosine"  # after the warmup: 'cosine' decay, 'constant' or 'step'
-  c.lr_decay_epochs = ""  # 'step': comma list of epochs, e.g. '150,180,210'
-  c.lr_decay_factor = 0.1  # 'step': the lr is multiplied by it at each
+  _add_optimizer_fields(c)
   c.early_stopping_patience = 5  # epochs without val improvement; 0 = off
   # The validation metric that picks the best checkpoint and drives early
   # stopping: accuracy | macro_f1 | balanced_accuracy | auc (ROC-AUC; one-vs-
@@ -66,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.select_metric = "accuracy"
   c.checkpoint_every_steps = 500  # plus one at every epoch end
   c.log_every_steps = 50
+  c.prefetch_depth = 2  # batches placed on the devices ahead (0: none; same bits)
   c.max_steps_per_epoch = 0  # 0 = full epoch (tiny mode caps it)
   c.scratch_baseline = False  # also train the student without a teacher
   c.mixed_precision = False  # bf16 compute in training (f32 params, loss)
@@ -101,6 +101,26 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _add_optimizer_fields(c: ml_collections.ConfigDict) -> None:
+  """The student's optimizer and its learning-rate schedule."""
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.momentum = 0.9  # sgd only
+  c.nesterov = False  # sgd only: Nesterov momentum (Sutskever et al. 2013)
+  c.weight_decay = 0.0
+  c.warmup_epochs = 0.0
+  # The warmup in steps instead (big_vision's configs give it so; 0: use
+  # warmup_epochs): the same steps in every stage, whatever its epoch
+  # length, at most half of a shorter stage.
+  c.warmup_steps = 0
+  # Clip the student's gradient to this global norm before the optimizer
+  # (big_vision's grad_clip_norm; 0: off).
+  c.grad_clip_norm = 0.0
+  c.lr_schedule = "cosine"  # after the warmup: 'cosine' decay, 'constant' or 'step'
+  c.lr_decay_epochs = ""  # 'step': comma list of epochs, e.g. '150,180,210'
+  c.lr_decay_factor = 0.1  # 'step': the lr is multiplied by it at each
+
+
 def _dataset_config() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.name = "default"
@@ -124,6 +144,16 @@ def _dataset_config() -> ml_collections.ConfigDict:
   d.random_crop = False
   d.random_flip = False
   d.crop_padding = 4
+  # Mixing after crop/flip, in training only (data/mixing.py): mixup and
+  # CutMix with lam ~ Beta(alpha, alpha) (0 = off; both set: one of the two
+  # per batch); the student and the teacher see the same mixed images and
+  # the label term mixes the labels. mix_ratio 'folded' takes max(lam,
+  # 1 - lam) and mix_partner 'roll' mixes example i with i - 1, as
+  # big_vision's function-matching distillation (configs/function_matching.py).
+  d.mixup_alpha = 0.0
+  d.cutmix_alpha = 0.0
+  d.mix_ratio = "beta"  # 'beta' | 'folded'
+  d.mix_partner = "permutation"  # 'permutation' | 'roll'
   d.corrupt_images = "refuse"  # image folders: 'refuse' or 'skip' (warn + count)
   # name='csv': the images in data_dir, listed by an annotations CSV (one
   # row per image: file name, label, split); defaults fit MHIST's
@@ -179,6 +209,12 @@ def _kd_config() -> ml_collections.ConfigDict:
   k.method = "vanilla"
   k.temperature = DEFAULT_TEMPERATURE  # fixed-temperature methods only
   k.alpha = 0.5
+  # The CE and soft-term weights, mdistiller's CE_WEIGHT and KD_WEIGHT:
+  # loss = ce_weight CE + kd_weight KD for the methods whose registry entry
+  # says loss_weights applies (alpha is then unused). Both -1: 1 - alpha and
+  # alpha (DKD, DIST: 1 and 1).
+  k.ce_weight = -1.0
+  k.kd_weight = -1.0
   # The soft term of Hinton KD (the methods whose registry entry says
   # t_squared applies) is multiplied by T^2; false drops the factor (a
   # weighted average of the two cross-entropies, as some reproductions
@@ -209,7 +245,8 @@ def _kd_config() -> ml_collections.ConfigDict:
 
 
 def _add_feature_kd_fields(k: ml_collections.ConfigDict) -> None:
-  # Feature and relation methods (at, pkt, sp, rkd, vid, crd, reviewkd):
+  # Feature and relation methods (at, pkt, sp, rkd, vid, crd, reviewkd, cc,
+  # nst, fsp):
   # loss = the loss of `feature_logit_method` ('none': cross-entropy) +
   # feature_weight * feature term. feature_weight 0: the method's default
   # (methods.py: the CRD benchmark's betas). feature_layers: '' = the

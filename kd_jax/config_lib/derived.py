@@ -146,8 +146,10 @@ def _default_pairs(rule, s_shapes, t_shapes, names):
     raise UserError(f"{who} has no feature maps ([B, H, W, C] features) for "
                     "the method's default layers; set config.kd.feature_layers")
   stages = list(zip(s_maps[len(s_maps) - n:], t_maps[len(t_maps) - n:]))
+  stem = [("stem", "stem")] if "stem" in s_shapes and "stem" in t_shapes else []
   return {"stages": stages, "last_stage": stages[-1:], "pooled": [pooled],
-          "stages_and_pooled": stages + [pooled]}[rule]
+          "stages_and_pooled": stages + [pooled],
+          "stem_and_stages": stem + stages}[rule]
 
 
 def feature_layer_pairs(method, feature_layers, student_shapes,
@@ -158,7 +160,7 @@ def feature_layer_pairs(method, feature_layers, student_shapes,
   the deepest stage maps of both models paired from the last, and/or
   'pre_logits'). UserError for a name a model lacks, or a flat feature
   where the method needs maps."""
-  term = methods.get(method).feature
+  term = methods.feature_term(method)
   names = (student_name, teacher_name)
   pairs = [tuple(p.split(":", 1)) if ":" in p else (p, p)
            for p in model_list(feature_layers)]
@@ -178,6 +180,14 @@ def feature_layer_pairs(method, feature_layers, student_shapes,
             f"config.kd.feature_layers: method {method!r} needs feature "
             f"maps [B, H, W, C]; {name}.{layer} has shape "
             f"{'x'.join(map(str, shapes[layer][1:]))}")
+    channels = [shapes[layer][-1] for layer, shapes in
+                zip(pair, (student_shapes, teacher_shapes))]
+    if term.same_channels and channels[0] != channels[1]:
+      raise UserError(
+          f"config.kd.feature_layers: method {method!r} needs as many "
+          f"channels in the student's layer as in the teacher's; "
+          f"{student_name}.{pair[0]} has {channels[0]}, "
+          f"{teacher_name}.{pair[1]} has {channels[1]}")
   return tuple(pairs)
 
 

@@ -22,9 +22,24 @@ class DataSpec:
   random_crop: bool = False
   random_flip: bool = False
   crop_padding: int = 4
+  # Mixing after crop/flip (data/mixing.py; alpha 0: off)
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  mix_ratio: str = "beta"
+  mix_partner: str = "permutation"
   balanced_sampling: bool = False
   data_seed: int = 0  # the data order and augmentation's (config.data_seed, or seed)
   transfer_limit: int = 0  # the distilled stages' training images (0: all)
+  prefetch_depth: int = 2  # batches placed on the devices ahead (0: none)
+
+  @property
+  def mixes(self) -> bool:
+    return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+  @property
+  def augments(self) -> bool:
+    """A training example's input changes from epoch to epoch."""
+    return self.random_crop or self.random_flip or self.mixes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +53,8 @@ class OptimizerSpec:
   weight_decay: float = 0.0
   lr_schedule: str = "cosine"
   warmup_epochs: float = 0.0
+  warmup_steps: int = 0  # > 0: the warmup in steps (instead of epochs)
+  grad_clip_norm: float = 0.0  # > 0: the student's gradient clipped to it
   lr_decay_epochs: tuple = ()  # 'step': epochs of the decays
   lr_decay_factor: float = 0.1
   frozen_epochs: int = 0  # fine-tuning's head-only phase: its epochs
@@ -109,9 +126,12 @@ def data_spec(c) -> DataSpec:
       image_size=int(d.image_size), batch_size=int(c.batch_size),
       eval_batch_size=int(c.eval_batch_size), normalization=normalization(c),
       random_crop=bool(d.random_crop), random_flip=bool(d.random_flip),
-      crop_padding=int(d.crop_padding),
+      crop_padding=int(d.crop_padding), mixup_alpha=float(d.mixup_alpha),
+      cutmix_alpha=float(d.cutmix_alpha), mix_ratio=d.mix_ratio,
+      mix_partner=d.mix_partner,
       balanced_sampling=bool(d.balanced_sampling), data_seed=data_seed(c),
-      transfer_limit=int(d.transfer_limit))
+      transfer_limit=int(d.transfer_limit),
+      prefetch_depth=int(c.prefetch_depth))
 
 
 def optimizer_spec(c) -> OptimizerSpec:
@@ -119,7 +139,8 @@ def optimizer_spec(c) -> OptimizerSpec:
       optimizer=c.optimizer, learning_rate=float(c.learning_rate),
       momentum=float(c.momentum), nesterov=bool(c.nesterov),
       weight_decay=float(c.weight_decay), lr_schedule=c.lr_schedule,
-      warmup_epochs=float(c.warmup_epochs),
+      warmup_epochs=float(c.warmup_epochs), warmup_steps=int(c.warmup_steps),
+      grad_clip_norm=float(c.grad_clip_norm),
       lr_decay_epochs=tuple(int_list(c.lr_decay_epochs)),
       lr_decay_factor=float(c.lr_decay_factor),
       frozen_epochs=int(c.finetune.frozen_epochs),

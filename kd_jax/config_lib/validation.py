@@ -15,6 +15,8 @@ from kd_jax.config_lib.defaults import CORRUPT_IMAGES
 from kd_jax.config_lib.defaults import DATASETS
 from kd_jax.config_lib.defaults import DEFAULT_TEMPERATURE
 from kd_jax.config_lib.defaults import LR_SCHEDULES
+from kd_jax.config_lib.defaults import MIX_PARTNERS
+from kd_jax.config_lib.defaults import MIX_RATIOS
 from kd_jax.config_lib.defaults import NAN_POLICIES
 from kd_jax.config_lib.defaults import NORMALIZATIONS
 from kd_jax.config_lib.defaults import OPTIMIZERS
@@ -67,7 +69,10 @@ def validate(c: ml_collections.ConfigDict) -> dict:
                     "be a positive integer (or -1: same as num_epochs)")
   if not c.learning_rate > 0:
     raise UserError(f"config.learning_rate={c.learning_rate} must be > 0")
+  if int(c.prefetch_depth) < 0:
+    raise UserError(f"config.prefetch_depth={c.prefetch_depth} must be >= 0 (0: off)")
   _validate_dataset_numbers(c.dataset, c.runlocal)
+  _validate_mixing(c, one_of)
   if c.nesterov and c.optimizer != "sgd":
     raise UserError(f"config.nesterov=True needs config.optimizer='sgd' "
                     f"(got {c.optimizer!r})")
@@ -86,6 +91,15 @@ def validate(c: ml_collections.ConfigDict) -> dict:
 
 
 def _validate_lr_schedule(c):
+  if c.warmup_steps < 0 or c.warmup_epochs < 0:
+    raise UserError(f"config.warmup_steps={c.warmup_steps}, warmup_epochs="
+                    f"{c.warmup_epochs:g} must be >= 0")
+  if c.warmup_steps and c.warmup_epochs:
+    raise UserError(f"config.warmup_steps={c.warmup_steps} and warmup_epochs="
+                    f"{c.warmup_epochs:g} are two warmups: set one")
+  if not c.grad_clip_norm >= 0:
+    raise UserError(f"config.grad_clip_norm={c.grad_clip_norm} must be >= 0 "
+                    "(0: off)")
   if c.lr_schedule != "step":
     return
   try:
@@ -126,6 +140,31 @@ def _validate_dataset_numbers(d, runlocal):
   if not 0.0 <= d.val_fraction < 1.0:
     raise UserError(
         f"config.dataset.val_fraction={d.val_fraction} must be in [0, 1)")
+
+
+def _validate_mixing(c, one_of):
+  """Mixup / CutMix: the teacher must see the student's mixed images, so
+  neither a logits file (logits of unmixed images) nor a feature method
+  (CRD's memory banks and labels are per example) mixes."""
+  d = c.dataset
+  one_of(d.mix_ratio, MIX_RATIOS, "config.dataset.mix_ratio")
+  one_of(d.mix_partner, MIX_PARTNERS, "config.dataset.mix_partner")
+  for name in ("mixup_alpha", "cutmix_alpha"):
+    if not 0.0 <= d[name] < float("inf"):
+      raise UserError(f"config.dataset.{name}={d[name]} must be >= 0 (0: off)")
+  if not (d.mixup_alpha or d.cutmix_alpha):
+    return
+  what = (f"config.dataset.mixup_alpha={d.mixup_alpha:g}, "
+          f"cutmix_alpha={d.cutmix_alpha:g} mixes the training images")
+  method = methods.get(c.kd.method)
+  if c.teacher.logits and method.teacher:
+    raise UserError(f"{what}; config.teacher.logits holds the teacher's "
+                    "logits of unmixed images: set config.teacher.checkpoint "
+                    "so that the teacher sees the mixed images")
+  if method.feature is not None:
+    raise UserError(f"{what}; feature method {c.kd.method!r} does not mix "
+                    "(its term reads per-example features and labels): set "
+                    "both alphas to 0")
 
 
 def _validate_data_files(d):
@@ -257,7 +296,20 @@ def _validate_methods(c, one_of, models) -> None:
     raise UserError(f"config.kd.temperature_hidden={k.temperature_hidden} "
                     "must be > 0")
   class_weights_setting(c)  # config.loss: every method's CE weights
+  _validate_loss_weights(k)
   _refuse_ignored_options(c)
+
+
+def _validate_loss_weights(k) -> None:
+  """kd.ce_weight and kd.kd_weight: both -1 (unset) or both >= 0."""
+  for name in ("ce_weight", "kd_weight"):
+    if k[name] < 0 and k[name] != -1:
+      raise UserError(f"config.kd.{name}={k[name]} must be >= 0 (or -1: "
+                      "unset)")
+  if (k.ce_weight < 0) != (k.kd_weight < 0):
+    raise UserError(f"config.kd.ce_weight={k.ce_weight:g}, kd_weight="
+                    f"{k.kd_weight:g}: set both (>= 0) or leave both at -1 "
+                    "(weights 1 - alpha and alpha)")
 
 
 def _refuse_ignored_options(c) -> None:
@@ -272,7 +324,9 @@ def _refuse_ignored_options(c) -> None:
               "kd.logit_standardization=True"),
              (not k.t_squared and not logit.t_squared, "kd.t_squared=False"),
              (class_weights_setting(c) is not None and not logit.class_weights,
-              f"loss.class_weights={c.loss.class_weights!r}")]
+              f"loss.class_weights={c.loss.class_weights!r}"),
+             (k.ce_weight >= 0 and not logit.loss_weights,
+              f"kd.ce_weight={k.ce_weight:g}, kd.kd_weight={k.kd_weight:g}")]
   for is_ignored, what in ignored:
     if is_ignored:
       raise UserError(f"{what} has no effect with kd.method={shown}")
@@ -298,15 +352,31 @@ def _validate_hint_links(c) -> None:
                     "to every link's loss: set config.kd.hint_stages=1")
 
 
+def _validate_pretrain(c) -> None:
+  """A method with a pre-training stage (methods.Pretrain): its epochs, and
+  one teacher to pre-train against."""
+  k = c.kd
+  pretrain = methods.get(k.method).pretrain
+  if pretrain is None:
+    return
+  if k[pretrain.epochs] < 1:
+    raise UserError(f"config.kd.{pretrain.epochs}={k[pretrain.epochs]} must "
+                    "be >= 1 (the pre-training stage's epochs)")
+  if k.assistants:
+    raise UserError(f"method {k.method!r} pre-trains the student against "
+                    "its teacher: teacher assistants are not supported")
+
+
 def _validate_features(c, one_of, models) -> None:
   """The feature and relation methods' settings (the layer names, per link,
   against the models: `feature_layer_pairs`)."""
   k = c.kd
-  term = methods.get(k.method).feature
+  term = methods.feature_term(k.method)
   if term is None:
     return
   one_of(k.feature_logit_method, methods.LOGIT_TERMS,
          "config.kd.feature_logit_method")
+  _validate_pretrain(c)
   if not k.feature_weight >= 0:
     raise UserError(f"config.kd.feature_weight={k.feature_weight} must be >= 0 "
                     f"(0: method {k.method!r}'s default {term.weight:g})")
@@ -318,13 +388,17 @@ def _validate_features(c, one_of, models) -> None:
     raise UserError("config.kd.feature_layers names the layers of one "
                     "teacher and student; with teacher assistants leave it "
                     "'' (each link pairs its models' default layers)")
-  for name, low, what in (("crd_negatives", 1, ">= 1"), ("crd_dim", 1, ">= 1")):
+  for name, low, what in (("crd_negatives", 1, ">= 1"), ("crd_dim", 1, ">= 1"),
+                          ("cc_dim", 1, ">= 1")):
     if k[name] < low:
       raise UserError(f"config.kd.{name}={k[name]} must be {what}")
   if not k.crd_temperature > 0:
     raise UserError(f"config.kd.crd_temperature={k.crd_temperature} must be > 0")
   if not 0.0 <= k.crd_momentum < 1.0:
     raise UserError(f"config.kd.crd_momentum={k.crd_momentum} must be in [0, 1)")
+  if term.warmup and k[term.warmup] < 0:
+    raise UserError(f"config.kd.{term.warmup}={k[term.warmup]} must be >= 0 "
+                    "(0: no warm-up)")
   chain = [c.teacher.name] + model_list(k.assistants) + [c.student.name]
   size = c.dataset.image_size
   for teacher, student in zip(chain[:-1], chain[1:]):

@@ -1,7 +1,8 @@
 """Data: sources, batches and files of teacher logits.
 
 Owns: `datasets` (embedded, TFDS, image folders, CSV sets; splits,
-transfer sets, batching, preprocessing), `teacher_logits` (a teacher's
+transfer sets, batching, preprocessing), `mixing` (mixup and CutMix of a
+training batch, on the device), `teacher_logits` (a teacher's
 logits read from a file) and `prepare` (videos and image folders cut into
 patient-split frame folders).
 

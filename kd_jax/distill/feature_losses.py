@@ -2,8 +2,8 @@
 
 Feature maps are NHWC, `feat_BxHxWxC`; embeddings are `emb_BxD` (a pooled
 penultimate feature). Every loss returns a scalar. Where a method adds
-trainable parts (VID's regressor, CRD's embedding heads, ReviewKD's fusion
-chain) a small flax module here holds them; they train with the student and
+trainable parts (VID's regressor, CRD's and CC's embedding heads,
+ReviewKD's fusion chain) a small flax module here holds them; they train with the student and
 are not part of the saved inference model. The weight beta on each loss is
 applied by the caller; the values quoted are those of Tian et al.'s
 RepDistiller benchmark (CIFAR-100), whose reductions these functions follow.
@@ -20,6 +20,11 @@ References:
     transfer" (VID).
   * Tian et al. 2020, "Contrastive representation distillation" (CRD).
   * Chen et al. 2021, "Distilling knowledge via knowledge review" (ReviewKD).
+  * Peng et al. 2019, "Correlation congruence for knowledge distillation" (CC).
+  * Huang & Wang 2017, "Like what you like: knowledge distill via neuron
+    selectivity transfer" (NST).
+  * Yim et al. 2017, "A gift from knowledge distillation: fast optimization,
+    network minimization and transfer learning" (FSP).
 """
 from __future__ import annotations
 
@@ -469,3 +474,102 @@ class ReviewKDFusion(nn.Module):
       outs[i], residual = abf(student_feats[i], residual, out_hw=hw,
                               train=train)
     return outs
+
+
+# ---------------------------------------------------------------- CC ------
+
+def cc_loss(student_emb_BxD, teacher_emb_BxD):
+  """Correlation congruence in RepDistiller's form (the code the CC authors
+  gave it), on the linear embeddings of both networks (`LinearEmbed`):
+
+    delta = |e_s - e_t|,  L = 1/(B-1) sum_{i=1..B-1} sum_d delta_{i,d} delta_{i+1,d}
+
+  i.e. the mean over neighbouring examples of the inner product of their
+  absolute embedding differences. The paper's L_CC = 1/B^2 ||psi(F_t) -
+  psi(F_s)||_2^2 (psi the batch correlation matrix under a Taylor-expanded
+  Gaussian kernel) is not what the benchmark's numbers come from; this is.
+  RepDistiller's beta: 0.02 on 128-d embeddings of the penultimate feature.
+  """
+  delta = jnp.abs(student_emb_BxD - teacher_emb_BxD)
+  return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=1))
+
+
+class LinearEmbed(nn.Module):
+  """CC's embedding head: flatten -> Linear(dim), no normalisation (torch's
+  nn.Linear initialisation)."""
+  dim: int = 128
+
+  @nn.compact
+  def __call__(self, feat):
+    x = feat.reshape(feat.shape[0], -1)
+    return nn.Dense(self.dim, kernel_init=torch_kernel_init,
+                    bias_init=torch_bias_init(x.shape[-1]), name="linear")(x)
+
+
+# ---------------------------------------------------------------- NST -----
+
+def _channel_distributions(feat_BxHxWxC):
+  """Each channel's spatial response, L2-normalised over positions
+  (torch's F.normalize) -> `[B, C, H*W]`."""
+  b, h, w, c = feat_BxHxWxC.shape
+  return l2_normalize(feat_BxHxWxC.reshape(b, h * w, c).transpose(0, 2, 1))
+
+
+def _poly_kernel_mean(a_BxIxP, b_BxJxP):
+  """mean_{b,i,j} (a_bi . b_bj)^2: the degree-2 polynomial kernel (c = 0)
+  averaged over all pairs of channels."""
+  return jnp.mean(jnp.square(jnp.einsum("bip,bjp->bij", a_BxIxP, b_BxJxP)))
+
+
+def nst_loss(student_feats, teacher_feats):
+  """Neuron selectivity transfer (Huang & Wang 2017), summed over layer
+  pairs: the squared MMD between the student's and the teacher's channel
+  distributions under k(x, y) = (x . y)^2,
+
+    L = mean_{i,i'} k(t_i, t_i') + mean_{j,j'} k(s_j, s_j')
+        - 2 mean_{i,j} k(s_j, t_i)
+
+  each mean also over the batch, with s_j (t_i) channel j (i) of the
+  student (teacher) map, L2-normalised over its H*W positions
+  (`_channel_distributions`); the larger map is pooled to the smaller's
+  size (`pool_to_match`), the channel counts may differ. The authors' code
+  and RepDistiller drop the paper's 1/2; RepDistiller's beta: 50 on the
+  stage outputs.
+  """
+  total = 0.0
+  for fs, ft in zip(student_feats, teacher_feats, strict=True):
+    fs, ft = pool_to_match(fs, ft)
+    s, t = _channel_distributions(fs), _channel_distributions(ft)
+    total = total + (_poly_kernel_mean(t, t) + _poly_kernel_mean(s, s)
+                     - 2.0 * _poly_kernel_mean(s, t))
+  return total
+
+
+# ---------------------------------------------------------------- FSP -----
+
+def fsp_matrix(bottom_BxHxWxM, top_BxHxWxN):
+  """The flow of solution procedure between two layers (Yim et al. 2017):
+  G_ij = 1/(H W) sum_{h,w} top_{hwi} bottom_{hwj} -> `[B, N, M]`, the
+  larger map average-pooled to the smaller's size first (RepDistiller)."""
+  bottom, top = pool_to_match(bottom_BxHxWxM, top_BxHxWxN)
+  h, w = bottom.shape[1:3]
+  return jnp.einsum("bhwi,bhwj->bij", top, bottom) / (h * w)
+
+
+def fsp_loss(student_feats, teacher_feats):
+  """FSP: with G^l the FSP matrix of layers l and l + 1 (`fsp_matrix`),
+
+    L = sum_l mean_{b,i,j} (G_s^l - G_t^l)_{bij}^2
+
+  over consecutive layers of the lists (shallow to deep, each student
+  layer with the teacher layer's channels). The paper weighs each pair's
+  squared L2 norm by lambda_i = 1 and divides by N; RepDistiller (this
+  form) takes the mean over batch and matrix entries. Both train the
+  student on it alone in a first stage (methods.py: 'fsp_init').
+  """
+  total = 0.0
+  for l in range(len(student_feats) - 1):
+    g_s = fsp_matrix(student_feats[l], student_feats[l + 1])
+    g_t = fsp_matrix(teacher_feats[l], teacher_feats[l + 1])
+    total = total + jnp.mean(jnp.square(g_s - g_t))
+  return total

@@ -162,6 +162,30 @@ class KnowledgeReview(nn.Module):
     return fl.hcl_loss(fusion(s, train=train), t)
 
 
+class CorrelationCongruence(nn.Module):
+  """CC on one layer pair: linear embedding heads (`dim`, RepDistiller's
+  128) for both networks, trained with the student, then `cc_loss`."""
+  dim: int = 128
+
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    (s,), (t,) = student_feats, teacher_feats
+    return fl.cc_loss(fl.LinearEmbed(self.dim, name="student_embed")(s),
+                      fl.LinearEmbed(self.dim, name="teacher_embed")(t))
+
+
+class NeuronSelectivity(nn.Module):
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    return fl.nst_loss(student_feats, teacher_feats)
+
+
+class FlowOfSolution(nn.Module):
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    return fl.fsp_loss(student_feats, teacher_feats)
+
+
 def _crd(kd, train_labels):
   n = len(train_labels)
   return ContrastiveRepresentation(
@@ -180,6 +204,9 @@ FEATURE_MODULES = {
     "vid": lambda kd, labels: VariationalInformation(),
     "crd": _crd,
     "reviewkd": lambda kd, labels: KnowledgeReview(),
+    "cc": lambda kd, labels: CorrelationCongruence(int(kd.cc_dim)),
+    "nst": lambda kd, labels: NeuronSelectivity(),
+    "fsp": lambda kd, labels: FlowOfSolution(),
 }
 
 

@@ -71,6 +71,17 @@ def _soft_plus_ce(soft_B, ce_B, labels_B, class_weights):
   return jnp.mean(soft_B) + weighted_mean(ce_B, labels_B, class_weights)
 
 
+def term_weights(alpha, ce_weight=None, kd_weight=None):
+  """(CE weight, soft-term weight): (1 - alpha, alpha), Hinton's convex
+  shorthand, or (ce_weight, kd_weight) when both are given (mdistiller's
+  CE_WEIGHT and KD_WEIGHT; Sun et al. 2024 train with 0.1 and 9)."""
+  if (ce_weight is None) != (kd_weight is None):
+    raise ValueError("give both ce_weight and kd_weight, or neither")
+  if ce_weight is None:
+    return 1.0 - alpha, alpha
+  return ce_weight, kd_weight
+
+
 def kl_per_example(student_logits_BxC, teacher_logits_BxC, temperature):
   """KL(softmax(z_t/T) || softmax(z_s/T)) summed over classes -> `[B]`.
 
@@ -84,9 +95,12 @@ def kl_per_example(student_logits_BxC, teacher_logits_BxC, temperature):
 
 
 def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha,
-            standardize_logits=False, class_weights=None, t_squared=True):
+            standardize_logits=False, class_weights=None, t_squared=True,
+            ce_weight=None, kd_weight=None):
   """Hinton KD: mean_i[alpha T^2 KL_i + (1 - alpha) CE_i].
 
+  `ce_weight` and `kd_weight` (both or neither) replace 1 - alpha and alpha:
+  mean_i[kd_weight T^2 KL_i + ce_weight CE_i] (`term_weights`).
   `temperature`: scalar, or `[B]` per example (instance-wise CTKD).
   `t_squared=False` drops the T^2 factor, mean_i[alpha KL_i + (1 - alpha)
   CE_i]: the objective some reproductions state (a weighted average of the
@@ -101,27 +115,30 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature, alpha,
       student_logits, teacher_logits, standardize_logits), t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
   scale = t**2 if t_squared else 1.0
-  return _soft_plus_ce(alpha * scale * kl_B, (1.0 - alpha) * ce_B, labels,
+  w_ce, w_kd = term_weights(alpha, ce_weight, kd_weight)
+  return _soft_plus_ce(w_kd * scale * kl_B, w_ce * ce_B, labels,
                        class_weights)
 
 
 def reverse_kd_loss(student_logits, teacher_logits, labels, *, temperature,
                     alpha, standardize_logits=False, class_weights=None,
-                    t_squared=True):
+                    t_squared=True, ce_weight=None, kd_weight=None):
   """Reverse-KL KD: mean_i[alpha T^2 KL(p_s || p_t)_i + (1 - alpha) CE_i].
 
   The KL of Hinton KD with its arguments swapped, p = softmax(z / T): the
   student is pulled towards the teacher's modes (mode seeking) rather than
   made to cover all of its mass (Gu et al. 2024, "MiniLLM", for the
   reverse KL in distillation). `temperature`, `t_squared`,
-  `standardize_logits` and `class_weights` as in `kd_loss`.
+  `standardize_logits`, `class_weights`, `ce_weight` and `kd_weight` as in
+  `kd_loss`.
   """
   t = jnp.asarray(temperature, jnp.float32)
   s, te = _maybe_standardize(student_logits, teacher_logits, standardize_logits)
   kl_B = kl_per_example(te, s, t)  # KL(p_s || p_t): teacher in the q slot
   ce_B = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
   scale = t**2 if t_squared else 1.0
-  return _soft_plus_ce(alpha * scale * kl_B, (1.0 - alpha) * ce_B, labels,
+  w_ce, w_kd = term_weights(alpha, ce_weight, kd_weight)
+  return _soft_plus_ce(w_kd * scale * kl_B, w_ce * ce_B, labels,
                        class_weights)
 
 
@@ -211,30 +228,50 @@ def dkd_loss(student_logits, teacher_logits, labels, *, temperature,
   return t**2 * jnp.mean(alpha * tckd_B + beta * nckd_B)
 
 
-def _pearson_rows(a_BxC, b_BxC, eps=1e-8):
-  """Pearson correlation of each row of `a` with the same row of `b` -> [B]
-  (cosine similarity of the mean-centred rows, eps as in torch's)."""
+def _norm_rows(x_BxC):
+  """The L2 norm of each row -> [B]; a zero row has norm 0 and gradient 0
+  (torch's subgradient), not sqrt's NaN (a batch of one has zero columns)."""
+  sq = jnp.sum(jnp.square(x_BxC), axis=-1)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def pearson_rows(a_BxC, b_BxC, *, exact=False, eps=1e-8):
+  """Pearson correlation of each row of `a` with the same row of `b` -> [B]:
+  the cosine similarity of the mean-centred rows.
+
+  Default: the DIST authors' `pearson_correlation`, <a, b> / (|a| |b| +
+  eps); the eps pulls a pair towards 0 once |a| |b| is not far above 1e-8
+  (a near one-hot teacher at T = 1 has class columns of that size).
+  `exact`: each norm clamped at eps separately, <a, b> / (max(|a|, eps)
+  max(|b|, eps)), the exact correlation whenever both norms exceed eps
+  (torch's `F.cosine_similarity`).
+  """
   a = a_BxC - a_BxC.mean(-1, keepdims=True)
   b = b_BxC - b_BxC.mean(-1, keepdims=True)
-  na = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
-  nb = jnp.maximum(jnp.linalg.norm(b, axis=-1), eps)
-  return jnp.sum(a * b, -1) / (na * nb)
+  na, nb = _norm_rows(a), _norm_rows(b)
+  dot = jnp.sum(a * b, -1)
+  if exact:
+    return dot / (jnp.maximum(na, eps) * jnp.maximum(nb, eps))
+  return dot / (na * nb + eps)
 
 
 def dist_loss(student_logits, teacher_logits, *, temperature, beta=1.0,
-              gamma=1.0):
+              gamma=1.0, exact_pearson=False):
   """DIST (Huang et al. 2022): T^2 (beta * inter + gamma * intra).
 
   With p = softmax(z / T): inter = 1 - mean_i pearson(p_s[i, :], p_t[i, :])
   (relations between classes, per sample); intra = 1 - mean_c
   pearson(p_s[:, c], p_t[:, c]) (relations between samples, per class).
-  The cross-entropy term is added by the trainer.
+  pearson is the authors' form (|a| |b| + 1e-8 in the denominator), which
+  their published numbers come from; `exact_pearson` clamps each norm
+  instead (`pearson_rows`). The cross-entropy term is added by the trainer.
   """
   t = jnp.asarray(temperature, jnp.float32)
   ps = jax.nn.softmax(student_logits / t, -1)
   pt = jax.nn.softmax(teacher_logits / t, -1)
-  inter = 1.0 - jnp.mean(_pearson_rows(ps, pt))
-  intra = 1.0 - jnp.mean(_pearson_rows(ps.T, pt.T))
+  inter = 1.0 - jnp.mean(pearson_rows(ps, pt, exact=exact_pearson))
+  intra = 1.0 - jnp.mean(pearson_rows(ps.T, pt.T, exact=exact_pearson))
   return t**2 * (beta * inter + gamma * intra)
 
 
@@ -279,15 +316,18 @@ def subclass_teacher_loss(logits_BxCS, labels, *, subclasses, aux_weight=1.0,
 
 
 def subclass_kd_loss(student_logits_BxCS, teacher_logits_BxCS, labels, *,
-                     subclasses, temperature, alpha, class_weights=None):
+                     subclasses, temperature, alpha, class_weights=None,
+                     ce_weight=None, kd_weight=None):
   """Student objective: alpha T^2 KL over the C*S subclass distribution at
   temperature T + (1 - alpha) CE on the student's grouped class logits (the
-  CE weighted by the `[C]` `class_weights`, if any)."""
+  CE weighted by the `[C]` `class_weights`, if any); `ce_weight` and
+  `kd_weight` as in `kd_loss`."""
   t = jnp.asarray(temperature, jnp.float32)
   kl_B = kl_per_example(student_logits_BxCS, teacher_logits_BxCS, t)
   ce_B = optax.softmax_cross_entropy_with_integer_labels(
       subclass_to_class_logits(student_logits_BxCS, subclasses), labels)
-  return _soft_plus_ce(alpha * t**2 * kl_B, (1.0 - alpha) * ce_B, labels,
+  w_ce, w_kd = term_weights(alpha, ce_weight, kd_weight)
+  return _soft_plus_ce(w_kd * t**2 * kl_B, w_ce * ce_B, labels,
                        class_weights)
 
 

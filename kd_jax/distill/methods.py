@@ -20,12 +20,14 @@ and `epoch` are arrays (traced per cell in a vmapped sweep). `class_weights`
 (`[C]` or None, config.loss.class_weights) weights the hard-label
 cross-entropy term of every method (losses.py); soft terms stay unweighted.
 
-A feature or relation method (AT, PKT, SP, RKD, VID, CRD, ReviewKD) has a
-`FeatureTerm`: its loss is that of the logit method
+A feature or relation method (AT, PKT, SP, RKD, VID, CRD, ReviewKD, CC,
+NST) has a `FeatureTerm`: its loss is that of the logit method
 config.kd.feature_logit_method ('none': the cross-entropy; 'vanilla': the
 CRD benchmark's 'CRD+KD' rows) plus beta times the feature term, which
 kd_modules' module of the term computes from the student's and the
-teacher's features (step.py).
+teacher's features (step.py). A method with a `Pretrain` (FSP) has its
+feature term in a stage of its own that the pipeline runs first; its
+student stage computes kd.feature_logit_method's loss from those weights.
 """
 from __future__ import annotations
 
@@ -71,12 +73,27 @@ class FeatureTerm:
     'stages_and_pooled'  the stages, then 'pre_logits';
     'pooled'             'pre_logits' (the embedding before the classifier).
   `maps`: its layers must be `[B, H, W, C]` maps; `one_pair`: it takes
-  exactly one layer pair."""
+  exactly one layer pair; `warmup`: the name of its own Field holding E,
+  over which beta ramps up linearly (`feature_weight`); '' = constant;
+  `same_channels`: each pair's layers must have as many channels.
+  Layer rule 'stem_and_stages': the stem (where both have one), then the
+  stages."""
   module: str
   weight: float
   layers: str
   maps: bool = False
   one_pair: bool = False
+  warmup: str = ""
+  same_channels: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrain:
+  """A stage the pipeline runs before the student's: the entry `method`
+  (its feature term alone) for config.kd.<epochs> epochs; the student
+  stage starts from its weights (RepDistiller's `init` stage of FSP)."""
+  method: str
+  epochs: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +107,9 @@ class Method:
   logit_standardization: bool = False
   t_squared: bool = False
   class_weights: bool = True
+  # kd.ce_weight / kd.kd_weight set its CE and soft-term weights
+  # (`loss_weights`; unset: 1 - alpha and alpha, or 1 and 1 without alpha).
+  loss_weights: bool = False
   vmappable: bool = False  # a sweep may train its cells under jax.vmap
   # Deep mutual learning: the loss sees the whole cohort's logits [K, B, C]
   # and the config's peers are trained beside the student.
@@ -103,6 +123,9 @@ class Method:
   hints: str = "optional"  # FitNets hint layers: 'optional' | 'required' | 'refused'
   # Teacher and student have num_classes * kd.subclasses logits.
   subclass_logits: bool = False
+  # A stage before the student's (its logit loss is then
+  # kd.feature_logit_method's, as a feature method's).
+  pretrain: Pretrain | None = None
 
   @property
   def learns_temperature(self) -> bool:
@@ -111,6 +134,21 @@ class Method:
   @property
   def sweep_fields(self) -> tuple[str, ...]:
     return tuple(f.name for f in self.fields if f.sweep)
+
+
+def loss_weights(kd) -> dict:
+  """kd.ce_weight and kd.kd_weight as a loss's keywords when set (>= 0,
+  both: config validation); {} leaves the loss its own weights."""
+  if kd.ce_weight < 0:
+    return {}
+  return {"ce_weight": kd.ce_weight, "kd_weight": kd.kd_weight}
+
+
+def _ce_plus(kd, ce, soft):
+  """CE + soft term of a method without alpha (DKD, DIST), or
+  ce_weight * CE + kd_weight * soft when kd's weights are set."""
+  w = loss_weights(kd)
+  return w["ce_weight"] * ce + w["kd_weight"] * soft if w else ce + soft
 
 
 def _cross_entropy(kd, s, t, labels_B, *, temperature, alpha, epoch,
@@ -132,7 +170,8 @@ def _hinton(kd, s, t, labels_B, *, temperature, alpha, epoch,
   del epoch
   return losses.kd_loss(s, t, labels_B, temperature=temperature, alpha=alpha,
                         standardize_logits=kd.logit_standardization,
-                        class_weights=class_weights, t_squared=kd.t_squared)
+                        class_weights=class_weights, t_squared=kd.t_squared,
+                        **loss_weights(kd))
 
 
 def _reverse_kl(kd, s, t, labels_B, *, temperature, alpha, epoch,
@@ -142,7 +181,7 @@ def _reverse_kl(kd, s, t, labels_B, *, temperature, alpha, epoch,
                                 alpha=alpha,
                                 standardize_logits=kd.logit_standardization,
                                 class_weights=class_weights,
-                                t_squared=kd.t_squared)
+                                t_squared=kd.t_squared, **loss_weights(kd))
 
 
 def _conditional(kd, s, t, labels_B, *, temperature, alpha, epoch,
@@ -153,24 +192,31 @@ def _conditional(kd, s, t, labels_B, *, temperature, alpha, epoch,
                                     class_weights=class_weights)
 
 
+def linear_warmup(epoch, epochs):
+  """min(1, (E + 1) / epochs) at the 0-based epoch E (mdistiller's min(E /
+  epochs, 1) with its 1-based E); 1 when `epochs` is 0."""
+  return jnp.minimum(1.0, (epoch + 1.0) / epochs) if epochs else 1.0
+
+
 def _dkd(kd, s, t, labels_B, *, temperature, alpha, epoch,
          class_weights=None):
   """CE + warm-up * DKD (Zhao et al. 2022): the KD part ramps up linearly
   over `dkd_warmup_epochs`, as in the authors' training recipe."""
   del alpha
-  warm = (jnp.minimum(1.0, (epoch + 1.0) / kd.dkd_warmup_epochs)
-          if kd.dkd_warmup_epochs else 1.0)
-  return losses.cross_entropy(s, labels_B, class_weights) + warm * (
+  warm = linear_warmup(epoch, kd.dkd_warmup_epochs)
+  return _ce_plus(kd, losses.cross_entropy(s, labels_B, class_weights), warm * (
       losses.dkd_loss(s, t, labels_B, temperature=temperature,
                       alpha=kd.dkd_alpha, beta=kd.dkd_beta,
-                      standardize_logits=kd.logit_standardization))
+                      standardize_logits=kd.logit_standardization)))
 
 
 def _dist(kd, s, t, labels_B, *, temperature, alpha, epoch,
           class_weights=None):
   del alpha, epoch
-  return losses.cross_entropy(s, labels_B, class_weights) + losses.dist_loss(
-      s, t, temperature=temperature, beta=kd.dist_beta, gamma=kd.dist_gamma)
+  return _ce_plus(kd, losses.cross_entropy(s, labels_B, class_weights),
+                  losses.dist_loss(s, t, temperature=temperature,
+                                   beta=kd.dist_beta, gamma=kd.dist_gamma,
+                                   exact_pearson=kd.dist_exact_pearson))
 
 
 def _subclass(kd, s, t, labels_B, *, temperature, alpha, epoch,
@@ -178,7 +224,8 @@ def _subclass(kd, s, t, labels_B, *, temperature, alpha, epoch,
   del epoch
   return losses.subclass_kd_loss(s, t, labels_B, subclasses=kd.subclasses,
                                  temperature=temperature, alpha=alpha,
-                                 class_weights=class_weights)
+                                 class_weights=class_weights,
+                                 **loss_weights(kd))
 
 
 def _mutual(kd, cohort_KxBxC, t, labels_B, *, temperature, alpha, epoch,
@@ -210,8 +257,23 @@ def _feature_method(module, weight, layers, fields=(), **kw) -> Method:
                 feature=FeatureTerm(module, weight, layers, **kw))
 
 
-# Hinton KD's soft term: T^2 scaling and logit standardisation apply.
-_HINTON = dict(alpha=True, t_squared=True, logit_standardization=True)
+def _pretrained(stage, epochs, default_epochs, module, layers,
+                fields=(), **kw) -> tuple[Method, Method]:
+  """(the user's entry, its pre-training stage's entry): the stage trains
+  the student on the feature term alone (beta 1) for config.kd.<epochs>
+  epochs, then the student trains on kd.feature_logit_method's loss."""
+  return (Method(_feature_logits, teacher=True,
+                 fields=(Field(epochs, default_epochs),) + fields,
+                 pretrain=Pretrain(stage, epochs)),
+          Method(_no_logit_loss, teacher=True, user_facing=False,
+                 class_weights=False,
+                 feature=FeatureTerm(module, 1.0, layers, **kw)))
+
+
+# Hinton KD's soft term: T^2 scaling, logit standardisation and the CE /
+# KD weights apply.
+_HINTON = dict(alpha=True, t_squared=True, logit_standardization=True,
+               loss_weights=True)
 # CTKD (Li et al. 2023): T = t_start + t_end * sigmoid(raw), raw trained
 # adversarially under a curriculum weight lambda(epoch) in [lambda_min,
 # lambda_max] that reaches lambda_max at epoch_cap. The authors start raw at
@@ -226,6 +288,13 @@ _CTKD = (Field("t_start", 1.0), Field("t_end", 20.0), Field("init_raw", 1.0),
 # its subclasses.
 _SUBCLASS = (Field("subclasses", 2), Field("subclass_aux_weight", 1.0),
              Field("subclass_aux_temperature", 1.0))
+
+# FSP (Yim et al. 2017): RepDistiller's `init` stage trains the student on
+# the FSP matrices of consecutive layers (stem and stages, equal channels)
+# for 30 epochs; the student stage then adds no FSP term (its loss_kd = 0).
+_FSP, _FSP_STAGE = _pretrained("fsp_init", "fsp_init_epochs", 30, "fsp",
+                               "stem_and_stages", maps=True,
+                               same_channels=True)
 
 METHODS = {
     SCRATCH: Method(_cross_entropy, teacher=False, temperature="one",
@@ -245,16 +314,21 @@ METHODS = {
     # DKD (Zhao et al. 2022): CE + alpha' TCKD + beta' NCKD, the KD part
     # warmed up linearly over dkd_warmup_epochs.
     "dkd": Method(_dkd, teacher=True, vmappable=True, logit_term=True,
-                  logit_standardization=True,
+                  logit_standardization=True, loss_weights=True,
                   fields=(Field("dkd_alpha", 1.0, sweep=True),
                           Field("dkd_beta", 8.0, sweep=True),
                           Field("dkd_warmup_epochs", 0))),
-    # DIST (Huang et al. 2022): CE + T^2 (beta inter + gamma intra).
+    # DIST (Huang et al. 2022): CE + T^2 (beta inter + gamma intra), the
+    # Pearson correlation in the authors' form (|a| |b| + 1e-8) unless
+    # dist_exact_pearson (losses.pearson_rows).
     "dist": Method(_dist, teacher=True, vmappable=True, logit_term=True,
+                   loss_weights=True,
                    fields=(Field("dist_beta", 1.0, sweep=True),
-                           Field("dist_gamma", 1.0, sweep=True))),
+                           Field("dist_gamma", 1.0, sweep=True),
+                           Field("dist_exact_pearson", False))),
     "subclass": Method(_subclass, teacher=True, alpha=True, fields=_SUBCLASS,
-                       hints="refused", subclass_logits=True),
+                       hints="refused", subclass_logits=True,
+                       loss_weights=True),
     # Deep mutual learning: the cohort is the student plus kd.peers (comma
     # list of models; '' = one peer with the student's architecture).
     "dml": Method(_mutual, teacher=False, cohort=True,
@@ -275,7 +349,19 @@ METHODS = {
     "crd": _feature_method("crd", 0.8, "pooled", one_pair=True, fields=(
         Field("crd_negatives", 16384), Field("crd_dim", 128),
         Field("crd_temperature", 0.07), Field("crd_momentum", 0.5))),
-    "reviewkd": _feature_method("reviewkd", 1.0, "stages_and_pooled"),
+    # ReviewKD: beta ramps up linearly over the first 20 epochs, as the
+    # authors' CIFAR recipe (mdistiller's REVIEWKD.WARMUP_EPOCHS).
+    "reviewkd": _feature_method(
+        "reviewkd", 1.0, "stages_and_pooled", warmup="reviewkd_warmup_epochs",
+        fields=(Field("reviewkd_warmup_epochs", 20),)),
+    # CC (Peng et al. 2019) in RepDistiller's form on linear embeddings
+    # (cc_dim) of the penultimate feature, beta 0.02; NST (Huang & Wang
+    # 2017) on the stage outputs, beta 50: the CRD benchmark's.
+    "cc": _feature_method("cc", 0.02, "pooled", one_pair=True,
+                          fields=(Field("cc_dim", 128),)),
+    "nst": _feature_method("nst", 50.0, "stages", maps=True),
+    "fsp": _FSP,
+    "fsp_init": _FSP_STAGE,
     # Stages the pipeline runs by itself: the subclass teacher, and FitNets
     # stage 1 (the student up to its guided layer, trained on hints alone).
     SUBCLASS_TEACHER: Method(_subclass_teacher, teacher=False,
@@ -306,8 +392,10 @@ def _own_fields() -> dict[str, Field]:
 OWN_FIELDS = _own_fields()
 # A sweep may vary these of any method (the step reads them as arrays).
 SWEEP_FIELDS = tuple(n for n, f in OWN_FIELDS.items() if f.sweep)
-# config.kd fields the losses read beside the methods' own.
+# config.kd fields the losses read beside the methods' own (ce_weight,
+# kd_weight: -1 = unset, `loss_weights`).
 _SHARED_SPEC_FIELDS = (("logit_standardization", False), ("t_squared", True),
+                       ("ce_weight", -1.0), ("kd_weight", -1.0),
                        ("hint_weight", 100.0), ("feature_logit_method", SCRATCH),
                        ("feature_weight", 0.0))  # 0: FeatureTerm.weight
 
@@ -345,21 +433,38 @@ def with_swept(kd: KDSpec, swept: dict) -> KDSpec:
 
 def logit_method(kd_config) -> Method:
   """The entry whose logit loss a run computes: the method's own, or a
-  feature method's kd.feature_logit_method."""
+  feature method's (or a pre-trained one's) kd.feature_logit_method."""
   method = METHODS[kd_config["method"]]
-  if method.feature is not None:
+  if method.feature is not None or method.pretrain is not None:
     return METHODS[kd_config["feature_logit_method"]]
   return method
 
 
+def feature_term(name: str) -> FeatureTerm | None:
+  """The feature term of `name`, or of its pre-training stage: what its
+  layers, beta and modules are checked against."""
+  method = METHODS[name]
+  if method.pretrain is not None:
+    return METHODS[method.pretrain.method].feature
+  return method.feature
+
+
+def pretrain_epoch_fields() -> tuple[str, ...]:
+  """The config.kd fields holding a pre-training stage's epochs."""
+  return tuple(dict.fromkeys(m.pretrain.epochs for m in METHODS.values()
+                             if m.pretrain is not None))
+
+
 def report_columns(kd_config) -> dict:
   """What a run's method reads of T, alpha and the CTKD schedule: {'temperature':
-  'fixed' | 'learned' | None, 'alpha': bool, 'schedule': bool}."""
+  'fixed' | 'learned' | None, 'alpha': bool, 'schedule': bool}; alpha is
+  not read where kd.ce_weight / kd.kd_weight replace it."""
   logit = logit_method(kd_config)
   t = logit.temperature
+  weighted = logit.loss_weights and kd_config.get("ce_weight", -1.0) >= 0
   return {"temperature": "learned" if logit.learns_temperature else
           ("fixed" if t == "fixed" else None),
-          "alpha": logit.alpha,
+          "alpha": logit.alpha and not weighted,
           "schedule": logit.learns_temperature}
 
 
@@ -387,7 +492,12 @@ def get(name: str) -> Method:
   return METHODS[name]
 
 
-def feature_weight(kd: KDSpec, method: Method) -> float:
+def feature_weight(kd: KDSpec, method: Method, epoch=None):
   """beta of `method`'s feature term: config.kd.feature_weight, or (0) the
-  method's default."""
-  return kd.feature_weight if kd.feature_weight > 0 else method.feature.weight
+  method's default; with `epoch` (0-based, may be traced), times the
+  term's linear warm-up at that epoch (`FeatureTerm.warmup`)."""
+  term = method.feature
+  beta = kd.feature_weight if kd.feature_weight > 0 else term.weight
+  if epoch is None or not term.warmup:
+    return beta
+  return beta * linear_warmup(epoch, getattr(kd, term.warmup))

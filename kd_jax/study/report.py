@@ -5,15 +5,18 @@ and figures, from every cell's `results.json`.
                           [--tflite] [--deploy_format=float32|int8]
 
 Writes into `STUDY_DIR/report/` (or `--out`):
-  results.csv      one row per finished cell (student, method, T, alpha,
-                   schedule, seed, accuracies, params, MB, ...)
+  results.csv      one row per finished cell (student, method, its training
+                   views' augmentation, T, alpha, schedule, seed,
+                   accuracies, params, MB, ...)
   summary.csv      one row per setting (a cell without its seed): n seeds,
                    mean ± std and the 95% t confidence interval
   comparisons.csv  paired t-tests over the seeds both sides share: every KD
                    setting vs its student's scratch cells, and per student
-                   the best setting of each method against every other
-                   (best = highest mean validation accuracy, so the test
-                   set is not used to choose); p-values Holm-corrected over
+                   the best setting of each method against every other,
+                   and per method the best setting of each augmentation
+                   against every other (best = highest mean validation
+                   accuracy, so the test set is not used to choose);
+                   p-values Holm-corrected over
                    the whole table, 'n.s.' where not significant
   deployment.csv   per model: params, MB, GFLOPs, batch-1 latency and
                    frames/s on this machine's CPU, speed-up and size ratio
@@ -76,6 +79,21 @@ def setting_of(cell: str) -> str:
   return s or "default"
 
 
+def augmentation_label(dataset: dict) -> str:
+  """A cell's training views from its config.dataset: 'none', or e.g.
+  'crop+flip+mixup(α=1, folded, roll)' (ratio and partner named where they
+  are not the defaults, Beta and a permutation)."""
+  parts = [name for key, name in (("random_crop", "crop"),
+                                  ("random_flip", "flip")) if dataset.get(key)]
+  how = [v for v, default in ((dataset.get("mix_ratio", "beta"), "beta"),
+                              (dataset.get("mix_partner", "permutation"),
+                               "permutation")) if v != default]
+  for key, name in (("mixup_alpha", "mixup"), ("cutmix_alpha", "cutmix")):
+    if dataset.get(key):
+      parts.append(f"{name}({', '.join([f'α={dataset[key]:g}'] + how)})")
+  return "+".join(parts) or "none"
+
+
 def _row(cell, setting, stage, config):
   method = stage["method"]
   kd = dict(config["kd"], method=method)  # a KD cell's scratch stage: none
@@ -84,6 +102,7 @@ def _row(cell, setting, stage, config):
   return {
       "cell": cell, "setting": setting, "student": stage["model"],
       "method": method,
+      "augmentation": augmentation_label(config.get("dataset", {})),
       "temperature": _temperature(stage, kd, cols["temperature"]),
       "alpha": kd["alpha"] if cols["alpha"] else "",
       "schedule": kd["schedule"] if cols["schedule"] else "",
@@ -197,7 +216,8 @@ def summarize_settings(rows):
                 f"{key}_ci95_low": m.ci_low, f"{key}_ci95_high": m.ci_high}
     out.append({
         "setting": setting, **{k: first[k] for k in (
-            "student", "method", "temperature", "alpha", "schedule")},
+            "student", "method", "augmentation", "temperature", "alpha",
+            "schedule")},
         "temperature": _setting_temperature(rs),
         "seeds": " ".join(str(r["seed"]) for r in rs), "n": acc.n,
         "test_accuracy_mean": acc.mean, "test_accuracy_std": acc.std,
@@ -223,16 +243,22 @@ def _mean(values):
   return sum(v) / len(v) if v else float("nan")
 
 
-def best_settings(summary):
+def best_settings(summary, keys=("student", "method")):
   """{(student, method): the setting with the highest mean validation value
   of the cells' `select_metric` (accuracy unless configured)} (ties: the
-  first; a NaN never wins)."""
+  first; a NaN never wins); `keys`: the summary fields a choice is per."""
   best = {}
   for s in summary:
-    key = (s["student"], s["method"])
+    key = tuple(s[k] for k in keys)
     if key not in best or s["val_selected_mean"] > best[key]["val_selected_mean"]:
       best[key] = s
   return best
+
+
+def best_per_augmentation(summary):
+  """{(student, method, augmentation): best setting}: a method trained on
+  other views (crop, flip, mixup, ...) is another recipe."""
+  return best_settings(summary, ("student", "method", "augmentation"))
 
 
 def compare(summary):
@@ -262,6 +288,13 @@ def compare(summary):
     for i, m1 in enumerate(kd):
       for m2 in kd[i + 1:]:
         add("method_vs_method", best[(student, m1)], best[(student, m2)])
+  by_aug = best_per_augmentation(summary)
+  for (student, method), _ in best.items():
+    augs = [s for (st, m, _), s in by_aug.items()
+            if (st, m) == (student, method)]
+    for i, a in enumerate(augs):
+      for b in augs[i + 1:]:
+        add("augmentation_vs_augmentation", a, b)
   for row, p_holm in zip(out, stats.holm([r["p"] for r in out])):
     row["p_holm"] = p_holm
     row["significant"] = stats.significance(p_holm)
@@ -333,11 +366,12 @@ def _md_results(summary):
               "mean frame probability; vote: its frames' majority."
               if units else ""), ""]
   lines.append(md_table(
-      ("setting", "student", "method", "T", "α", "schedule", "seeds",
+      ("setting", "student", "method", "augmentation", "T", "α", "schedule",
+       "seeds",
        "test acc", "95% CI", "bal acc", "AUC", "AUC 95% CI", "val (selected)",
        "macro-F1", "agreement", *(reporting.UNIT_KEYS[k] for k in units)),
       [(s["setting"], s["student"], figures.method_label(s["method"]),
-        s["temperature"], s["alpha"], s["schedule"], s["n"], _pm(s), _ci(s),
+        s["augmentation"], s["temperature"], s["alpha"], s["schedule"], s["n"], _pm(s), _ci(s),
         _pm(s, "test_balanced_accuracy"), _pm(s, "test_auc"),
         _ci(s, "test_auc"), _fmt(s["val_selected_mean"]),
         _fmt(s["test_macro_f1_mean"]),
@@ -354,7 +388,8 @@ def _md_comparisons(comps):
            "comparisons in this table; 'n.s.' = not significant at 0.05, "
            "'n/a' = fewer than 2 pairs. Method vs method uses each method's "
            "best setting by the mean validation value of the selection "
-           "metric.", ""]
+           "metric; augmentation vs augmentation, per method, the best "
+           "setting of each augmentation.", ""]
   if not comps:
     return lines + ["No comparison: the study has no scratch cells and one method."]
   lines.append(md_table(
@@ -511,12 +546,13 @@ def main(argv=None):
 def summary_lines(out) -> list[str]:
   """The console's digest of a report: each student's best setting per
   method (test accuracy, mean over seeds), then where the files are."""
-  best = best_settings(out["summary"])
+  best = best_per_augmentation(out["summary"])
   lines = ["best setting per student and method (by validation; test "
-           "accuracy, mean over seeds):"]
-  for (student, method), s in best.items():
+           "accuracy, mean over seeds; one per augmentation):"]
+  for (student, method, aug), s in best.items():
+    views = "" if aug == "none" else f"{aug}, "
     lines.append(f"  {student:<20} {methods.label(method):<14} "
-                 f"{s['test_accuracy_mean']:.4f}  ({s['setting']}, "
+                 f"{s['test_accuracy_mean']:.4f}  ({views}{s['setting']}, "
                  f"{s['n']} seed(s))")
   lines.append(f"report written to {out['out_dir']} (report.md, "
                f"{len(out['figures'])} figures, CSV tables)")

@@ -4,7 +4,8 @@ Owns: `step` (the jitted train and eval steps; no I/O), `stage` (one
 model's training: its loop, evaluation, checkpoints), `pipeline`
 (`train_and_evaluate`: teacher, scratch, assistants, hints, student),
 `sweep` (cells trained together under jax.vmap), `checkpointing` (Orbax),
-`sharding` (the ('data',) mesh), `preemption`, `pretrained` (a teacher or
+`sharding` (the ('data',) mesh), `prefetch` (the next batches placed on the
+devices by a background thread), `preemption`, `pretrained` (a teacher or
 student started from a checkpoint or imported weights), `precise_bn`
 (BatchNorm statistics recomputed before evaluation) and `teacher_cache`
 (the frozen teacher's logits, computed once).

@@ -10,6 +10,7 @@ import numpy as np
 from kd_jax import metrics
 from kd_jax import reporting
 from kd_jax.data import datasets as data
+from kd_jax.train import prefetch
 from kd_jax.train import sharding
 
 
@@ -29,14 +30,18 @@ def evaluate(eval_jit, variables, teacher_vars, split, data_spec, mesh,
   per video and per patient: `metrics.unit_metrics`); with
   `predictions_path`, also writes every example's class probabilities and
   label there (.npz, with the videos and patients)."""
-  acc = None
-  for batch in data.eval_batches(
+  host_batches = data.eval_batches(
       split, global_batch=data_spec.eval_batch_size,
       image_size=data_spec.image_size,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    m = eval_jit(variables, teacher_vars, sharding.global_batch(batch, mesh))
-    m = m.replace(scores=jax.tree.map(host_array, m.scores))
-    acc = m if acc is None else acc.merge(m)
+      process_index=jax.process_index(), process_count=jax.process_count())
+  fetch = lambda m: m.replace(scores=jax.tree.map(host_array, m.scores))
+  acc = None
+  with prefetch.Prefetcher(host_batches,
+                           lambda b: sharding.global_batch(b, mesh),
+                           data_spec.prefetch_depth) as placed:
+    for m in prefetch.fetched_one_behind(
+        (eval_jit(variables, teacher_vars, batch) for batch in placed), fetch):
+      acc = m if acc is None else acc.merge(m)
   acc = jax.device_get(acc)
   units = {u: ids for u, ids in (("video", split.videos),
                                  ("patient", split.patients)) if ids is not None}

@@ -9,6 +9,9 @@
   hint/     FitNets stage 1 (`config.kd.hint_stages=2`): the student trained
             up to its guided layer on the hint loss; stage 2 (student/)
             starts from this checkpoint;
+  pretrain/ a method's pre-training stage (methods.Pretrain: FSP): the
+            student trained on its feature term alone; student/ starts
+            from this checkpoint;
   scratch/  the student without a teacher (`config.scratch_baseline`);
   student/  the student trained with `config.kd.method` (for deep mutual
             learning, the whole cohort is trained here together).
@@ -274,6 +277,14 @@ def _student_rows(config, workdir, run, teacher) -> list:
                       learning_rate=config.learning_rate, **run.common()).run())
     init_from, hint = hint_dir, None  # stage 2: KD from the hint weights
     s_frozen = 0
+  if method.pretrain is not None:
+    pre_dir = os.path.join(workdir, "pretrain")
+    rows.append(Stage(run.specs, role="pretrain", model_name=config.student.name,
+                      method=method.pretrain.method, stage_dir=pre_dir,
+                      teacher=teacher, select_best=False, init_from=init_from,
+                      num_epochs=int(kd[method.pretrain.epochs]),
+                      learning_rate=config.learning_rate, **run.common()).run())
+    init_from, s_frozen = pre_dir, 0
   if config.scratch_baseline and (method.teacher or method.cohort):
     rows.append(Stage(run.specs, role="scratch", model_name=config.student.name,
                       method=methods.SCRATCH,

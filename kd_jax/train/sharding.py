@@ -22,7 +22,7 @@ def maybe_initialize_distributed():
   """Joins a multi-process run when launched as one (SLURM or explicit env).
 
   * SLURM with more than one task: `jax.distributed.initialize()` reads the
-    job's environment.
+    job's environment; each task drives the GPUs of `slurm_local_devices`.
   * Explicit (e.g. several CPU processes on loopback): set
     KD_JAX_COORDINATOR=host:port, KD_JAX_NUM_PROCESSES, KD_JAX_PROCESS_ID.
   """
@@ -40,7 +40,27 @@ def maybe_initialize_distributed():
         heartbeat_timeout_seconds=int(
             os.environ.get("KD_JAX_HEARTBEAT_TIMEOUT", "60")))
   elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
+    jax.distributed.initialize(local_device_ids=slurm_local_devices(os.environ))
+
+
+def slurm_local_devices(env) -> list[int] | None:
+  """The GPU ordinals (as this task sees them) a SLURM task drives, or None
+  for JAX's default (GPU number SLURM_LOCALID: one task per GPU, every GPU
+  of the node visible to every task; or JAX_LOCAL_DEVICE_IDS when set).
+
+  With `--gpus-per-task=G` the task drives G GPUs: all it sees when SLURM
+  binds them to it (CUDA_VISIBLE_DEVICES lists G), else its own G of the
+  node's (the SLURM_LOCALID-th group of G).
+  """
+  per_task = env.get("SLURM_GPUS_PER_TASK", "")
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+  if env.get("JAX_LOCAL_DEVICE_IDS") or not per_task.isdigit() or not visible:
+    return None
+  g = int(per_task)
+  if len(visible) <= g:
+    return list(range(len(visible)))
+  first = int(env.get("SLURM_LOCALID", "0")) * g
+  return list(range(first, first + g)) if first + g <= len(visible) else None
 
 
 def make_mesh() -> Mesh:

@@ -435,7 +435,8 @@ class Stage:
                                views, indexed=self.feature is not None),
         step=stepper.start_step, num_epochs=self.num_epochs,
         steps_per_epoch=self.spe, log_every=self.specs.run.log_every_steps,
-        checkpoint_every=self.specs.run.checkpoint_every_steps)
+        checkpoint_every=self.specs.run.checkpoint_every_steps,
+        prefetch_depth=self.specs.data.prefetch_depth)
     return self._finish(tr, stepper, spec, step, cache_used)
 
   def _stepper(self, tr, ds, weights):
@@ -585,9 +586,11 @@ class SingleStepper:
                     "only, backbone frozen, lr "
                     f"{self.tr.specs.optimizer.frozen_lr:g}")
 
-  def step(self, host_batch, step):
+  def put(self, host_batch):
+    return sharding.global_batch(host_batch, self.mesh)
+
+  def step(self, batch, step):
     del step
-    batch = sharding.global_batch(host_batch, self.mesh)
     self.state, metrics_ = self.step_jit(self.state, batch, self.hp,
                                          self.teacher_vars)
     self.loop["step_in_epoch"] += 1

@@ -18,6 +18,9 @@ where the teacher's outputs are cached or computed once for several cells,
 `teacher_logits` and (FitNets) `hint`. Without them a step with a teacher
 runs the frozen teacher in inference mode on the same augmented batch (a
 feature method always does: it needs the teacher's feature maps).
+With mixing (config.dataset.mixup_alpha / cutmix_alpha) that batch is the
+mixed one, and every method's loss becomes lam * L(y) + (1 - lam) *
+L(y_partner) (`mixing.mixed_loss`): the label terms see the mixed labels.
 The teacher's variables are an argument of the step, never part of the
 state, so they are never saved with the student.
 """
@@ -37,6 +40,7 @@ from kd_jax import config_lib
 from kd_jax import metrics
 from kd_jax import models
 from kd_jax.data import datasets as data
+from kd_jax.data import mixing
 from kd_jax.distill import kd_modules
 from kd_jax.distill import losses
 from kd_jax.distill import methods
@@ -64,26 +68,45 @@ class Frozen(NamedTuple):
   path: str = ""  # the checkpoint it was loaded from
 
 
+# The mixing key: this fold of a step's augmentation key (crop and flip
+# split the key itself).
+MIX_STREAM = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   """uint8 images -> normalised float32 `[B, S, S, 3]`, augmented when the
-  step passes a key (evaluation and the teacher cache pass none)."""
+  step passes a key (evaluation and the teacher cache pass none); the
+  training view (`train_view`) is then mixed as `mix` says."""
   image_size: int
   normalization: str = "half"
   random_crop: bool = False
   random_flip: bool = False
   crop_padding: int = 4
+  mix: mixing.MixSpec = mixing.MixSpec()
 
   @classmethod
   def from_spec(cls, d: config_lib.DataSpec) -> "Preprocess":
     return cls(d.image_size, d.normalization, d.random_crop, d.random_flip,
-               d.crop_padding)
+               d.crop_padding, mixing.MixSpec(d.mixup_alpha, d.cutmix_alpha,
+                                              d.mix_ratio, d.mix_partner))
 
   def __call__(self, images, rng=None):
     return data.preprocess(
         images, image_size=self.image_size, normalization=self.normalization,
         rng=rng, random_crop=self.random_crop, random_flip=self.random_flip,
         crop_padding=self.crop_padding)
+
+  def train_view(self, images, rng):
+    """(x, mixing.Mix or None): the training input, cropped and flipped
+    with `rng`, then mixed with a key of its own drawn from `rng` (so crop
+    and flip are the same with and without mixing)."""
+    x = self(images, rng)
+    if not self.mix.active:
+      return x, None
+    b, h, w, _ = x.shape
+    mix = mixing.draw(jax.random.fold_in(rng, MIX_STREAM), self.mix, b, h, w)
+    return mixing.mix_images(x, mix), mix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +251,11 @@ def lr_schedule(opt: config_lib.OptimizerSpec, *, learning_rate, num_epochs,
                 steps_per_epoch):
   """The learning rate per step: a linear warmup, then cosine decay to 0,
   constant, or 'step': x `lr_decay_factor` at each of `lr_decay_epochs` (the
-  CIFAR benchmark's 150,180,210 of 240)."""
+  CIFAR benchmark's 150,180,210 of 240). A warmup in steps takes at most
+  half of a shorter stage (a teacher or tiny run of the same config)."""
   total = max(1, num_epochs * steps_per_epoch)
-  warmup = int(opt.warmup_epochs * steps_per_epoch)
+  warmup = (min(opt.warmup_steps, total // 2) if opt.warmup_steps
+            else int(opt.warmup_epochs * steps_per_epoch))
   if opt.lr_schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
         0.0 if warmup else learning_rate, learning_rate, warmup, total)
@@ -260,6 +285,9 @@ def make_optimizer(opt: config_lib.OptimizerSpec, kd: methods.KDSpec, *,
     student_tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
                              optax.sgd(lr, momentum=opt.momentum,
                                        nesterov=opt.nesterov))
+  if opt.grad_clip_norm:  # only then: the optimizer state keeps its layout
+    student_tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm),
+                             student_tx)
   transforms = {"student": student_tx}
   if ctkd:
     transforms["temperature"] = optax.chain(
@@ -324,9 +352,17 @@ def scale_temperature_grads(kd: methods.KDSpec, grads, epoch, cosine):
 # ------------------------------------------------------------------ steps
 
 
+def training_view(spec: StepSpec, images, step):
+  """(x, mixing.Mix or None): the step's input, `images` preprocessed with
+  the step's augmentation and mixing; a function of (data seed, step) only,
+  so the student, a live teacher, a sweep's cells and the cached teacher
+  views all see the same images."""
+  return spec.preprocess.train_view(images, step_rngs(spec.data_seed, step)[0])
+
+
 def augmented(spec: StepSpec, images, step):
-  """The step's input: `images` preprocessed with the step's augmentation."""
-  return spec.preprocess(images, step_rngs(spec.data_seed, step)[0])
+  """The step's input `x` (`training_view` without its mixing draw)."""
+  return training_view(spec, images, step)[0]
 
 
 def teacher_layers(spec: StepSpec) -> tuple:
@@ -412,10 +448,12 @@ class StepInputs(NamedTuple):
   batch_stats: Any
   epoch: Any
   rng: Any  # dropout
+  mix: Any = None  # mixing.Mix of the batch, or None
 
 
 def _feature_term(spec, method, inputs, params, s_feats):
-  """(beta * the feature term, the term, its module's new collections)."""
+  """(beta, warmed up at this epoch, * the feature term, the term, its
+  module's new collections)."""
   s = [s_feats[a] for a, _ in spec.feature_layers]
   t = [inputs.t_feats[b] for _, b in spec.feature_layers]
   state = inputs.batch_stats["feature"]
@@ -424,7 +462,8 @@ def _feature_term(spec, method, inputs, params, s_feats):
   term, new_state = spec.feature.apply(
       {"params": params["feature"], **state}, s, t, batch, train=True,
       mutable=list(state))
-  return methods.feature_weight(spec.kd, method) * term, term, new_state
+  beta = methods.feature_weight(spec.kd, method, epoch=inputs.epoch)
+  return beta * term, term, new_state
 
 
 def _loss(spec, method, inputs, hp, params):
@@ -446,9 +485,10 @@ def _loss(spec, method, inputs, hp, params):
         [jnp.mean(jnp.argmax(z, -1) == labels_B) for z in cohort[1:]]))
     logits_in = jnp.stack(cohort)
   kd = methods.with_swept(spec.kd, hp.get("kd"))
-  loss = method.loss(kd, logits_in, t_logits, labels_B,
-                     temperature=temperature, alpha=hp["alpha"],
-                     epoch=inputs.epoch, class_weights=hp.get("class_weights"))
+  loss = mixing.mixed_loss(functools.partial(
+      method.loss, kd, logits_in, t_logits, temperature=temperature,
+      alpha=hp["alpha"], epoch=inputs.epoch,
+      class_weights=hp.get("class_weights")), labels_B, inputs.mix)
   if spec.hint:
     adapted = spec.adapter.apply({"params": params["adapter"]},
                                  s_feats[spec.hint[0]])
@@ -504,13 +544,13 @@ def make_train_step(spec: StepSpec, tx):
   method = methods.get(spec.method)
 
   def train_step(state: TrainState, batch, hp, teacher_vars):
-    x = augmented(spec, batch["image"], state.step)
+    x, mix = training_view(spec, batch["image"], state.step)
     labels_B = batch["label"]
     t_logits, t_feats = _teacher_signal(spec, batch, teacher_vars, x)
     epoch = state.step // spec.steps_per_epoch
     rng = step_rngs(hp["seed"], state.step)[1]
     inputs = StepInputs(x, labels_B, batch.get("index"), t_logits, t_feats,
-                        state.batch_stats, epoch, rng)
+                        state.batch_stats, epoch, rng, mix)
     (loss, (logits, batch_stats, temperature, aux)), grads = (
         jax.value_and_grad(functools.partial(_loss, spec, method, inputs, hp),
                            has_aux=True)(state.params))

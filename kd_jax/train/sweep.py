@@ -246,9 +246,11 @@ class _Cells:
   def begin_epoch(self):
     pass
 
-  def step(self, host_batch, step):
+  def put(self, host_batch):
+    return sharding.global_batch(host_batch, self.mesh)
+
+  def step(self, batch, step):
     """One train step of every cell; returns the [K] metrics."""
-    batch = sharding.global_batch(host_batch, self.mesh)
     if self.teacher_fn is not None:  # once per step, not once per chunk
       batch["teacher_logits"] = self.teacher_fn(self.teacher_vars,
                                                 batch["image"], jnp.int32(step))
@@ -371,7 +373,8 @@ def _train_cells(todo, student, ds, mesh, teacher, chunk):
       cells, stage_lib.epoch_batches(specs[0].data, ds.train, spe, views),
       step=step, num_epochs=num_epochs, steps_per_epoch=spe,
       log_every=specs[0].run.log_every_steps,
-      checkpoint_every=specs[0].run.checkpoint_every_steps)
+      checkpoint_every=specs[0].run.checkpoint_every_steps,
+      prefetch_depth=specs[0].data.prefetch_depth)
   return [_cell_result(cells, k, step, cells.best.get(k), evaluate, teacher,
                        cache_used, sharding.replicated(mesh))
           for k in range(k_cells)]

@@ -15,9 +15,10 @@ folders), the preprocessing (image size, normalisation) and the teacher's
 compute dtype (`teacher.compute_dtype`). Any change gives a new key, so a
 stale cache is never read.
 
-With augmentation (random crop/flip) the teacher's input changes every
-epoch, but a seeded augmentation makes batch s of epoch e the same crops and
-flips of the same examples in every run with the same data seed: the
+With augmentation (random crop/flip, mixup/CutMix) the teacher's input
+changes every epoch, but a seeded augmentation makes batch s of epoch e the
+same crops, flips and mixes of the same examples in every run with the same
+data seed: the
 teacher's logits of the augmented batches (`AugmentedViews`) are then a
 fixed function of (epoch, batch), computed by the first run that reaches an
 epoch and read by every other (a study's cells of one seed: other methods,
@@ -40,6 +41,7 @@ from kd_jax import config_lib
 from kd_jax import models
 from kd_jax import reporting
 from kd_jax.data import datasets as data
+from kd_jax.train import prefetch
 from kd_jax.train import sharding
 from kd_jax.train import step as step_lib
 
@@ -50,7 +52,7 @@ def usable(specs: config_lib.Specs) -> tuple[bool, str]:
   """(can the teacher's logits be cached for this run, why not)."""
   if not specs.teacher.cache_dir:
     return False, "off"
-  if specs.data.random_crop or specs.data.random_flip:
+  if specs.data.augments:
     return False, "augmentation changes the teacher's input every epoch"
   return True, ""
 
@@ -89,14 +91,16 @@ def _over_split(specs, fn, variables, split, mesh) -> np.ndarray:
                         normalization=specs.data.normalization)
     return step_lib.frozen_forward(fn, variables, x, specs.run.teacher_bf16)
   fwd_jit = jax.jit(fwd)
-  out = []
-  for host_batch in data.eval_batches(
+  gather = lambda y: np.asarray(multihost_utils.process_allgather(y, tiled=True))
+  host_batches = data.eval_batches(
       split, global_batch=specs.data.eval_batch_size,
       image_size=specs.data.image_size,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    batch = sharding.global_batch(host_batch["image"], mesh)
-    y = fwd_jit(variables, batch)
-    out.append(np.asarray(multihost_utils.process_allgather(y, tiled=True)))
+      process_index=jax.process_index(), process_count=jax.process_count())
+  with prefetch.Prefetcher(
+      host_batches, lambda b: sharding.global_batch(b["image"], mesh),
+      specs.data.prefetch_depth) as placed:
+    out = list(prefetch.fetched_one_behind(
+        (fwd_jit(variables, batch) for batch in placed), gather))
   return np.concatenate(out)[:len(split)].astype(np.float32)
 
 
@@ -170,13 +174,22 @@ def views_problem(specs: config_lib.Specs, live="") -> str | None:
   (None: it does); `live`: why the run needs its teacher live anyway."""
   if not specs.teacher.cache_dir:
     return "off"
-  if not (specs.data.random_crop or specs.data.random_flip):
+  if not specs.data.augments:
     return "no augmentation: the per-example cache serves the run"
   if live:
     return live
   if jax.process_count() > 1:
     return "several processes (each would need its own rows of every view)"
   return None
+
+
+def _mixing_key(d: config_lib.DataSpec) -> dict:
+  """The mixing fields of a views key; none without mixing, so the keys of
+  unmixed views (and their caches) stay as they were."""
+  if not d.mixes:
+    return {}
+  return {"mixup_alpha": d.mixup_alpha, "cutmix_alpha": d.cutmix_alpha,
+          "mix_ratio": d.mix_ratio, "mix_partner": d.mix_partner}
 
 
 class AugmentedViews:
@@ -197,7 +210,7 @@ class AugmentedViews:
         "steps_per_epoch": spe, "balanced": d.balanced_sampling,
         "random_crop": d.random_crop, "random_flip": d.random_flip,
         "crop_padding": d.crop_padding,
-        "mixed_precision": specs.run.mixed_precision},
+        "mixed_precision": specs.run.mixed_precision, **_mixing_key(d)},
         sort_keys=True).encode())
     self.root = os.path.join(specs.teacher.cache_dir, "views-" + h.hexdigest())
     self._fn = step_lib.make_live_teacher_fn(spec)
@@ -229,15 +242,18 @@ class AugmentedViews:
       arr = np.load(path, mmap_mode="r")
       if arr.shape[:2] == (self.spe, self.data.batch_size):
         return arr
-    out = []
-    for s, host_batch in enumerate(data.train_batches(
+    host_batches = data.train_batches(
         self.ds.train, global_batch=self.data.batch_size,
         seed=self.spec.data_seed, epoch=epoch, num_steps=self.spe,
         image_size=self.data.image_size,
-        balanced=self.data.balanced_sampling)):
-      images = sharding.global_batch(host_batch["image"], self.mesh)
-      out.append(np.asarray(self._fn(self.teacher.variables, images,
-                                     jnp.int32(epoch * self.spe + s))))
+        balanced=self.data.balanced_sampling)
+    with prefetch.Prefetcher(
+        host_batches, lambda b: sharding.global_batch(b["image"], self.mesh),
+        self.data.prefetch_depth) as placed:
+      out = list(prefetch.fetched_one_behind(
+          (self._fn(self.teacher.variables, images,
+                    jnp.int32(epoch * self.spe + s))
+           for s, images in enumerate(placed)), np.asarray))
     arr = np.stack(out).astype(np.float32)
     reporting.write_atomic(path, lambda f: np.save(f, arr))
     if epoch == 0:
