@@ -435,6 +435,7 @@ def test_report_names_the_augmentation_and_compares_augmentations():
       ("mlp", "vanilla", "crop+flip"), ("mlp", "vanilla", "crop+flip+mixup(α=1)")}
 
 
+@pytest.mark.slow  # an end-to-end run; the parts are tested fast
 def test_repro_study_mixes_in_its_cells_and_views(tmp_path):
   """configs/repro/function_matching_fashion.py in tiny mode, one seed: the
   shared teacher trains unmixed, the function-matching cell mixes and

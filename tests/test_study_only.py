@@ -105,6 +105,7 @@ def _export_mb(workdir, path, quantize):
   return os.path.getsize(path) / 1e6
 
 
+@pytest.mark.slow  # an end-to-end run; the parts are tested fast
 def test_only_runs_the_subset_and_the_int8_report(tmp_path):
   """tiny_cnn at seed 0 only (scratch + vanilla KD): the teacher and those
   two cells run, nothing else; the report of the subset with

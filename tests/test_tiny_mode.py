@@ -137,6 +137,7 @@ def _resnet18_file(tmp_path, num_classes):
   return path
 
 
+@pytest.mark.slow  # an end-to-end run; the parts are tested fast
 def test_a_foreign_teacher_given_after_tiny_mode_runs_at_its_size(tmp_path):
   """The issue's route end to end: a torchvision file given with
   --config.teacher.checkpoint after `:runlocal` (which swapped the teacher
