@@ -5,6 +5,10 @@ import glob
 import os
 
 import pytest
+# torch before any JAX work in this process: imported after it, its triton
+# probe can crash the interpreter (the 'interop' extra installs both).
+import safetensors.torch as safetensors_torch
+import torchvision
 
 from kd_jax import config_lib
 from kd_jax.config_lib import args as config_args
@@ -129,11 +133,9 @@ def test_outside_tiny_mode_a_missing_dataset_is_one_line(arg):
 
 
 def _resnet18_file(tmp_path, num_classes):
-  import torchvision  # the 'interop' extra, which the README's test command installs
-  from safetensors.torch import save_file
   model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
   path = str(tmp_path / "resnet18.safetensors")
-  save_file(model.state_dict(), path)
+  safetensors_torch.save_file(model.state_dict(), path)
   return path
 
 
