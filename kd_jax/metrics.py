@@ -57,11 +57,10 @@ def roc_auc_binary(y_N, score_N) -> float | None:
     return None
   order = np.argsort(score_N, kind="mergesort")
   s = np.asarray(score_N, np.float64)[order]
-  ranks = np.empty(len(s))
-  # Average ranks over runs of tied scores.
+  # Average ranks over runs of tied scores: every member of a run starting
+  # at sorted position st with c members has rank st + (c + 1) / 2.
   _, start, counts = np.unique(s, return_index=True, return_counts=True)
-  for st, c in zip(start, counts):
-    ranks[st:st + c] = st + (c + 1) / 2.0
+  ranks = np.repeat(start + (counts + 1) / 2.0, counts)
   rank_sum = ranks[y[order]].sum()
   return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 

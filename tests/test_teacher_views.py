@@ -82,6 +82,26 @@ def test_views_hold_the_logits_of_each_augmented_batch(runs, teacher_dir):
     assert not np.allclose(cached[s], plain, atol=1e-3)  # augmented views
 
 
+def test_evaluation_reads_the_cached_logits_of_the_eval_splits(runs, teacher_dir):
+  # Validation and test are never augmented: the cache holds the teacher's
+  # plain logits of those splits (not of the augmented train split), and the
+  # runs' agreement with the teacher equals the live run's (test above).
+  _, cache, _ = runs
+  (root,) = [d for d in glob.glob(os.path.join(cache, "*"))
+             if not os.path.basename(d).startswith("views-")]
+  assert sorted(f for f in os.listdir(root) if f.endswith(".npy")) == [
+      "test.npy", "val.npy"]
+  c = _config(teacher_dir, cache)
+  ds = data.load(c)
+  teacher = train.load_frozen(config_lib.read_specs(c), ds,
+                              sharding.make_mesh(), teacher_dir)
+  pre = step.Preprocess.from_spec(config_lib.data_spec(c))
+  direct = teacher.model.apply(teacher.variables,
+                               pre(jnp.asarray(ds.val.images)), train=False)
+  np.testing.assert_allclose(np.load(os.path.join(root, "val.npy")), direct,
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_another_cell_reads_the_views(runs, teacher_dir, tmp_path):
   _, cache, out = runs
   files = sorted(glob.glob(os.path.join(cache, "views-*", "epoch-*.npy")))

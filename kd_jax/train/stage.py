@@ -48,15 +48,21 @@ def with_teacher_cache(specs: config_lib.Specs, ds, teacher, mesh, role,
   FitNets hint feature of the train split) attached when the cache is on
   and usable; `live`: why this stage runs its teacher live anyway."""
   ok, why = (False, live) if live else teacher_cache.usable(specs)
-  if teacher is None or not ok:
-    if teacher is not None and specs.teacher.cache_dir:
-      reporting.log(f"[{role}] teacher cache not used: {why}")
+  if teacher is None or not specs.teacher.cache_dir:
     return ds, False
   name = type(teacher.model).__name__
-  logits = teacher_cache.load_or_compute(specs, ds, name, teacher, mesh)
+  # The evaluation splits are never augmented: their cached logits serve
+  # every epoch's validation even when the training batches need the
+  # teacher live (or their own views' cache).
+  splits = teacher_cache.SPLITS if ok else ("val", "test")
+  logits = teacher_cache.load_or_compute(specs, ds, name, teacher, mesh, splits)
   out = dataclasses.replace(ds, **{
       split: dataclasses.replace(getattr(ds, split), teacher_logits=logits[split])
-      for split in teacher_cache.SPLITS})
+      for split in splits})
+  if not ok:
+    reporting.log(f"[{role}] teacher cache not used for training batches: "
+                  f"{why} (validation and test read it)")
+    return out, False
   if hint_layer:
     feats = teacher_cache.load_or_compute_features(specs, ds, name, teacher,
                                                    mesh, hint_layer)

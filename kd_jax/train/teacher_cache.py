@@ -140,12 +140,13 @@ def load_or_compute_features(specs: config_lib.Specs, ds, teacher_name,
 
 
 def load_or_compute(specs: config_lib.Specs, ds, teacher_name, teacher,
-                    mesh) -> dict:
-  """{split name: logits [N, K]} from the cache, computing what is missing."""
+                    mesh, splits=SPLITS) -> dict:
+  """{split name: logits [N, K]} of `splits` from the cache, computing what
+  is missing."""
   key = cache_key(specs, ds, teacher_name, teacher)
   root = os.path.join(specs.teacher.cache_dir, key)
   out, computed = {}, []
-  for name in SPLITS:
+  for name in splits:
     path = os.path.join(root, name + ".npy")
     split = getattr(ds, name)
     if os.path.exists(path):
@@ -163,7 +164,7 @@ def load_or_compute(specs: config_lib.Specs, ds, teacher_name, teacher,
         "dataset": ds.name, "image_size": specs.data.image_size,
         "normalization": specs.data.normalization,
         "compute_dtype": specs.teacher.compute_dtype,
-        "splits": {n: list(out[n].shape) for n in SPLITS}})
+        "splits": {n: list(out[n].shape) for n in splits}})
   reporting.log(f"teacher cache {root}: "
                 + (f"computed {', '.join(computed)}" if computed else "hit"))
   return out
