@@ -42,6 +42,11 @@ MIX_RATIOS = ("beta", "folded")
 MIX_PARTNERS = ("permutation", "roll")
 
 
+# config.dataset.train_transform / eval_transform (kd_jax/data/transforms.py).
+TRAIN_TRANSFORMS = ("", "none", "pad_crop", "random_resized_crop")
+EVAL_TRANSFORMS = ("resize", "resize_center_crop")
+
+
 # config.kd.temperature's default. A learned-temperature method (CTKD)
 # refuses any other value: a fixed T given to it would be silently unused.
 DEFAULT_TEMPERATURE = 4.0
@@ -144,6 +149,24 @@ def _dataset_config() -> ml_collections.ConfigDict:
   d.random_crop = False
   d.random_flip = False
   d.crop_padding = 4
+  # The training crop: 'pad_crop' (reflect-pad crop_padding, random crop;
+  # the same as random_crop=True), 'random_resized_crop' (torchvision's
+  # RandomResizedCrop: area fraction U(rrc_min_scale, rrc_max_scale), log
+  # aspect ratio uniform in [rrc_min_ratio, rrc_max_ratio], resized to
+  # image_size), 'none', or '' = pad_crop if random_crop else none. With
+  # random_resized_crop an image file is stored as the centre square of
+  # side train_source_size (0: image_size / 0.875) and cropped on device.
+  d.train_transform = ""
+  d.rrc_min_scale = 0.08
+  d.rrc_max_scale = 1.0
+  d.rrc_min_ratio = 3 / 4
+  d.rrc_max_ratio = 4 / 3
+  d.train_source_size = 0
+  # Evaluation images: 'resize' (squashed to image_size) or
+  # 'resize_center_crop' (torchvision's: shorter side to eval_resize_size,
+  # 0: image_size / 0.875, i.e. 256 for 224, then the centre crop).
+  d.eval_transform = "resize"
+  d.eval_resize_size = 0
   # Mixing after crop/flip, in training only (data/mixing.py): mixup and
   # CutMix with lam ~ Beta(alpha, alpha) (0 = off; both set: one of the two
   # per batch); the student and the teacher see the same mixed images and

@@ -22,6 +22,10 @@ class DataSpec:
   random_crop: bool = False
   random_flip: bool = False
   crop_padding: int = 4
+  # 'none' | 'pad_crop' | 'random_resized_crop' (random_crop resolved)
+  train_transform: str = "none"
+  rrc_scale: tuple = (0.08, 1.0)
+  rrc_ratio: tuple = (3 / 4, 4 / 3)
   # Mixing after crop/flip (data/mixing.py; alpha 0: off)
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
@@ -39,7 +43,8 @@ class DataSpec:
   @property
   def augments(self) -> bool:
     """A training example's input changes from epoch to epoch."""
-    return self.random_crop or self.random_flip or self.mixes
+    return (self.train_transform != "none" or self.random_flip
+            or self.mixes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +125,24 @@ def data_seed(c) -> int:
   return c.data_seed if c.data_seed >= 0 else c.seed
 
 
+def train_transform(d) -> str:
+  """config.dataset.train_transform with '' resolved from random_crop."""
+  if d.train_transform:
+    return d.train_transform
+  return "pad_crop" if d.random_crop else "none"
+
+
 def data_spec(c) -> DataSpec:
   d = c.dataset
   return DataSpec(
       image_size=int(d.image_size), batch_size=int(c.batch_size),
       eval_batch_size=int(c.eval_batch_size), normalization=normalization(c),
       random_crop=bool(d.random_crop), random_flip=bool(d.random_flip),
-      crop_padding=int(d.crop_padding), mixup_alpha=float(d.mixup_alpha),
+      crop_padding=int(d.crop_padding),
+      train_transform=train_transform(d),
+      rrc_scale=(float(d.rrc_min_scale), float(d.rrc_max_scale)),
+      rrc_ratio=(float(d.rrc_min_ratio), float(d.rrc_max_ratio)),
+      mixup_alpha=float(d.mixup_alpha),
       cutmix_alpha=float(d.cutmix_alpha), mix_ratio=d.mix_ratio,
       mix_partner=d.mix_partner,
       balanced_sampling=bool(d.balanced_sampling), data_seed=data_seed(c),

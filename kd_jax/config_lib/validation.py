@@ -14,6 +14,7 @@ from kd_jax.config_lib.defaults import COMPUTE_DTYPES
 from kd_jax.config_lib.defaults import CORRUPT_IMAGES
 from kd_jax.config_lib.defaults import DATASETS
 from kd_jax.config_lib.defaults import DEFAULT_TEMPERATURE
+from kd_jax.config_lib.defaults import EVAL_TRANSFORMS
 from kd_jax.config_lib.defaults import LR_SCHEDULES
 from kd_jax.config_lib.defaults import MIX_PARTNERS
 from kd_jax.config_lib.defaults import MIX_RATIOS
@@ -21,6 +22,7 @@ from kd_jax.config_lib.defaults import NAN_POLICIES
 from kd_jax.config_lib.defaults import NORMALIZATIONS
 from kd_jax.config_lib.defaults import OPTIMIZERS
 from kd_jax.config_lib.defaults import SELECT_METRICS
+from kd_jax.config_lib.defaults import TRAIN_TRANSFORMS
 from kd_jax.config_lib.defaults import WEIGHT_SOURCES
 from kd_jax.config_lib.derived import class_weights_setting
 from kd_jax.config_lib.derived import feature_layer_pairs
@@ -73,6 +75,7 @@ def validate(c: ml_collections.ConfigDict) -> dict:
     raise UserError(f"config.prefetch_depth={c.prefetch_depth} must be >= 0 (0: off)")
   _validate_dataset_numbers(c.dataset, c.runlocal)
   _validate_mixing(c, one_of)
+  _validate_transforms(c.dataset, one_of)
   if c.nesterov and c.optimizer != "sgd":
     raise UserError(f"config.nesterov=True needs config.optimizer='sgd' "
                     f"(got {c.optimizer!r})")
@@ -140,6 +143,29 @@ def _validate_dataset_numbers(d, runlocal):
   if not 0.0 <= d.val_fraction < 1.0:
     raise UserError(
         f"config.dataset.val_fraction={d.val_fraction} must be in [0, 1)")
+
+
+def _validate_transforms(d, one_of):
+  """The training crop and the evaluation geometry (data/transforms.py)."""
+  one_of(d.train_transform, TRAIN_TRANSFORMS, "config.dataset.train_transform")
+  one_of(d.eval_transform, EVAL_TRANSFORMS, "config.dataset.eval_transform")
+  if d.random_crop and d.train_transform not in ("", "pad_crop"):
+    raise UserError(
+        f"config.dataset.random_crop=True asks for the pad crop but "
+        f"train_transform={d.train_transform!r}; set one of the two")
+  if not 0.0 < d.rrc_min_scale <= d.rrc_max_scale <= 1.0:
+    raise UserError(
+        f"config.dataset.rrc_min_scale={d.rrc_min_scale:g}, rrc_max_scale="
+        f"{d.rrc_max_scale:g} must satisfy 0 < min <= max <= 1")
+  if not 0.0 < d.rrc_min_ratio <= d.rrc_max_ratio:
+    raise UserError(
+        f"config.dataset.rrc_min_ratio={d.rrc_min_ratio:g}, rrc_max_ratio="
+        f"{d.rrc_max_ratio:g} must satisfy 0 < min <= max")
+  for name in ("train_source_size", "eval_resize_size"):
+    v = int(d[name])
+    if v and v < d.image_size:
+      raise UserError(f"config.dataset.{name}={v} must be 0 (automatic) or "
+                      f">= image_size ({d.image_size})")
 
 
 def _validate_mixing(c, one_of):
