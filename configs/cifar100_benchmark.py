@@ -14,9 +14,11 @@ resnet32x4-shufflenet_v2_cifar.
 Cells: scratch, KD (T = 4, alpha = 0.9: RepDistiller's 0.1 CE + 0.9 KD), AT,
 PKT, SP, RKD, VID, CRD, ReviewKD (CE + the method's default beta x its term),
 DKD (alpha 1, beta 8, 20 warm-up epochs), DIST (beta = gamma = 2), CTKD,
-CC and NST (CE + beta x term, as AT) and, for the pairs whose layers have
-equal channels, FSP (30 epochs on the FSP loss alone, then CE), seeds 0..
-(`seeds=N`, default 1).
+CC and NST (CE + beta x term, as AT), FT (30 epochs of paraphraser, then
+CE + 200 x FT), for the pairs whose layers have equal channels FSP (30
+epochs on the FSP loss alone, then CE) and KDSVD, and for the CIFAR ResNet
+pairs (pre-ReLU maps and their BatchNorms) AB (30 epochs on the AB loss
+alone, then CE) and OFD; seeds 0.. (`seeds=N`, default 1).
 Recipe: 240 epochs, SGD momentum 0.9, weight decay 5e-4, lr 0.05 (0.01 for
 the MobileNetV2 and ShuffleNet students; their teacher keeps 0.05), x0.1 at
 epochs 150, 180 and 210, batch 64, random crop (4 px padding) + flip, 32 px;
@@ -35,6 +37,9 @@ Distillation"):
   vgg13 -> vgg8              70.36 / 72.98 / 73.94 / 70.71 / 71.53 / 70.23 / 74.68
   vgg13 -> MobileNetV2       64.60 / 67.37 / 69.73 / 64.86 / 58.16 /   -   / 69.71
   resnet32x4 -> ShuffleNetV2 71.82 / 74.45 / 75.65 / 71.29 / 74.68 /   -   / 77.07
+resnet32x4 -> resnet8x4 also: AB 73.17 and FT 72.86 (Tian et al. 2020,
+Table 1), OFD 74.95 (Chen et al. 2021, "Distilling knowledge via knowledge
+review", Table 1); KDSVD has no published number for these pairs.
 """
 from kd_jax import config_lib
 from kd_jax.study import runner as study
@@ -46,10 +51,15 @@ MOBILE_STUDENTS = ("mobilenet_v2_cifar", "shufflenet_v2_cifar")
 SETTINGS = ("method=none", "method=vanilla", "method=at", "method=pkt",
             "method=sp", "method=rkd", "method=vid", "method=crd",
             "method=reviewkd", "method=dkd", "method=dist", "method=ctkd",
-            "method=cc", "method=nst")
-# FSP pairs layers of equal channels: the pairs RepDistiller reports it for.
+            "method=cc", "method=nst", "method=ft")
+# FSP and KDSVD pair layers of equal channels: the pairs RepDistiller
+# reports FSP for.
 FSP_PAIRS = ("resnet56-resnet20", "resnet110-resnet32", "resnet32x4-resnet8x4",
              "wrn_40_2-wrn_16_2", "vgg13_cifar-vgg8_cifar")
+# AB and OFD read pre-ReLU maps (OFD also their BatchNorm): the CIFAR
+# ResNets sow them.
+PREACT_PAIRS = ("resnet56-resnet20", "resnet110-resnet32",
+                "resnet32x4-resnet8x4")
 
 
 def _split_pair(arg):
@@ -89,13 +99,20 @@ def get_config(arg=None):
   c.kd.dkd_alpha, c.kd.dkd_beta, c.kd.dkd_warmup_epochs = 1.0, 8.0, 20
   c.kd.dist_beta, c.kd.dist_gamma = 2.0, 2.0
   c.scratch_baseline = False
-  return config_lib.apply_arg(c, rest)
+  c = config_lib.apply_arg(c, rest)
+  if c.runlocal and not (c.teacher.checkpoint or c.teacher.logits):
+    # Tiny mode gives FSP, KDSVD, AB and OFD the student's architecture as
+    # teacher (equal channels, pre-ReLU maps); a study shares one teacher.
+    c.teacher.name = student
+  return c
 
 
 def cells(arg=None):
   teacher, student, _ = _split_pair(arg)  # a bad pair fails before any cell
-  settings = SETTINGS + (("method=fsp",) if f"{teacher}-{student}" in FSP_PAIRS
-                         else ())
+  pair = f"{teacher}-{student}"
+  settings = (SETTINGS
+              + (("method=fsp", "method=kdsvd") if pair in FSP_PAIRS else ())
+              + (("method=ab", "method=ofd") if pair in PREACT_PAIRS else ()))
   seeds, common = study.parse_study_arg(arg, seeds=1)
   return [study.join(f"{s},seed={seed}", common)
           for s in settings for seed in range(seeds)]

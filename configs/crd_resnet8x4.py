@@ -16,7 +16,8 @@ prepared TFDS directory:
   python -m kd_jax.main --config=configs/crd_resnet8x4.py:dataset.data_dir=/data/tfds --workdir=/tmp/crd
 
 The other feature methods use this recipe too (configs/{at,pkt,sp,rkd,vid,
-reviewkd,cc,nst}_resnet8x4.py); the whole table: configs/cifar100_benchmark.py.
+reviewkd,cc,nst,fsp,ab,ft,ofd,kdsvd}_resnet8x4.py); the whole table:
+configs/cifar100_benchmark.py.
 """
 from kd_jax import config_lib
 

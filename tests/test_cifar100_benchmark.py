@@ -30,10 +30,11 @@ def test_every_pair_and_cell_is_the_benchmark_recipe():
                                    or "shufflenet" in student else 0.05)
       assert config_lib.teacher_lr(cfg) == 0.05
       methods.append(cfg.kd.method)
-    fsp = ["fsp"] if pair in mod.FSP_PAIRS else []
+    fsp = ["fsp", "kdsvd"] if pair in mod.FSP_PAIRS else []
+    preact = ["ab", "ofd"] if pair in mod.PREACT_PAIRS else []
     assert methods == ["none", "vanilla", "at", "pkt", "sp", "rkd", "vid",
                        "crd", "reviewkd", "dkd", "dist", "ctkd", "cc",
-                       "nst"] + fsp
+                       "nst", "ft"] + fsp + preact
   with pytest.raises(config_lib.UserError, match="not a benchmark pair"):
     study.Study(PATH, "pair=resnet8-resnet110")
 
@@ -47,5 +48,5 @@ def test_tiny_benchmark_study_runs_every_method(tmp_path):
   methods = {r["method"] for r in out["rows"]}
   assert methods == {"none", "vanilla", "at", "pkt", "sp", "rkd", "vid",
                      "crd", "reviewkd", "dkd", "dist", "ctkd", "cc", "nst",
-                     "fsp"}
+                     "ft", "fsp", "kdsvd", "ab", "ofd"}
   assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in out["rows"])

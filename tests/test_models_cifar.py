@@ -68,14 +68,21 @@ def _spatial(feats):
   return {k: v[1:] for k, v in feats.items()}
 
 
+def preact(*shapes):
+  """The stage maps before their last ReLU (RepDistiller's preact=True)."""
+  return {f"stage{i + 1}_preact": s for i, s in enumerate(shapes)}
+
+
 # name -> {feature: (H, W, C)} at 32 px (RepDistiller's is_feat shapes).
 FEATURES_32 = {
     "resnet20": {"stem": (32, 32, 16), "stage1": (32, 32, 16),
                  "stage2": (16, 16, 32), "stage3": (8, 8, 64),
-                 "pre_logits": (64,)},
+                 "pre_logits": (64,), **preact(
+                     (32, 32, 16), (16, 16, 32), (8, 8, 64))},
     "resnet32x4": {"stem": (32, 32, 32), "stage1": (32, 32, 64),
                    "stage2": (16, 16, 128), "stage3": (8, 8, 256),
-                   "pre_logits": (256,)},
+                   "pre_logits": (256,), **preact(
+                       (32, 32, 64), (16, 16, 128), (8, 8, 256))},
     "wrn_40_2": {"stem": (32, 32, 16), "stage1": (32, 32, 32),
                  "stage2": (16, 16, 64), "stage3": (8, 8, 128),
                  "pre_logits": (128,)},
@@ -92,10 +99,12 @@ FEATURES_32 = {
                             "stage2": (8, 8, 232), "stage3": (4, 4, 464),
                             "pre_logits": (1024,)},
     "plain_cnn_6": {"stage1": (16, 16, 32), "stage2": (8, 8, 64),
-                    "stage3": (8, 8, 128), "pre_logits": (8 * 8 * 128,)},
+                    "stage3": (8, 8, 128), "pre_logits": (8 * 8 * 128,),
+                    **preact((16, 16, 32), (8, 8, 64), (8, 8, 128))},
     "plain_cnn_10": {"stage1": (16, 16, 32), "stage2": (8, 8, 64),
                      "stage3": (4, 4, 128), "stage4": (2, 2, 256),
-                     "pre_logits": (512,)},
+                     "pre_logits": (512,), **preact(
+                         (16, 16, 32), (8, 8, 64), (4, 4, 128), (2, 2, 256))},
 }
 
 

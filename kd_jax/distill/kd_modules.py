@@ -12,10 +12,11 @@ They are trained with the student (their parameters sit beside it in
     method): `module.apply(variables, student_feats, teacher_feats, batch,
     train=...)` -> the unweighted term, from lists of paired features
     (config_lib.feature_layer_pairs). Their parameters (VID's regressors,
-    CRD's embedding heads, ReviewKD's fusion) train with the student; their
-    other collections (ReviewKD's 'batch_stats', CRD's 'memory' banks) are
-    the step's to update and live in the train state, so a resumed run
-    continues them.
+    CRD's embedding heads, ReviewKD's fusion, AB's and OFD's connectors,
+    FT's translator) train with the student; their other collections
+    (ReviewKD's 'batch_stats', CRD's 'memory' banks, FT's frozen
+    paraphraser in PRETRAINED) are the step's to update and live in the
+    train state, so a resumed run continues them.
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax.distill import boundary_losses as bl
+from kd_jax.distill import factor_losses as ff
 from kd_jax.distill import feature_losses as fl
+from kd_jax.errors import UserError
 
 
 class HintAdapter(nn.Module):
@@ -53,6 +57,20 @@ class InstanceTemperature(nn.Module):
     h = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
     raw_B = nn.Dense(1, name="out")(h)[:, 0]
     return self.t_start + self.t_end * jax.nn.sigmoid(raw_B)
+
+
+class FeatureContext(NamedTuple):
+  """What a feature term's module is built from besides config.kd."""
+  train_labels: Any  # int [N] (CRD's class table)
+  # Per layer pair: (gamma_C, beta_C) of the BatchNorm before the teacher
+  # layer's ReLU (models.bn_before_relu; OFD's margin), or None.
+  teacher_bn: tuple = ()
+
+
+# The collection of a feature module's weights trained by its method's
+# pre-training stage (methods.Pretrain, hands_over='feature'): the
+# pipeline fills it from that stage's params; the step never updates it.
+PRETRAINED = "pretrained"
 
 
 class FeatureBatch(NamedTuple):
@@ -186,27 +204,110 @@ class FlowOfSolution(nn.Module):
     return fl.fsp_loss(student_feats, teacher_feats)
 
 
-def _crd(kd, train_labels):
-  n = len(train_labels)
+class ActivationBoundaries(nn.Module):
+  """AB over the pre-ReLU pairs: the student's map through a connector
+  where its channels or height differ from the teacher's (RepDistiller's
+  rule; else as it is), then `ab_loss`."""
+
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    connected = []
+    for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
+      if bl.ab_connector_needed(s.shape[1:], t.shape[1:]):
+        s = bl.ConvRegressor(tuple(t.shape[1:]), name=f"connector{i}")(
+            s, train=train)
+      connected.append(s)
+    return bl.ab_loss(connected, teacher_feats)
+
+
+class OverhaulDistillation(nn.Module):
+  """OFD over the pre-ReLU pairs: a 1x1 conv-BN connector per pair to the
+  teacher's channels, then `ofd_loss` with the teacher's margins (one
+  float32 `[C_t]` array per pair, `boundary_losses.ofd_margin`)."""
+  margins: tuple
+
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    connected = [bl.OFDConnector(t.shape[-1], name=f"connector{i}")(
+        s, train=train)
+                 for i, (s, t) in enumerate(zip(student_feats, teacher_feats))]
+    return bl.ofd_loss(connected, teacher_feats, self.margins)
+
+
+class ParaphraserTraining(nn.Module):
+  """FT's pre-training stage: the paraphraser (params 'paraphraser')
+  learns to reconstruct the teacher's map; the student is not read."""
+  rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    (t,) = teacher_feats
+    _, rec = ff.Paraphraser(t.shape[-1], self.rate, name="paraphraser")(t)
+    return ff.paraphraser_loss(rec, t)
+
+
+class FactorTransfer(nn.Module):
+  """FT's student stage on one pair: the translator's factor of the
+  student's map against the factor the paraphraser (frozen, collection
+  PRETRAINED, from the pre-training stage) encodes of the teacher's."""
+  rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    (s,), (t,) = student_feats, teacher_feats
+    paraphraser = ff.Paraphraser(t.shape[-1], self.rate, parent=None)
+    frozen = self.variable(PRETRAINED, "paraphraser", lambda: paraphraser.init(
+        self.make_rng("params"), t)["params"])
+    factor_t = paraphraser.apply({"params": frozen.value}, t, decode=False)
+    factor_s = ff.Translator(int(t.shape[-1] * self.rate),
+                             name="translator")(s, train=train)
+    return ff.ft_loss(factor_s, jax.lax.stop_gradient(factor_t))
+
+
+class SingularVectors(nn.Module):
+  k: int = 1
+
+  @nn.compact
+  def __call__(self, student_feats, teacher_feats, batch, *, train):
+    return ff.kdsvd_loss(student_feats, teacher_feats, k=self.k)
+
+
+def _ofd(kd, ctx):
+  if not ctx.teacher_bn or any(bn is None for bn in ctx.teacher_bn):
+    raise UserError(
+        "method 'ofd' takes its margins from the BatchNorm before each "
+        "teacher layer's ReLU: pair pre-ReLU teacher maps ('<stage>_preact' "
+        "of a CIFAR ResNet or plain CNN) in config.kd.feature_layers")
+  return OverhaulDistillation(tuple(bl.ofd_margin(*bn)
+                                    for bn in ctx.teacher_bn))
+
+
+def _crd(kd, ctx):
+  n = len(ctx.train_labels)
   return ContrastiveRepresentation(
       num_data=n, num_negatives=int(min(kd.crd_negatives, n - 1)),
-      class_table=fl.crd_class_table(np.asarray(train_labels)),
+      class_table=fl.crd_class_table(np.asarray(ctx.train_labels)),
       dim=int(kd.crd_dim), temperature=float(kd.crd_temperature),
       momentum=float(kd.crd_momentum))
 
 
-# methods.FeatureTerm.module -> (config.kd, training labels) -> module.
+# methods.FeatureTerm.module -> (config.kd, FeatureContext) -> module.
 FEATURE_MODULES = {
-    "at": lambda kd, labels: AttentionTransfer(),
-    "pkt": lambda kd, labels: ProbabilisticTransfer(),
-    "sp": lambda kd, labels: SimilarityPreserving(),
-    "rkd": lambda kd, labels: RelationalKD(),
-    "vid": lambda kd, labels: VariationalInformation(),
+    "at": lambda kd, ctx: AttentionTransfer(),
+    "pkt": lambda kd, ctx: ProbabilisticTransfer(),
+    "sp": lambda kd, ctx: SimilarityPreserving(),
+    "rkd": lambda kd, ctx: RelationalKD(),
+    "vid": lambda kd, ctx: VariationalInformation(),
     "crd": _crd,
-    "reviewkd": lambda kd, labels: KnowledgeReview(),
-    "cc": lambda kd, labels: CorrelationCongruence(int(kd.cc_dim)),
-    "nst": lambda kd, labels: NeuronSelectivity(),
-    "fsp": lambda kd, labels: FlowOfSolution(),
+    "reviewkd": lambda kd, ctx: KnowledgeReview(),
+    "cc": lambda kd, ctx: CorrelationCongruence(int(kd.cc_dim)),
+    "nst": lambda kd, ctx: NeuronSelectivity(),
+    "fsp": lambda kd, ctx: FlowOfSolution(),
+    "ab": lambda kd, ctx: ActivationBoundaries(),
+    "ofd": _ofd,
+    "ft_paraphraser": lambda kd, ctx: ParaphraserTraining(),
+    "ft": lambda kd, ctx: FactorTransfer(),
+    "kdsvd": lambda kd, ctx: SingularVectors(int(kd.kdsvd_k)),
 }
 
 

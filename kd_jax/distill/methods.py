@@ -21,13 +21,15 @@ and `epoch` are arrays (traced per cell in a vmapped sweep). `class_weights`
 cross-entropy term of every method (losses.py); soft terms stay unweighted.
 
 A feature or relation method (AT, PKT, SP, RKD, VID, CRD, ReviewKD, CC,
-NST) has a `FeatureTerm`: its loss is that of the logit method
-config.kd.feature_logit_method ('none': the cross-entropy; 'vanilla': the
-CRD benchmark's 'CRD+KD' rows) plus beta times the feature term, which
-kd_modules' module of the term computes from the student's and the
-teacher's features (step.py). A method with a `Pretrain` (FSP) has its
-feature term in a stage of its own that the pipeline runs first; its
-student stage computes kd.feature_logit_method's loss from those weights.
+NST, OFD, KDSVD, FT) has a `FeatureTerm`: its loss is that of the logit
+method config.kd.feature_logit_method ('none': the cross-entropy;
+'vanilla': the CRD benchmark's 'CRD+KD' rows) plus beta times the feature
+term, which kd_modules' module of the term computes from the student's and
+the teacher's features (step.py). A method with a `Pretrain` (FSP, AB, FT)
+has a stage of its own that the pipeline runs first, on that stage's
+feature term alone: FSP's and AB's student stage starts from its student
+weights and computes kd.feature_logit_method's loss; FT's trains a
+paraphraser there, which its student stage's own feature term reads.
 """
 from __future__ import annotations
 
@@ -71,11 +73,15 @@ class FeatureTerm:
                          the last (as many as the shallower model has);
     'last_stage'         the last stage map of each;
     'stages_and_pooled'  the stages, then 'pre_logits';
-    'pooled'             'pre_logits' (the embedding before the classifier).
+    'pooled'             'pre_logits' (the embedding before the classifier);
+    'preact_stages'      the stage maps before their last ReLU
+                         ('<stage>_preact'), paired from the last.
   `maps`: its layers must be `[B, H, W, C]` maps; `one_pair`: it takes
   exactly one layer pair; `warmup`: the name of its own Field holding E,
   over which beta ramps up linearly (`feature_weight`); '' = constant;
-  `same_channels`: each pair's layers must have as many channels.
+  `same_channels`: each pair's layers must have as many channels;
+  `teacher_bn`: each teacher layer must have a BatchNorm before its ReLU
+  (models.bn_before_relu).
   Layer rule 'stem_and_stages': the stem (where both have one), then the
   stages."""
   module: str
@@ -85,15 +91,24 @@ class FeatureTerm:
   one_pair: bool = False
   warmup: str = ""
   same_channels: bool = False
+  teacher_bn: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Pretrain:
-  """A stage the pipeline runs before the student's: the entry `method`
-  (its feature term alone) for config.kd.<epochs> epochs; the student
-  stage starts from its weights (RepDistiller's `init` stage of FSP)."""
+  """A stage the pipeline runs before the student's (RepDistiller's `init`
+  stage): the entry `method` (its feature term alone) for config.kd.<epochs>
+  epochs at config.kd.<lr> ('': config.learning_rate). `hands_over` what
+  the student stage takes from it:
+    'student'  its student weights (FSP, AB: the student stage starts
+               from them);
+    'feature'  its feature module's params, frozen in the student stage's
+               feature module (kd_modules.PRETRAINED; FT's paraphraser);
+               the student starts afresh."""
   method: str
   epochs: str
+  lr: str = ""
+  hands_over: str = "student"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,9 +280,13 @@ def _pretrained(stage, epochs, default_epochs, module, layers,
   return (Method(_feature_logits, teacher=True,
                  fields=(Field(epochs, default_epochs),) + fields,
                  pretrain=Pretrain(stage, epochs)),
-          Method(_no_logit_loss, teacher=True, user_facing=False,
-                 class_weights=False,
-                 feature=FeatureTerm(module, 1.0, layers, **kw)))
+          _stage_entry(FeatureTerm(module, 1.0, layers, **kw)))
+
+
+def _stage_entry(term: FeatureTerm) -> Method:
+  """A pre-training stage: its feature term alone, at weight 1."""
+  return Method(_no_logit_loss, teacher=True, user_facing=False,
+                class_weights=False, feature=term)
 
 
 # Hinton KD's soft term: T^2 scaling, logit standardisation and the CE /
@@ -295,6 +314,25 @@ _SUBCLASS = (Field("subclasses", 2), Field("subclass_aux_weight", 1.0),
 _FSP, _FSP_STAGE = _pretrained("fsp_init", "fsp_init_epochs", 30, "fsp",
                                "stem_and_stages", maps=True,
                                same_channels=True)
+
+# AB (Heo et al. AAAI 2019) as RepDistiller runs it: an `init` stage of
+# 30 epochs trains the student's body (and connectors where shapes differ)
+# on the activation-boundary loss of the pre-ReLU stage maps alone; the
+# student stage starts from it with no AB term (its loss_kd = 0).
+_AB, _AB_STAGE = _pretrained("ab_init", "ab_init_epochs", 30, "ab",
+                             "preact_stages", maps=True)
+# FT (Kim et al. 2018) as RepDistiller runs it: the paraphraser learns to
+# reconstruct the teacher's last stage map for 30 epochs at lr 0.01 (its
+# rate for the ResNet and WRN students), then the student stage adds beta
+# 200 x the factor loss (translator of the student's last stage map).
+_FT = Method(_feature_logits, teacher=True,
+             fields=(Field("ft_init_epochs", 30), Field("ft_init_lr", 0.01)),
+             feature=FeatureTerm("ft", 200.0, "last_stage", maps=True,
+                                 one_pair=True),
+             pretrain=Pretrain("ft_init", "ft_init_epochs", lr="ft_init_lr",
+                               hands_over="feature"))
+_FT_STAGE = _stage_entry(FeatureTerm("ft_paraphraser", 1.0, "last_stage",
+                                     maps=True, one_pair=True))
 
 METHODS = {
     SCRATCH: Method(_cross_entropy, teacher=False, temperature="one",
@@ -362,6 +400,21 @@ METHODS = {
     "nst": _feature_method("nst", 50.0, "stages", maps=True),
     "fsp": _FSP,
     "fsp_init": _FSP_STAGE,
+    "ab": _AB,
+    "ab_init": _AB_STAGE,
+    "ft": _FT,
+    "ft_init": _FT_STAGE,
+    # OFD (Heo et al. ICCV 2019) as mdistiller: the pre-ReLU stage maps
+    # through 1x1 conv-BN connectors, margins from the teacher's BN before
+    # each ReLU (`teacher_bn`), beta 1e-3 (the authors' sum / 1000).
+    "ofd": _feature_method("ofd", 1e-3, "preact_stages", maps=True,
+                           teacher_bn=True),
+    # KDSVD (Lee et al. 2018): k leading singular vectors per stage output
+    # (equal channels per pair, as the authors' layout needs), beta 1: the
+    # authors' and mdistiller's.
+    "kdsvd": _feature_method("kdsvd", 1.0, "stages", maps=True,
+                             same_channels=True,
+                             fields=(Field("kdsvd_k", 1),)),
     # Stages the pipeline runs by itself: the subclass teacher, and FitNets
     # stage 1 (the student up to its guided layer, trained on hints alone).
     SUBCLASS_TEACHER: Method(_subclass_teacher, teacher=False,
@@ -441,10 +494,10 @@ def logit_method(kd_config) -> Method:
 
 
 def feature_term(name: str) -> FeatureTerm | None:
-  """The feature term of `name`, or of its pre-training stage: what its
-  layers, beta and modules are checked against."""
+  """The feature term of `name`, or (without one) of its pre-training
+  stage: what its layers, beta and modules are checked against."""
   method = METHODS[name]
-  if method.pretrain is not None:
+  if method.feature is None and method.pretrain is not None:
     return METHODS[method.pretrain.method].feature
   return method.feature
 

@@ -16,6 +16,6 @@ Conventions every model follows (so the trainer can treat them alike):
 """
 from kd_jax.models.zoo import (  # noqa: F401  (the public API)
     MODELS, VARIABLE_COLLECTIONS, UnknownModelError, apply_with_features,
-    count_params, feature_shapes, flatten_sown, get_model, head_mask, init,
+    bn_before_relu, count_params, feature_shapes, flatten_sown, get_model, head_mask, init,
     init_shapes, module_feature_shapes)
 from kd_jax.models.interop.convert import import_weights  # noqa: F401

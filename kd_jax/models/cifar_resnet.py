@@ -31,6 +31,9 @@ f3, f4] under these names; submodules are conv1, bn1, layer{i}_{j}, fc):
   "stem":            f0, after conv1-BN-ReLU (stride 1, w0 ch)
   "stage1".."stage3": f1..f3, each stage's output after its last ReLU
                      (strides 1, 2, 4; w1, w2, w3 ch)
+  "stage1_preact".."stage3_preact": the same before that ReLU (RepDistiller's
+                     `preact=True` features; `preact_bn` names the
+                     BatchNorm of each, for OFD's margin)
   "pre_logits":      f4, the pooled (B, w3) vector fed to `fc`.
 """
 from __future__ import annotations
@@ -63,12 +66,24 @@ class CifarResNet(nn.Module):
     for i, planes in enumerate(self.widths[1:]):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
-        x = BasicBlock(planes, stride, name=f"layer{i + 1}_{j}")(x, train=train)
+        x = BasicBlock(planes, stride, preact=j == n - 1,
+                       name=f"layer{i + 1}_{j}")(x, train=train)
+        if j == n - 1:
+          x, pre = x
+          self.sow("features", f"stage{i + 1}_preact", pre)
       self.sow("features", f"stage{i + 1}", x)
     x = jnp.mean(x, axis=(1, 2))
     self.sow("features", "pre_logits", x)
     return nn.Dense(self.num_classes, kernel_init=torch_kernel_init,
                     bias_init=torch_bias_init(x.shape[-1]), name="fc")(x)
+
+  def preact_bn(self) -> dict:
+    """{pre-ReLU feature: params path of the BatchNorm on its residual
+    branch}: each stage's last block's bn2 (mdistiller's
+    `get_bn_before_relu`)."""
+    n = (self.depth - 2) // 6
+    return {f"stage{i}_preact": (f"layer{i}_{n - 1}", "bn2")
+            for i in range(1, len(self.widths))}
 
 
 _THIN = (16, 16, 32, 64)

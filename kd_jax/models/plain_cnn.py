@@ -33,6 +33,8 @@ Features sown into 'features' (submodules are conv{i}, bn{i}, fc{i}, head):
       CIFAR-100 book at 32 px: stage1 16x16x32, stage2 8x8x64, stage3
       4x4x128 (plain_cnn_6: 8x8x128), stage4 2x2x256, as many as the model
       has runs.
+  "stage1_preact", ..: the same before the ReLU (the pooled output of the
+      stage's last BN; `preact_bn` names that BN, for OFD's margin).
   "pre_logits": the input of the classifier `head`: the last hidden Dense
       after its ReLU (plain_cnn_8 / 10), else the flattened map.
 """
@@ -79,10 +81,14 @@ class PlainCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    stage, i = 1, 0
+    stage, i, pre = 1, 0, None
     for v in self.convs:
       if v == M:
         x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))
+        # max-pool commutes with ReLU: the pooled BN output is the stage
+        # output before its ReLU.
+        self.sow("features", f"stage{stage}_preact",
+                 fast_ops.max_pool(pre, (2, 2), strides=(2, 2)))
         self.sow("features", f"stage{stage}", x)
         stage += 1
         continue
@@ -90,9 +96,11 @@ class PlainCNN(nn.Module):
       x = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)),
                   kernel_init=torch_kernel_init,
                   bias_init=torch_bias_init(fan_in), name=f"conv{i}")(x)
-      x = nn.relu(batch_norm(train, f"bn{i}")(x))
+      pre = batch_norm(train, f"bn{i}")(x)
+      x = nn.relu(pre)
       i += 1
     if self.convs[-1] != M:
+      self.sow("features", f"stage{stage}_preact", pre)
       self.sow("features", f"stage{stage}", x)
     # Channels-first flatten, as torch's view on NCHW.
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape((x.shape[0], -1))
@@ -100,6 +108,20 @@ class PlainCNN(nn.Module):
       x = nn.relu(_dense(h, x.shape[-1], f"fc{j}")(x))
     self.sow("features", "pre_logits", x)
     return _dense(self.num_classes, x.shape[-1], "head")(x)
+
+  def preact_bn(self) -> dict:
+    """{pre-ReLU feature: params path of the BatchNorm before its ReLU}:
+    each stage's last conv's BN (for OFD's margin)."""
+    out, stage, i = {}, 1, 0
+    for v in self.convs:
+      if v == M:
+        out[f"stage{stage}_preact"] = (f"bn{i - 1}",)
+        stage += 1
+      else:
+        i += 1
+    if self.convs[-1] != M:
+      out[f"stage{stage}_preact"] = (f"bn{i - 1}",)
+    return out
 
 
 MODELS = {

@@ -49,8 +49,11 @@ def _conv(features, kernel, stride=1, name=None):
 
 
 class BasicBlock(nn.Module):
+  """With `preact`, returns (output, its input to the last ReLU): the
+  pre-ReLU feature of activation-boundary methods (AB, OFD)."""
   planes: int
   stride: int = 1
+  preact: bool = False
   expansion = 1
 
   @nn.compact
@@ -63,7 +66,8 @@ class BasicBlock(nn.Module):
     if self.stride != 1 or x.shape[-1] != out_ch:
       x = _conv(out_ch, 1, self.stride, name="downsample_conv")(x)
       x = batch_norm(train, "downsample_bn")(x)
-    return nn.relu(y + x)
+    pre = y + x
+    return (nn.relu(pre), pre) if self.preact else nn.relu(pre)
 
 
 class Bottleneck(nn.Module):

@@ -120,6 +120,21 @@ def flatten_sown(tree, prefix=""):
   return out
 
 
+def bn_before_relu(model, variables) -> dict:
+  """{pre-ReLU feature ('<stage>_preact'): (gamma_C, beta_C)} of the
+  BatchNorm feeding it (`model.preact_bn()`, where the family declares
+  one): the Gaussian OFD's margin assumes of the feature. {} for a model
+  without one."""
+  paths = model.preact_bn() if hasattr(model, "preact_bn") else {}
+  out = {}
+  for feature, path in paths.items():
+    node = variables["params"]
+    for name in path:
+      node = node[name]
+    out[feature] = (node["scale"], node["bias"])
+  return out
+
+
 def head_mask(name: str, num_classes: int, image_size: int) -> dict:
   """Variables tree of bools: True for the leaves whose shape depends on the
   class count (the classifier head), which a new task re-initialises."""

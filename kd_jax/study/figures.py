@@ -40,13 +40,16 @@ from kd_jax.distill import methods
 TEACHER_COLOR = "#000000"
 SCRATCH_COLOR = "#7f7f7f"  # the baseline in neutral grey
 OTHER_COLOR = "#333333"  # a method name the registry does not hold
-# tab10 without its grey, then tab20b's dark shades, tab20's light ones and
-# tab20b's middle ones: one distinct colour for each method of the registry.
+# tab10 without its grey, then tab20b's dark shades, tab20's light ones,
+# tab20b's middle and light ones and tab20c's dark ones: one distinct colour
+# for each method of the registry.
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
             "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31",
             "#843c39", "#7b4173", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896",
             "#c5b0d5", "#dbdb8d", "#5254a3", "#8ca252", "#bd9e39", "#ad494a",
-            "#a55194", "#6b6ecf", "#b5cf6b", "#e7ba52")
+            "#a55194", "#6b6ecf", "#b5cf6b", "#e7ba52", "#9c9ede", "#cedb9c",
+            "#e7cb94", "#e7969c", "#de9ed6", "#3182bd", "#e6550d", "#31a354",
+            "#756bb1", "#fd8d3c")
 
 
 def _method_colors() -> dict:

@@ -8,6 +8,9 @@ directory or a `checkpoints/best` directory.
     (its head must already have the data's class count).
   * `initial_variables(...)`: the starting point of `*.init_from`; a head
     with another class count is re-initialised (one log line).
+  * `stage_feature_params(...)`: the feature module's params a
+    pre-training stage ended with (FT's paraphraser), for the student
+    stage that freezes them.
 """
 from __future__ import annotations
 
@@ -94,3 +97,19 @@ def initial_variables(spec, *, model_name, outputs, image_size, fresh,
   variables = _put(variables, sharding_)
   return variables["params"], variables.get("batch_stats", {})
 
+
+def stage_feature_params(stage_dir, like):
+  """The feature module's params in the last checkpoint of the stage in
+  `stage_dir` (methods.Pretrain, hands_over='feature'), checked against
+  `like` (the student stage's fresh copy, for its tree and shapes)."""
+  root = os.path.join(stage_dir, "checkpoints", "latest")
+  try:
+    params = checkpointing.read_packed_state(root)[1]["params"]["feature"]
+  except (FileNotFoundError, KeyError, TypeError) as e:
+    raise UserError(f"{stage_dir}: no pre-trained feature module in its "
+                    f"latest checkpoint ({type(e).__name__}: {e})") from None
+  shapes = lambda t: jax.tree.map(lambda x: tuple(np.shape(x)), t)
+  if shapes(params) != shapes(jax.device_get(like)):
+    raise UserError(f"{stage_dir}: its pre-trained feature module does not "
+                    "fit this run's layers (rerun it: delete the directory)")
+  return jax.tree.map(np.asarray, params)
