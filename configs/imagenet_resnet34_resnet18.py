@@ -62,9 +62,8 @@ def get_config(arg=None):
   c.lr_decay_epochs = "30,60,90"
   c.teacher.name = "resnet34"
   c.student.name = "resnet18"
-  c.kd.method = "vanilla"
+  c.kd.method = "vanilla"  # the cells set each method's own weights
   c.kd.temperature = 1.0
-  c.kd.ce_weight, c.kd.kd_weight = 0.5, 0.5
   c.scratch_baseline = False
   return config_lib.apply_arg(c, arg)
 

@@ -130,9 +130,10 @@ def test_csv_splits_counts_and_stratified_val(tmp_path):
             for p, y in zip(split.paths, split.labels)}
   assert labels["MHIST_train_003.png"] == 1 and labels["MHIST_train_000.png"] == 0
   assert list(data.load(c).val.paths) == list(ds.val.paths)  # fixed hold-out
-  # Images are decoded like folder images.
+  # Images are decoded like folder images, at the split's stored geometry.
   batch = next(data.eval_batches(ds.test, global_batch=8, image_size=16))
-  assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.uint8
+  s = c.dataset.image_size
+  assert batch["image"].shape == (8, s, s, 3) and batch["image"].dtype == np.uint8
 
 
 def test_csv_val_partition_and_limits(tmp_path):
@@ -191,11 +192,22 @@ def test_csv_errors(tmp_path):
   _rewrite(csv_path, bad)
   assert "listed twice" in _error(c)
   _rewrite(csv_path, rows)
-  with open(os.path.join(img_dir, rows[2][0]), "wb") as f:
+  broken = os.path.join(img_dir, rows[2][0])
+  with open(broken, "wb") as f:
     f.write(b"not a png")
-  assert "corrupt or non-image" in _error(c)
+  # Listing reads no file: a corrupt one is found when a batch reads it.
+  ds = data.load(c)
+  read_all = lambda ds: [list(data.eval_batches(s, global_batch=8, image_size=16))
+                         for s in (ds.train, ds.val)]
+  with pytest.raises(UserError) as e:
+    read_all(ds)
+  assert f"corrupt or non-image file {broken}" in str(e.value)
+  assert "\n" not in str(e.value)
   c.dataset.corrupt_images = "skip"
-  assert len(data.load(c).train) + len(data.load(c).val) == 38
+  ds = data.load(c)
+  assert len(ds.train) + len(ds.val) == 39  # kept: its rows take a neighbour's
+  read_all(ds)
+  assert data.skipped_summary(ds) == {"corrupt_images_skipped": 1}
 
 
 def test_csv_cli_run_and_cli_errors(tmp_path):

@@ -260,3 +260,37 @@ def test_speedup_figure_has_kd_and_scratch_per_student():
   assert [p["x"] for p in points] == [1.0, 10.0, 10.0]
   assert [p["y"] for p in points] == pytest.approx([80.0, 74.0, 69.0])
   assert [p["err"] for p in points] == pytest.approx([0.0, 1.0, 1.0])
+
+
+def test_against_a_reference_setting(synthetic_study):
+  # Every setting of the reference's student vs its scratch and vs the
+  # reference, paired over seeds; Holm over this family of 4 tests only.
+  ref = "student-small__method-vanilla__T-4"
+  out = report.make_report(synthetic_study, profile_fn=fake_profile,
+                           timing=False, reference=ref)
+  rows = {r["setting"]: r for r in out["reference"]}
+  assert set(rows) == {"student-small__method-vanilla__T-8",
+                       "student-small__method-ctkd"}
+  ctkd = rows["student-small__method-ctkd"]
+  d_scratch = [CTKD[s] - SCRATCH[s] for s in range(3)]   # .01 .03 .02
+  d_ref = [CTKD[s] - KD_T4[s] for s in range(3)]         # -.02 -.01 0
+  for key, d in (("scratch", d_scratch), ("reference", d_ref)):
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+    t = mean / (sd / math.sqrt(3))
+    assert ctkd[f"diff_{key}"] == pytest.approx(mean, abs=1e-12)
+    assert ctkd[f"diff_{key}_ci95_low"] == pytest.approx(
+        mean - T975_DF2 * sd / math.sqrt(3), abs=1e-9)
+    assert ctkd[f"p_{key}"] == pytest.approx(_p_two_sided_df2(t), abs=1e-9)
+  ps = [r[f"p_{k}"] for r in out["reference"] for k in ("scratch", "reference")]
+  holm = stats.holm(ps)
+  assert [r[f"p_holm_{k}"] for r in out["reference"]
+          for k in ("scratch", "reference")] == holm
+  assert "## Against scratch and " + ref in out["markdown"]
+  assert os.path.exists(os.path.join(out["out_dir"], "reference.csv"))
+  r = subprocess.run([sys.executable, "-m", "kd_jax.report", synthetic_study,
+                      "--no_timing", "--reference=method-bogus"],
+                     cwd=helpers.REPO, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=helpers.REPO))
+  assert r.returncode == 2 and "--reference='method-bogus'" in r.stderr
+  assert r.stderr.strip().count("\n") == 0

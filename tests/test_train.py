@@ -186,8 +186,10 @@ def test_folder_errors(tmp_path):
   os.rename(os.path.join(root, "test", "PSAS"), os.path.join(root, "test", "PLAX"))
   with open(os.path.join(root, "train", "A2C", "broken.png"), "wb") as f:
     f.write(b"not an image")
+  ds = data.load(c)  # listing reads no file; a batch that reads it refuses
   with pytest.raises(UserError, match="corrupt or non-image file .*broken.png"):
-    data.load(c)
+    for s in (ds.train, ds.val):
+      list(data.eval_batches(s, global_batch=4, image_size=8))
 
 
 def test_init_is_compiled_once_per_model_and_size_and_gives_models_init():

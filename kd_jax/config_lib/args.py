@@ -169,13 +169,15 @@ def make_tiny(c: ml_collections.ConfigDict):
   # small CNN so a tiny run takes seconds on a CPU, unless weights are given
   # for it: they fit only the model they were made for. With hint layers the
   # swap keeps the family, so the teacher's feature names still exist; a
-  # term that pairs equal channels (FSP) gets the student's architecture.
+  # term that pairs equal channels (FSP, KDSVD) or pre-ReLU maps (AB, OFD)
+  # gets the student's architecture.
   named_layers = c.kd.hint_teacher_layer or c.kd.feature_layers
   term = (methods.feature_term(c.kd.method) if c.kd.method in methods.METHODS
           else None)
   if (not (c.teacher.checkpoint or c.teacher.init_from or c.teacher.logits)
       and c.teacher.name not in TINY_TEACHERS):
-    c.teacher.name = (c.student.name if term and term.same_channels else
+    own = term and (term.same_channels or term.layers == "preact_stages")
+    c.teacher.name = (c.student.name if own else
                       TINY_HINT_TEACHERS.get(c.teacher.name, "simple_cnn")
                       if named_layers else "simple_cnn")
   c.kd.assistants = ",".join(

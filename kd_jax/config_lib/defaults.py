@@ -7,6 +7,8 @@ import ml_collections
 from kd_jax import weight_spec
 from kd_jax.distill import methods
 
+# The sources kd_jax names; any other TFDS dataset is allowed by its name
+# (config.dataset.name; data/tfds_source.py).
 DATASETS = ("default", "digits", "fashion_mnist_local", "mnist_local", "mnist",
             "fashion_mnist", "cifar10", "cifar100", "folder", "csv")
 
@@ -132,6 +134,10 @@ def _dataset_config() -> ml_collections.ConfigDict:
   # TFDS data_dir, the image-folder root ('folder'), or the directory the
   # CSV's file names are relative to ('csv').
   d.data_dir = ""
+  # A TFDS dataset whose uint8 images (at their stored size) take at most
+  # this many MiB is decoded into memory once; a larger one is read row by
+  # row from its ArrayRecord files, batch by batch (data/tfds_source.py).
+  d.in_memory_mb = 2048
   d.image_size = 112
   d.val_fraction = 0.1  # held out of train when the source has no val split
   # Use only N examples (0 = all): a fixed random sample, stratified by
@@ -146,6 +152,32 @@ def _dataset_config() -> ml_collections.ConfigDict:
   # 'auto': what imported weights were trained with (ImageNet mean/std for
   # torchvision/timm, [-1, 1] for Keras), else 'half' ([-1, 1]).
   d.normalization = "auto"
+  _augmentation_fields(d)
+  # A file of an image folder or CSV set that does not decode, found when a
+  # batch reads it: 'refuse' (one error line naming it) or 'skip' (its rows
+  # take a neighbouring image and its label; warned and counted in
+  # results.json as corrupt_images_skipped).
+  d.corrupt_images = "refuse"
+  # Decode once: '' = off; a directory = each split of an image folder or
+  # CSV set decoded once into a uint8 array there (data/decoded_cache.py)
+  # and read as a memory map by later epochs and runs; refused when its
+  # files changed since.
+  d.decoded_cache = ""
+  # name='csv': the images in data_dir, listed by an annotations CSV (one
+  # row per image: file name, label, split); defaults fit MHIST's
+  # annotations.csv.
+  d.csv = ""
+  d.csv_file_column = "Image Name"
+  d.csv_label_column = "Majority Vote Label"
+  d.csv_split_column = "Partition"
+  # Each epoch draws its order with replacement by inverse class frequency,
+  # so classes appear equally often in expectation (imbalanced data).
+  d.balanced_sampling = False
+  return d
+
+
+def _augmentation_fields(d: ml_collections.ConfigDict):
+  """config.dataset's crop, flip, stored geometry and mixing fields."""
   d.random_crop = False
   d.random_flip = False
   d.crop_padding = 4
@@ -177,18 +209,6 @@ def _dataset_config() -> ml_collections.ConfigDict:
   d.cutmix_alpha = 0.0
   d.mix_ratio = "beta"  # 'beta' | 'folded'
   d.mix_partner = "permutation"  # 'permutation' | 'roll'
-  d.corrupt_images = "refuse"  # image folders: 'refuse' or 'skip' (warn + count)
-  # name='csv': the images in data_dir, listed by an annotations CSV (one
-  # row per image: file name, label, split); defaults fit MHIST's
-  # annotations.csv.
-  d.csv = ""
-  d.csv_file_column = "Image Name"
-  d.csv_label_column = "Majority Vote Label"
-  d.csv_split_column = "Partition"
-  # Each epoch draws its order with replacement by inverse class frequency,
-  # so classes appear equally often in expectation (imbalanced data).
-  d.balanced_sampling = False
-  return d
 
 
 def _teacher_config() -> ml_collections.ConfigDict:
@@ -269,7 +289,7 @@ def _kd_config() -> ml_collections.ConfigDict:
 
 def _add_feature_kd_fields(k: ml_collections.ConfigDict) -> None:
   # Feature and relation methods (at, pkt, sp, rkd, vid, crd, reviewkd, cc,
-  # nst, fsp):
+  # nst, fsp, ab, ft, ofd, kdsvd):
   # loss = the loss of `feature_logit_method` ('none': cross-entropy) +
   # feature_weight * feature term. feature_weight 0: the method's default
   # (methods.py: the CRD benchmark's betas). feature_layers: '' = the

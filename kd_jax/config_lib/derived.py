@@ -129,15 +129,37 @@ def _natural_key(name: str):
   return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+# A stage map before its last ReLU is sown as '<stage>_preact'.
+PREACT = "_preact"
+
+
 def stage_maps(shapes: dict) -> list[str]:
   """A model's stage outputs, shallow to deep: its `[B, H, W, C]` features
-  but the stem, in the natural order of their names (block1, block2, ...;
-  the models number their stages)."""
-  return sorted((n for n, s in shapes.items() if len(s) == 4 and n != "stem"),
-                key=_natural_key)
+  but the stem and the pre-ReLU maps, in the natural order of their names
+  (block1, block2, ...; the models number their stages)."""
+  return sorted((n for n, s in shapes.items() if len(s) == 4 and n != "stem"
+                 and not n.endswith(PREACT)), key=_natural_key)
+
+
+def _preact_pairs(s_shapes, t_shapes, names):
+  """The stage maps with a pre-ReLU version in both models, paired from
+  the last, as their '_preact' features."""
+  s_maps, t_maps = ([m + PREACT for m in stage_maps(shapes)
+                     if m + PREACT in shapes]
+                    for shapes in (s_shapes, t_shapes))
+  n = min(len(s_maps), len(t_maps))
+  if not n:
+    who = names[0] if not s_maps else names[1]
+    raise UserError(
+        f"{who} has no pre-ReLU stage maps ('<stage>{PREACT}' features: the "
+        "CIFAR ResNets and plain CNNs have them) for the method's default "
+        "layers; set config.kd.feature_layers")
+  return list(zip(s_maps[len(s_maps) - n:], t_maps[len(t_maps) - n:]))
 
 
 def _default_pairs(rule, s_shapes, t_shapes, names):
+  if rule == "preact_stages":
+    return _preact_pairs(s_shapes, t_shapes, names)
   pooled = ("pre_logits", "pre_logits")
   s_maps, t_maps = stage_maps(s_shapes), stage_maps(t_shapes)
   n = min(len(s_maps), len(t_maps))

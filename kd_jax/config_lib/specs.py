@@ -26,6 +26,11 @@ class DataSpec:
   train_transform: str = "none"
   rrc_scale: tuple = (0.08, 1.0)
   rrc_ratio: tuple = (3 / 4, 4 / 3)
+  # The stored geometry of decoded image files (data/transforms.storage):
+  # what the teacher cache's key names beside the files' sizes and mtimes.
+  train_source_size: int = 0
+  eval_transform: str = "resize"
+  eval_resize_size: int = 0
   # Mixing after crop/flip (data/mixing.py; alpha 0: off)
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
@@ -142,6 +147,9 @@ def data_spec(c) -> DataSpec:
       train_transform=train_transform(d),
       rrc_scale=(float(d.rrc_min_scale), float(d.rrc_max_scale)),
       rrc_ratio=(float(d.rrc_min_ratio), float(d.rrc_max_ratio)),
+      train_source_size=int(d.train_source_size),
+      eval_transform=d.eval_transform,
+      eval_resize_size=int(d.eval_resize_size),
       mixup_alpha=float(d.mixup_alpha),
       cutmix_alpha=float(d.cutmix_alpha), mix_ratio=d.mix_ratio,
       mix_partner=d.mix_partner,

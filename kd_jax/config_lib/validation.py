@@ -4,6 +4,7 @@ leaves the config as it is."""
 from __future__ import annotations
 
 import os
+import re
 
 import ml_collections
 
@@ -45,7 +46,7 @@ def validate(c: ml_collections.ConfigDict) -> dict:
       raise UserError(
           f"unknown {what} {value!r}; allowed: {', '.join(map(str, allowed))}")
 
-  one_of(c.dataset.name, DATASETS, "config.dataset.name")
+  _validate_dataset_name(c.dataset.name)
   one_of(c.student.name, sorted(models.MODELS), "config.student.name")
   one_of(c.kd.method, methods.USER_METHODS, "config.kd.method")
   if c.kd.method in methods.TEACHER_METHODS or c.scratch_baseline:
@@ -143,6 +144,24 @@ def _validate_dataset_numbers(d, runlocal):
   if not 0.0 <= d.val_fraction < 1.0:
     raise UserError(
         f"config.dataset.val_fraction={d.val_fraction} must be in [0, 1)")
+  if not float(d.in_memory_mb) >= 0:
+    raise UserError(f"config.dataset.in_memory_mb={d.in_memory_mb} must be "
+                    ">= 0 (0: stream every TFDS dataset)")
+
+
+# A TFDS dataset name: 'name', 'name/config', 'name:version'.
+_TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9.*]+)?")
+
+
+def _validate_dataset_name(name):
+  """A built-in source or the name of a TFDS dataset; whether TFDS has
+  it, prepared, as image classification, is checked when the data loads
+  (data/tfds_source.py), where a near miss of a built-in name is named."""
+  if name in DATASETS or _TFDS_NAME.fullmatch(str(name)):
+    return
+  raise UserError(f"unknown config.dataset.name {name!r}; allowed: "
+                  f"{', '.join(DATASETS)} or a TFDS image-classification "
+                  "dataset's name (e.g. imagenet2012, oxford_flowers102)")
 
 
 def _validate_transforms(d, one_of):
@@ -415,11 +434,12 @@ def _validate_features(c, one_of, models) -> None:
                     "teacher and student; with teacher assistants leave it "
                     "'' (each link pairs its models' default layers)")
   for name, low, what in (("crd_negatives", 1, ">= 1"), ("crd_dim", 1, ">= 1"),
-                          ("cc_dim", 1, ">= 1")):
+                          ("cc_dim", 1, ">= 1"), ("kdsvd_k", 1, ">= 1")):
     if k[name] < low:
       raise UserError(f"config.kd.{name}={k[name]} must be {what}")
-  if not k.crd_temperature > 0:
-    raise UserError(f"config.kd.crd_temperature={k.crd_temperature} must be > 0")
+  for name in ("crd_temperature", "ft_init_lr"):
+    if not k[name] > 0:
+      raise UserError(f"config.kd.{name}={k[name]} must be > 0")
   if not 0.0 <= k.crd_momentum < 1.0:
     raise UserError(f"config.kd.crd_momentum={k.crd_momentum} must be in [0, 1)")
   if term.warmup and k[term.warmup] < 0:
@@ -428,9 +448,25 @@ def _validate_features(c, one_of, models) -> None:
   chain = [c.teacher.name] + model_list(k.assistants) + [c.student.name]
   size = c.dataset.image_size
   for teacher, student in zip(chain[:-1], chain[1:]):
-    feature_layer_pairs(k.method, k.feature_layers,
-                        models.feature_shapes(student, 10, size),
-                        models.feature_shapes(teacher, 10, size),
-                        student_name=student, teacher_name=teacher)
+    pairs = feature_layer_pairs(k.method, k.feature_layers,
+                                models.feature_shapes(student, 10, size),
+                                models.feature_shapes(teacher, 10, size),
+                                student_name=student, teacher_name=teacher)
+    if term.teacher_bn:
+      _check_teacher_bn(k.method, teacher, [t for _, t in pairs])
+
+
+def _check_teacher_bn(method, teacher, layers) -> None:
+  """Each of `layers` of `teacher` has a BatchNorm before its ReLU (OFD's
+  margin: models.bn_before_relu)."""
+  model = models.get_model(teacher, num_classes=10)
+  have = list(model.preact_bn()) if hasattr(model, "preact_bn") else []
+  allowed = ", ".join(have) or "none (the CIFAR ResNets and plain CNNs have)"
+  for layer in layers:
+    if layer not in have:
+      raise UserError(
+          f"config.kd.feature_layers: method {method!r} takes its margin from "
+          f"the BatchNorm before the teacher layer's ReLU; {teacher}.{layer} "
+          f"has none known; allowed: {allowed}")
 
 

@@ -8,9 +8,12 @@ Sources (``config.dataset.name``):
   * ``fashion_mnist_local`` / ``digits``: one of those two explicitly.
   * ``mnist_local``: MNIST's original IDX files from ``dataset.data_dir`` or
     ``$KD_JAX_MNIST_DIR`` (the Fashion-MNIST reader).
-  * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: TFDS, read from a
-    prepared ``config.dataset.data_dir`` (``tfds build NAME --data_dir DIR``
-    once, on a machine with internet). Loaded into memory as uint8.
+  * any other name: a TFDS image-classification dataset (``mnist``,
+    ``cifar100``, ``imagenet2012``, ``oxford_flowers102``, ...), read from a
+    prepared ``config.dataset.data_dir`` (``tfds build NAME --data_dir DIR
+    --file_format=array_record`` once, on a machine with internet). Held in
+    memory as uint8 up to ``dataset.in_memory_mb``, else read row by row
+    from its ArrayRecord files batch by batch (`tfds_source`).
   * ``folder``: ``data_dir/{train,val,test}/<class>/*.png|jpg``. Splits are
     taken *as given by the folders*: put all frames of one video (one
     patient) into one split, or frames leak between train and test. If
@@ -31,7 +34,8 @@ class-balanced draws from that generator, `epoch_order`), so a run resumed at
 (epoch, step) sees exactly the batches an uninterrupted run would. Each
 process of a multi-process run reads only its own rows of every global batch.
 The host only gathers uint8 arrays (vectorised indexing; image files are
-decoded by tf.data in parallel and prefetched); conversion to float,
+decoded in a thread pool, `decode`, validated lazily as batches read them,
+or read from their decoded cache, `decoded_cache`); conversion to float,
 greyscale->3 channels, resizing, augmentation and normalisation run on the
 accelerator inside the jitted step (`preprocess`).
 """
@@ -47,8 +51,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
+from kd_jax.data import augment
+from kd_jax.data import decode
+from kd_jax.data import decoded_cache
+from kd_jax.data import tfds_source
+from kd_jax.data import transforms
 from kd_jax.data.prepare import MANIFEST
 from kd_jax.errors import UserError
 
@@ -56,9 +64,13 @@ FASHION_MNIST_DIR = os.environ.get(
     "KD_JAX_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+# The embedded and IDX sources; image files are 'folder' and 'csv', and
+# any other name is a TFDS dataset (`tfds_source`).
+LOCAL_SOURCES = ("fashion_mnist_local", "mnist_local", "digits")
+# What a mistyped dataset name may have meant.
+KNOWN_NAMES = ("default", *LOCAL_SOURCES, "folder", "csv", "mnist",
+               "fashion_mnist", "cifar10", "cifar100")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
 NORMALIZATION = {  # name -> (mean, std) per RGB channel, on [0, 1] pixels
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -68,8 +80,10 @@ NORMALIZATION = {  # name -> (mean, std) per RGB channel, on [0, 1] pixels
 @dataclasses.dataclass
 class Split:
   labels: np.ndarray  # int32 [N]
-  images: np.ndarray | None = None  # uint8 [N, H, W, C] (in-memory sources)
-  paths: np.ndarray | None = None  # str [N] (image folders)
+  # uint8 [N, H, W, C]: in-memory sources; an image folder or CSV set read
+  # from its decoded cache (a read-only memory map, `decoded_cache`).
+  images: np.ndarray | None = None
+  paths: np.ndarray | None = None  # str [N] (image folders, CSV sets)
   # float32 [N, K]: cached teacher logits (teacher_cache.py); batches then
   # carry them as `teacher_logits`.
   teacher_logits: np.ndarray | None = None
@@ -77,13 +91,18 @@ class Split:
   # train batches; may be a read-only memory map).
   teacher_features: np.ndarray | None = None
   # int [N]: each example's index in its source's own split (in-memory
-  # sources; `teacher_logits.py` looks logits up by it).
+  # and TFDS sources; `teacher_logits.py` looks logits up by it).
   index: np.ndarray | None = None
   # str [N]: each frame's video and patient (an image folder written by
   # `kd_jax.prepare frames`, from its manifest.csv): per-video and
   # per-patient results.
   videos: np.ndarray | None = None
   patients: np.ndarray | None = None
+  # How `paths` decode: the split's geometry and corrupt-file policy.
+  files: decode.Files | None = None
+  # A TFDS split too large to hold: its images are read by `index` from
+  # this `tfds_source.Rows`, batch by batch.
+  source: tfds_source.Rows | None = None
 
   def __len__(self):
     return len(self.labels)
@@ -92,7 +111,8 @@ class Split:
     pick = lambda a: None if a is None else a[idx]
     return Split(self.labels[idx], pick(self.images), pick(self.paths),
                  pick(self.teacher_logits), pick(self.teacher_features),
-                 pick(self.index), pick(self.videos), pick(self.patients))
+                 pick(self.index), pick(self.videos), pick(self.patients),
+                 files=self.files, source=self.source)
 
 
 @dataclasses.dataclass
@@ -179,77 +199,64 @@ def _load_digits():
   return names, {"train": (x[train], y[train]), "test": (x[test], y[test])}
 
 
-def _load_tfds(name, data_dir):
-  import tensorflow_datasets as tfds
-  if not data_dir or not os.path.isdir(data_dir):
-    raise UserError(
-        f"TFDS dataset {name!r} needs config.dataset.data_dir=<prepared dir> "
-        f"(got {data_dir!r}); prepare it once with internet: "
-        f"`tfds build {name} --data_dir DIR`")
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    arrays = {}
-    for split in ("train", "test"):
-      ds = tfds.load(name, split=split, data_dir=data_dir,
-                     as_supervised=True, download=False)
-      chunks = list(tfds.as_numpy(ds.batch(8192)))  # one-time, vectorised
-      x = np.concatenate([c[0] for c in chunks]).astype(np.uint8)
-      y = np.concatenate([c[1] for c in chunks]).astype(np.int32)
-      arrays[split] = (x, y)
-    names = tuple(builder.info.features["label"].names)
-  except UserError:
-    raise
-  except Exception as e:  # tfds raises many types; keep it one line
-    raise UserError(f"cannot read TFDS dataset {name!r} from {data_dir} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                    f"prepare it once with internet: "
-                    f"`tfds build {name} --data_dir {data_dir}`") from None
-  return names, arrays
+def _load_tfds(name, dc):
+  """(class names, train, val, test, image shape) of TFDS dataset `name`
+  (`tfds_source`): decoded into memory when its images take at most
+  dataset.in_memory_mb, else read batch by batch from its ArrayRecord
+  files. val is its 'validation' split next to a 'test' split, else
+  val_fraction of train held out, as for the other array sources."""
+  src = tfds_source.open_dataset(name, dc.data_dir, KNOWN_NAMES)
+  geo = {role: src.geometry(role, transforms.storage(role, dc))
+         for role in ("train", "eval")}
+  nbytes = src.nbytes(geo)
+  # Unknown sizes (a dataset not prepared, or mocked in tests) take the
+  # in-memory path, whose reader names what is missing.
+  in_memory = nbytes is None or nbytes <= float(dc.in_memory_mb) * 2**20
+  split = lambda role, which: _tfds_split(src, src.splits[which], geo[role],
+                                          in_memory)
+  train, test = split("train", "train"), split("eval", "test")
+  if "val" in src.splits:
+    val = split("eval", "val")
+  else:
+    train, val = _holdout(train, dc.val_fraction or 0.1)
+    if geo["eval"] != geo["train"]:
+      val = _tfds_geometry(src, val, geo["eval"])
+  n = len(train) + len(val) + len(test)
+  where = ("held in memory" if in_memory else
+           f"streamed from {src.builder.data_dir}")
+  if jax.process_index() == 0:
+    print(f"TFDS {name}: {n} examples {where}", flush=True)
+  return src.class_names, train, val, test, src.image_shape(geo["train"])
 
 
-def _image_problem(path) -> str | None:
-  """Why `path` is not a readable image (None if it is): the magic bytes of
-  PNG/JPEG/BMP/GIF, then Pillow's integrity check (truncated files, bad
-  chunks)."""
-  try:
-    with open(path, "rb") as f:
-      head = f.read(8)
-  except OSError as e:
-    return f"cannot read image file {path}: {e.strerror}"
-  if not any(head.startswith(m) for m in _MAGIC):
-    return f"corrupt or non-image file {path} (not PNG/JPEG/BMP/GIF)"
-  try:
-    with Image.open(path) as im:
-      im.verify()
-    with Image.open(path) as im:  # verify() does not decode the pixels
-      im.load()
-  except Exception as e:  # Pillow raises many types for broken files
-    return f"corrupt image file {path} ({type(e).__name__}: {e})"
-  return None
+def _tfds_split(src, which, geometry, in_memory) -> Split:
+  """TFDS split `which` at `geometry`: its images in memory, or its labels
+  and a row reader (`tfds_source.Rows`)."""
+  if in_memory:
+    images, labels = src.arrays(which, geometry)
+    return Split(labels, images, index=np.arange(len(labels)))
+  labels = src.labels(which)
+  return Split(labels, index=np.arange(len(labels)),
+               source=src.rows(which, geometry))
 
 
-def _readable(paths, where, corrupt="refuse"):
-  """Indices of `paths` that are readable images. A broken file is a
-  UserError, or with corrupt='skip' is left out and counted in one warning
-  about `where`: one bad frame must not stop a long run unnoticed."""
-  keep, skipped = [], []
-  for i, path in enumerate(paths):
-    problem = _image_problem(path)
-    if problem and corrupt == "skip":
-      skipped.append(path)
-      continue
-    if problem:
-      raise UserError(problem + " (config.dataset.corrupt_images='skip' "
-                      "leaves such files out)")
-    keep.append(i)
-  if skipped:
-    print(f"kd_jax: warning: skipped {len(skipped)} corrupt or non-image "
-          f"file(s) in {where}: {', '.join(skipped[:3])}"
-          + (" ..." if len(skipped) > 3 else ""), file=sys.stderr)
-  return keep
+def _tfds_geometry(src, part: Split, geometry) -> Split:
+  """`part` (rows held out of train) at the evaluation `geometry`."""
+  which = src.splits["train"]
+  if part.source is not None:
+    return dataclasses.replace(part, source=src.rows(which, geometry))
+  if src.fixed_shape:  # its images in memory are as stored: fit them
+    mode, size, resize_size = geometry
+    return dataclasses.replace(part, images=np.stack([
+        transforms.fit(image, size, mode, resize_size)
+        for image in part.images]))
+  images, _ = src.arrays(which, geometry)
+  return dataclasses.replace(part, images=images[part.index])
 
 
-def _list_folder_split(root, split, class_names=None, corrupt="refuse"):
+def _list_folder_split(root, split, class_names=None):
+  """(class names, Split) of `root/split`, listed without reading a file:
+  a file that does not decode is found when a batch reads it (`decode`)."""
   split_dir = os.path.join(root, split)
   classes = sorted(d for d in os.listdir(split_dir)
                    if os.path.isdir(os.path.join(split_dir, d)))
@@ -266,25 +273,29 @@ def _list_folder_split(root, split, class_names=None, corrupt="refuse"):
       if fname.lower().endswith(IMAGE_EXTENSIONS):
         paths.append(os.path.join(split_dir, cls, fname))
         labels.append(label)
-  keep = _readable(paths, split_dir, corrupt)
-  if not keep:
+  if not paths:
     raise UserError(f"no images (*.png|jpg|jpeg|bmp|gif) under {split_dir}")
-  return tuple(classes), Split(np.asarray(labels, np.int32)[keep],
-                               paths=np.asarray(paths)[keep])
+  return tuple(classes), Split(np.asarray(labels, np.int32),
+                               paths=np.asarray(paths))
 
 
-def _load_folder(root, corrupt="refuse"):
+def _load_folder(root):
   if not os.path.isdir(root):
     raise UserError(f"data folder {root!r} does not exist")
-  for split in ("train", "test"):
-    if not os.path.isdir(os.path.join(root, split)):
+  has = lambda split: os.path.isdir(os.path.join(root, split))
+  # ImageNet's layout (train/ and val/, no test/): its val/ is the split
+  # the field reports, so it is the test split here and selection holds
+  # out part of train.
+  for split in ("train",) + (() if has("val") else ("test",)):
+    if not has(split):
       raise UserError(f"data folder {root!r} has no {split}/ subfolder; "
-                      "expected root/{train,val,test}/<class>/*.png|jpg")
-  names, train = _list_folder_split(root, "train", corrupt=corrupt)
-  _, test = _list_folder_split(root, "test", names, corrupt)
+                      "expected root/{train,val,test}/<class>/*.png|jpg "
+                      "(or ImageNet's root/{train,val}/<class>/*.JPEG)")
+  names, train = _list_folder_split(root, "train")
+  _, test = _list_folder_split(root, "test" if has("test") else "val", names)
   val = None
-  if os.path.isdir(os.path.join(root, "val")):
-    _, val = _list_folder_split(root, "val", names, corrupt)
+  if has("val") and has("test"):
+    _, val = _list_folder_split(root, "val", names)
   units = _manifest_units(root)
   return names, *(None if s is None else _with_units(s, root, units)
                   for s in (train, val, test))
@@ -304,8 +315,10 @@ def _manifest_units(root) -> dict:
 def _with_units(split: Split, root, units) -> Split:
   """`split` with its frames' videos and patients when the manifest lists
   every frame (a frame added by hand leaves the split without them)."""
+  if not units:  # most folders have no manifest: no per-path work then
+    return split
   rel = [os.path.normpath(os.path.relpath(p, root)) for p in split.paths]
-  if not units or not all(r in units for r in rel):
+  if not all(r in units for r in rel):
     return split
   return dataclasses.replace(
       split, videos=np.asarray([units[r][0] for r in rel]),
@@ -388,11 +401,9 @@ def _load_csv(dc):
   names = tuple(sorted(set(labels)))
   y = np.asarray([names.index(label) for label in labels], np.int32)
   split_of = np.asarray([CSV_SPLITS[s.lower()] for s in splits])
-  keep = np.zeros(len(rows), bool)
-  keep[_readable(paths, dc.data_dir, dc.corrupt_images)] = True
   parts = {}
   for name in ("train", "val", "test"):
-    idx = np.flatnonzero(keep & (split_of == name))
+    idx = np.flatnonzero(split_of == name)
     parts[name] = Split(y[idx], paths=paths[idx])
   if not len(parts["val"]):
     parts["train"], parts["val"] = stratified_holdout(parts["train"],
@@ -482,17 +493,73 @@ def resolve_name(name):
 
 def _load_files(dc, name):
   """(class names, train, val, test) of an image folder or a CSV-annotated
-  image directory."""
+  image directory (`_file_splits`)."""
   if name == "csv":
-    return _load_csv(dc)
-  names, train, val, test = _load_folder(dc.data_dir, dc.corrupt_images)
-  if val is None:
+    names, *splits = _load_csv(dc)
+    return names, *_file_splits(dc, name, splits)
+  names, train, val, test = _load_folder(dc.data_dir)
+  if val is None and not os.path.isdir(os.path.join(dc.data_dir, "test")):
+    print(f"{dc.data_dir}: ImageNet layout (train/, val/): val/ is the test "
+          f"split; {dc.val_fraction:.0%} of train is held out for "
+          "validation", file=sys.stderr)
+    train, val = stratified_holdout(train, dc.val_fraction)
+  elif val is None:
     print(f"warning: {dc.data_dir} has no val/ folder; holding out "
           f"{dc.val_fraction:.0%} of train frames at random for validation. "
           "Frames of one video can then fall in both train and val; give "
           "a val/ folder split by video to avoid that.", file=sys.stderr)
     train, val = _holdout(train, dc.val_fraction)
-  return names, train, val, test
+  return names, *_file_splits(dc, name, (train, val, test))
+
+
+def _file_splits(dc, name, splits):
+  """train, val, test of image files, each cut to its limit (here, not
+  only in `load`: a decoded cache holds the files a run reads), told how
+  its files decode (its role's geometry, `transforms.storage`, and
+  dataset.corrupt_images) and, with dataset.decoded_cache, read from it."""
+  skipped = decode.Skipped()  # one log: a run counts each file once
+  out = []
+  for split, part in zip(("train", "val", "test"), splits):
+    role = "train" if split == "train" else "eval"
+    n = dc.train_limit if split == "train" else dc.eval_limit
+    files = decode.Files(decode.Geometry.of(role, dc), dc.corrupt_images,
+                         skipped)
+    part = dataclasses.replace(limit(part, n), files=files)
+    if dc.decoded_cache:
+      part = _from_decoded_cache(dc, name, split, n, part)
+    out.append(part)
+  return out
+
+
+def _from_decoded_cache(dc, name, split, n, part):
+  """`part` with its images read from dataset.decoded_cache (decoded and
+  written first when absent); the rows of files skipped as corrupt take
+  their stand-in row's label, as its image."""
+  source = {"dataset": name, "root": os.path.abspath(dc.data_dir),
+            "csv": os.path.abspath(dc.csv) if name == "csv" else "",
+            "split": split, "limit": int(n),
+            "val_fraction": float(dc.val_fraction)}
+  images, skipped = decoded_cache.load_or_write(
+      dc.decoded_cache, source, part.paths, part.files)
+  labels = np.array(part.labels)
+  for s in skipped:
+    if part.files.corrupt != "skip":
+      raise UserError(f"{s['problem']}, recorded in the decoded cache "
+                      f"{dc.decoded_cache}{decode.REFUSE_HINT}")
+    part.files.skipped.add(s["path"], s["problem"])
+    labels[s["row"]] = labels[s["stand_in"]]
+  return dataclasses.replace(part, images=images, labels=labels)
+
+
+def skipped_summary(ds: Dataset) -> dict:
+  """{'corrupt_images_skipped': n} of an image-file dataset (every
+  process's skipped files, each once), {} of an in-memory one; results.json
+  carries it. A collective: every process calls it."""
+  files = ds.train.files
+  if files is None:
+    return {}
+  return {"corrupt_images_skipped":
+          decode.count_across_processes(list(files.skipped.files))}
 
 
 def _tfds_absent(name, data_dir) -> str | None:
@@ -505,57 +572,67 @@ def _tfds_absent(name, data_dir) -> str | None:
   return None
 
 
-def _tiny_tfds(name, data_dir):
-  """(the source read, class names, arrays) of TFDS dataset `name` in tiny
-  mode: the embedded default when `name` is not prepared here, with one
-  line saying so. TFDS data needs internet to prepare, so a config's tiny
-  mode runs on a fresh machine on the embedded data instead; outside tiny
-  mode the missing data is the error."""
-  reason = _tfds_absent(name, data_dir)
+def _tfds_or_embedded(name, config):
+  """(the source read, class names, train, val, test, image shape) of TFDS
+  dataset `name`; in tiny mode the embedded default when `name` is not
+  prepared here, with one line saying so. TFDS data needs internet to
+  prepare, so a config's tiny mode runs on a fresh machine on the embedded
+  data instead; outside tiny mode the missing data is the error."""
+  dc, tiny = config.dataset, config.get("runlocal")
+  # A mistyped name is an error, not a reason to fall back.
+  tfds_source.check_name(name, dc.data_dir, KNOWN_NAMES)
+  reason = _tfds_absent(name, dc.data_dir) if tiny else None
   if reason is None:
     try:
-      return (name, *_load_tfds(name, data_dir))
-    except UserError as e:
+      return (name, *_load_tfds(name, dc))
+    except tfds_source.NotPrepared as e:
+      if not tiny:
+        raise
       reason = str(e)
   fallback = resolve_name("default")
   print(f"kd_jax: tiny mode: {reason}; using the embedded data ({fallback}) "
         "instead", file=sys.stderr, flush=True)
-  return (fallback, *_load_arrays(fallback, data_dir))
+  return (fallback, *_array_splits(dc, *_load_arrays(fallback, dc.data_dir)))
 
 
 def _load_arrays(name, data_dir):
   """(class names, {'train'|'test': (uint8 images, int32 labels)}) of an
-  in-memory source."""
+  embedded or IDX source (LOCAL_SOURCES)."""
   if name == "fashion_mnist_local":
     return _load_fashion_mnist_local()
   if name == "mnist_local":
     return _load_mnist_local(data_dir)
   if name == "digits":
     return _load_digits()
-  if name in TFDS_NAMES:
-    return _load_tfds(name, data_dir)
   raise UserError(f"unknown dataset {name!r}")
+
+
+def _array_splits(dc, names, arrays):
+  """(class names, train, val, test, image shape) of `_load_arrays`'
+  arrays: val held out of train."""
+  (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
+  train, val = _holdout(Split(ytr, xtr, index=np.arange(len(ytr))),
+                        dc.val_fraction or 0.1)
+  test = Split(yte, xte, index=np.arange(len(yte)))
+  # dataset.eval_transform of arrays (image files get it as decoded).
+  val, test = transforms.fit_split(val, dc), transforms.fit_split(test, dc)
+  return names, train, val, test, tuple(xtr.shape[1:])
 
 
 def load(config) -> Dataset:
   """Loads the configured dataset. Raises UserError on missing/bad data
   (in tiny mode a TFDS dataset that is not prepared here is the embedded
-  default instead, `_tiny_tfds`)."""
+  default instead, `_tfds_or_embedded`)."""
   dc = config.dataset
   name = resolve_name(dc.name)
   if name in ("folder", "csv"):
     names, train, val, test = _load_files(dc, name)
     shape = (dc.image_size, dc.image_size, 3)
-  else:
-    if name in TFDS_NAMES and config.get("runlocal"):
-      name, names, arrays = _tiny_tfds(name, dc.data_dir)
-    else:
-      names, arrays = _load_arrays(name, dc.data_dir)
-    (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
-    train, val = _holdout(Split(ytr, xtr, index=np.arange(len(ytr))),
-                          dc.val_fraction or 0.1)
-    test = Split(yte, xte, index=np.arange(len(yte)))
-    shape = tuple(xtr.shape[1:])
+  elif name in LOCAL_SOURCES:
+    names, train, val, test, shape = _array_splits(
+        dc, *_load_arrays(name, dc.data_dir))
+  else:  # any other name is a TFDS dataset
+    name, names, train, val, test, shape = _tfds_or_embedded(name, config)
   train = limit(train, dc.train_limit)
   val, test = limit(val, dc.eval_limit), limit(test, dc.eval_limit)
   return Dataset(name, tuple(names), train, val, test, shape)
@@ -565,16 +642,22 @@ def load(config) -> Dataset:
 
 
 def hash_split(h, split: Split):
-  """Feeds `split`'s labels and images (in-memory arrays) or file list
-  (path, size, modification time) into the hash `h`."""
+  """Feeds `split`'s labels and file list (path, size, modification time)
+  or in-memory images or streamed TFDS rows (their files' names, sizes
+  and modification times) into the hash `h`. Files are hashed by their list
+  also when their decoded cache is in memory: that cache is a function of
+  them, and reading it whole would take as long as decoding."""
   h.update(np.ascontiguousarray(split.labels).tobytes())
-  if split.images is not None:
-    h.update(str(split.images.shape).encode())
-    h.update(np.ascontiguousarray(split.images).tobytes())
-  else:
+  if split.paths is not None:
     for p in split.paths:
       st = os.stat(p)
       h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+  elif split.source is not None:  # a streamed TFDS split: by its files
+    h.update(np.ascontiguousarray(split.index).tobytes())
+    h.update(split.source.fingerprint().encode())
+  else:
+    h.update(str(split.images.shape).encode())
+    h.update(np.ascontiguousarray(split.images).tobytes())
 
 
 def digest(ds: Dataset) -> str:
@@ -595,21 +678,6 @@ def steps_per_epoch(n_train, global_batch, max_steps=0):
   return min(steps, max_steps) if max_steps else steps
 
 
-def _decode_folder(paths, image_size):
-  """tf.data pipeline: parallel decode + resize to uint8 [S, S, 3]."""
-  import tensorflow as tf
-
-  def decode(path):
-    img = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                             expand_animations=False)
-    img = tf.image.resize(img, (image_size, image_size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
-
-  ds = tf.data.Dataset.from_tensor_slices(paths)
-  return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-
-
 def _gather_batches(split: Split, index_batches, image_size):
   """Yields `{"image": uint8 images, "label": labels}` for each array of
   indices, in order, plus the cached `teacher_logits` (and `hint` features)
@@ -628,16 +696,16 @@ def _gather_batches(split: Split, index_batches, image_size):
     for idx in index_batches:
       yield {"image": split.images[idx], "label": split.labels[idx]}
     return
-  import tensorflow as tf
-  if not index_batches:
+  if split.source is not None:  # a streamed TFDS split: read by row
+    rows = [split.index[idx] for idx in index_batches]
+    for idx, images in zip(index_batches, split.source.batches(rows)):
+      yield {"image": images, "label": split.labels[idx]}
     return
-  n = len(index_batches[0])  # every batch has this size (eval pads its last)
-  assert all(len(i) == n for i in index_batches)
-  flat = np.concatenate(index_batches)
-  ds = _decode_folder(split.paths[flat], image_size).batch(n).prefetch(
-      tf.data.AUTOTUNE)
-  for idx, images in zip(index_batches, ds.as_numpy_iterator()):
-    yield {"image": images, "label": split.labels[idx]}
+  # A split built by hand (no `files`) decodes as a folder's training split.
+  files = split.files or decode.Files(decode.Geometry("resize", image_size))
+  for images, labels in decode.batches(split.paths, split.labels,
+                                       index_batches, files):
+    yield {"image": images, "label": labels}
 
 
 def epoch_order(labels, *, seed, epoch, balanced=False):
@@ -691,25 +759,35 @@ def eval_batches(split: Split, *, global_batch, image_size, process_index=0,
 # ------------------------------------------------------ on-device preprocess
 
 
+TRAIN_TRANSFORMS = ("none", "pad_crop", "random_resized_crop")
+
+
 def preprocess(images_BxHxWxC, *, image_size, normalization="half", rng=None,
-               random_crop=False, random_flip=False, crop_padding=4):
-  """uint8 -> normalised float32 [B, S, S, 3]; augments when `rng` is given."""
+               train_transform="none", random_flip=False, crop_padding=4,
+               rrc_scale=augment.DEFAULT_SCALE,
+               rrc_ratio=augment.DEFAULT_RATIO):
+  """uint8 -> normalised float32 [B, S, S, 3]; augments when `rng` is given:
+  `train_transform` ('pad_crop': `augment.pad_crop` of the resized image;
+  'random_resized_crop': `augment.random_resized_crop` of the stored image,
+  straight to S x S), then the flip."""
+  if train_transform not in TRAIN_TRANSFORMS:
+    raise ValueError(f"train_transform {train_transform!r}; allowed: "
+                     f"{', '.join(TRAIN_TRANSFORMS)}")
   x = images_BxHxWxC.astype(jnp.float32) / 255.0
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)  # greyscale -> 3 channels
   b, h, w, _ = x.shape
-  if (h, w) != (image_size, image_size):
+  augmenting = rng is not None and (train_transform != "none" or random_flip)
+  crop_rng, flip_rng = jax.random.split(rng) if augmenting else (None, None)
+  if augmenting and train_transform == "random_resized_crop":
+    x = augment.random_resized_crop(crop_rng, x, image_size, rrc_scale,
+                                    rrc_ratio)
+  elif (h, w) != (image_size, image_size):
     x = jax.image.resize(x, (b, image_size, image_size, 3), "bilinear")
-  if rng is not None and (random_crop or random_flip):
-    crop_rng, flip_rng = jax.random.split(rng)
-    if random_crop:
-      p = crop_padding
-      padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-      offsets = jax.random.randint(crop_rng, (b, 2), 0, 2 * p + 1)
-      x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(
-          im, (o[0], o[1], 0), (image_size, image_size, 3)))(padded, offsets)
-    if random_flip:
-      flip = jax.random.bernoulli(flip_rng, 0.5, (b, 1, 1, 1))
-      x = jnp.where(flip, x[:, :, ::-1, :], x)
+  if augmenting and train_transform == "pad_crop":
+    x = augment.pad_crop(crop_rng, x, crop_padding)
+  if augmenting and random_flip:
+    flip = jax.random.bernoulli(flip_rng, 0.5, (b, 1, 1, 1))
+    x = jnp.where(flip, x[:, :, ::-1, :], x)
   mean, std = NORMALIZATION[normalization]
   return (x - jnp.asarray(mean)) / jnp.asarray(std)

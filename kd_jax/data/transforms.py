@@ -15,6 +15,8 @@ PIL images, so the evaluation crop equals torchvision's on the same image.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from PIL import Image
 
@@ -89,3 +91,24 @@ def storage(role: str, d) -> tuple[str, int, int]:
   if d.eval_transform == "resize_center_crop":
     return "resize_center_crop", int(d.image_size), int(d.eval_resize_size)
   return "resize", int(d.image_size), 0
+
+
+def fit_split(split, d):
+  """`split` (a datasets.Split) with its in-memory images in the evaluation
+  geometry of config.dataset `d` (`storage('eval', d)`), each image through
+  `fit` once, when that geometry is torchvision's centre crop; the plain
+  resize stays on the device as before.
+
+  On the host rather than in the eval step: Pillow's bilinear resize is
+  what torchvision's `Resize` runs on PIL images, so the evaluation images
+  equal the reference's exactly; it runs once per run instead of at every
+  evaluation; and the evaluation step and the teacher cache (which hashes
+  these pixels) then read the same fixed-size arrays."""
+  mode, size, resize_size = storage("eval", d)
+  if split.images is None or mode == "resize":
+    return split
+  images = split.images
+  fitted = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
+  for i, image in enumerate(images):
+    fitted[i] = fit(image, size, mode, resize_size)
+  return dataclasses.replace(split, images=fitted)

@@ -82,9 +82,14 @@ def setting_of(cell: str) -> str:
 def augmentation_label(dataset: dict) -> str:
   """A cell's training views from its config.dataset: 'none', or e.g.
   'crop+flip+mixup(α=1, folded, roll)' (ratio and partner named where they
-  are not the defaults, Beta and a permutation)."""
-  parts = [name for key, name in (("random_crop", "crop"),
-                                  ("random_flip", "flip")) if dataset.get(key)]
+  are not the defaults, Beta and a permutation); the crop is 'crop' (pad
+  crop) or 'rrc' (random-resized crop)."""
+  transform = dataset.get("train_transform") or (
+      "pad_crop" if dataset.get("random_crop") else "none")
+  crop = {"pad_crop": "crop", "random_resized_crop": "rrc"}.get(transform)
+  parts = [crop] if crop else []
+  if dataset.get("random_flip"):
+    parts.append("flip")
   how = [v for v, default in ((dataset.get("mix_ratio", "beta"), "beta"),
                               (dataset.get("mix_partner", "permutation"),
                                "permutation")) if v != default]
@@ -301,6 +306,66 @@ def compare(summary):
   return out
 
 
+def against_reference(summary, reference: str):
+  """Every setting of the reference's student against its scratch setting
+  and against `reference` (a setting name, e.g. 'method-vanilla'), paired
+  over seeds; Holm's correction over this family alone, so a study of many
+  methods asks "better than scratch? than vanilla KD?" without paying for
+  every method-vs-method pair."""
+  by_name = {s["setting"]: s for s in summary}
+  if reference not in by_name:
+    raise UserError(f"--reference={reference!r} is not a setting of the "
+                    f"study; settings: {', '.join(sorted(by_name))}")
+  ref = by_name[reference]
+  same = [s for s in summary if s["student"] == ref["student"]]
+  scratch = next((s for s in same if methods.is_scratch(s["method"])), None)
+  out = []
+  for s in same:
+    if s is ref or s is scratch:
+      continue
+    row = {"setting": s["setting"], "method": s["method"],
+           "n": s["n"], "mean": s["test_accuracy_mean"],
+           "ci95_low": s["test_accuracy_ci95_low"],
+           "ci95_high": s["test_accuracy_ci95_high"]}
+    for key, other in (("scratch", scratch), ("reference", ref)):
+      p = stats.paired(s["by_seed"], other["by_seed"]) if other else None
+      row |= {f"diff_{key}": p.diff if p else math.nan,
+              f"diff_{key}_ci95_low": p.ci_low if p else math.nan,
+              f"diff_{key}_ci95_high": p.ci_high if p else math.nan,
+              f"p_{key}": p.p if p else math.nan}
+    out.append(row)
+  adjusted = stats.holm([r[f"p_{k}"] for r in out for k in ("scratch", "reference")])
+  for i, r in enumerate(out):
+    r["p_holm_scratch"], r["p_holm_reference"] = adjusted[2 * i:2 * i + 2]
+  return sorted(out, key=lambda r: -r["mean"])
+
+
+def _md_reference(table, reference):
+  if table is None:
+    return []
+  def diff(r, k):
+    if math.isnan(r[f"diff_{k}"]):
+      return "–"
+    if math.isnan(r[f"diff_{k}_ci95_low"]):  # one seed: no spread
+      return f"{100 * r[f'diff_{k}']:+.2f}"
+    return (f"{100 * r[f'diff_{k}']:+.2f} [{100 * r[f'diff_{k}_ci95_low']:+.2f},"
+            f" {100 * r[f'diff_{k}_ci95_high']:+.2f}], p(Holm) "
+            f"{_fmt(r[f'p_holm_{k}'], 3)}")
+  return ["", f"## Against scratch and {reference}", "",
+          "Test accuracy (%), mean [95% CI] over seeds; differences paired "
+          "over seeds with their 95% CI and two-sided paired t-test, Holm-"
+          "corrected over this table's comparisons.", "",
+          md_table(("setting", "seeds", "test acc", "− scratch",
+                    f"− {reference}"),
+                   [(r["setting"], r["n"],
+                     f"{100 * r['mean']:.2f}" + (
+                         "" if math.isnan(r["ci95_low"]) else
+                         f" [{100 * r['ci95_low']:.2f}, "
+                         f"{100 * r['ci95_high']:.2f}]"),
+                     diff(r, "scratch"), diff(r, "reference"))
+                    for r in table])]
+
+
 # ------------------------------------------------------------ writing
 
 
@@ -468,10 +533,12 @@ def _md_tflite(deploy):
 
 
 def render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
-                    deploy, figure_names, *, min_fps, max_mb, timing):
+                    deploy, figure_names, *, min_fps, max_mb, timing,
+                    reference=None):
   lines = _md_intro(study_dir, rows, teacher, unfinished)
   lines += _md_results(summary)
   lines += _md_comparisons(comps)
+  lines += _md_reference(*(reference or (None, None)))
   lines += _md_deployment(deploy, min_fps=min_fps, max_mb=max_mb, timing=timing)
   lines += ["", "## Figures", ""]
   lines += [f"![{name}]({name})" for name in figure_names]
@@ -481,11 +548,14 @@ def render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
 def make_report(study_dir: str, out_dir: str | None = None, *,
                 min_fps: float = 30.0, max_mb: float = 50.0,
                 timing: bool = True, profile_fn=None, tflite: bool = False,
-                deploy_format: str = "float32", tflite_fn=None) -> dict:
+                deploy_format: str = "float32", tflite_fn=None,
+                reference: str = "") -> dict:
   """Writes the report files; returns {'rows', 'summary', 'comparisons',
   'deployment', 'figures', 'out_dir', 'markdown'}. `profile_fn(name, classes,
   size, timing)` -> {'gflops', 'latency_ms'} replaces the model profiler
-  and `tflite_fn(cell_dir, stage)` the TFLite measurement (tests)."""
+  and `tflite_fn(cell_dir, stage)` the TFLite measurement (tests);
+  `reference`: a setting every other is also compared with
+  (`against_reference`, reference.csv)."""
   if min_fps <= 0 or max_mb <= 0:
     raise UserError(f"min_fps and max_mb must be > 0, got {min_fps}, {max_mb}")
   if deploy_format not in deployment.DEPLOY_FORMATS:
@@ -497,23 +567,28 @@ def make_report(study_dir: str, out_dir: str | None = None, *,
   summary = summarize_settings(rows)
   best = best_settings(summary)
   comps = compare(summary)
+  versus = against_reference(summary, reference) if reference else None
   deploy = deployment.check(best, teacher, rows, out_dir, min_fps=min_fps,
                             max_mb=max_mb, timing=timing, profile_fn=profile_fn,
                             study_dir=study_dir, tflite=tflite,
                             tflite_fn=tflite_fn, deploy_format=deploy_format)
   for name, table in (("results", rows), ("summary", summary),
-                      ("comparisons", comps), ("deployment", deploy)):
+                      ("comparisons", comps), ("deployment", deploy),
+                      ("reference", versus)):
+    if table is None:
+      continue
     write_csv(os.path.join(out_dir, f"{name}.csv"), table)
   names = figures.write_figures(out_dir, rows=rows, summary=summary, best=best,
                                 teacher=teacher, deploy=deploy)
   md = render_markdown(study_dir, rows, teacher, unfinished, summary, comps,
                        deploy, names, min_fps=min_fps, max_mb=max_mb,
-                       timing=timing)
+                       timing=timing,
+                       reference=(versus, reference) if versus else None)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(md)
   return {"rows": rows, "summary": summary, "comparisons": comps,
           "deployment": deploy, "figures": names, "out_dir": out_dir,
-          "markdown": md}
+          "markdown": md, "reference": versus}
 
 
 def main(argv=None):
@@ -531,11 +606,15 @@ def main(argv=None):
   p.add_argument("--deploy_format", default="float32",
                  help="the budget's figures: float32 (the JAX model) or int8 "
                  "(the int8 TFLite file; implies --tflite)")
+  p.add_argument("--reference", default="",
+                 help="a setting (e.g. method-vanilla) every setting is also "
+                 "compared with, beside scratch (reference.csv)")
   args = p.parse_args(argv)
   try:
     out = make_report(args.study_dir, args.out, min_fps=args.min_fps,
                       max_mb=args.max_mb, timing=not args.no_timing,
-                      tflite=args.tflite, deploy_format=args.deploy_format)
+                      tflite=args.tflite, deploy_format=args.deploy_format,
+                      reference=args.reference)
   except UserError as e:
     print(f"kd_jax: error: {e}", file=sys.stderr)
     return 2

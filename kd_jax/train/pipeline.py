@@ -9,9 +9,10 @@
   hint/     FitNets stage 1 (`config.kd.hint_stages=2`): the student trained
             up to its guided layer on the hint loss; stage 2 (student/)
             starts from this checkpoint;
-  pretrain/ a method's pre-training stage (methods.Pretrain: FSP): the
-            student trained on its feature term alone; student/ starts
-            from this checkpoint;
+  pretrain/ a method's pre-training stage (methods.Pretrain: FSP, AB, FT):
+            trained on its feature term alone; student/ starts from its
+            student (FSP, AB) or freezes its feature module (FT's
+            paraphraser);
   scratch/  the student without a teacher (`config.scratch_baseline`);
   student/  the student trained with `config.kd.method` (for deep mutual
             learning, the whole cohort is trained here together).
@@ -194,6 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           subclasses=run.groups)
   rows += _student_rows(config, workdir, run, teacher)
   summary = reporting.summarize_run(config_lib.as_json(config), run.ds, rows)
+  summary |= data.skipped_summary(run.ds)
   if jax.process_index() == 0:
     reporting.write_json(os.path.join(workdir, "results.json"), summary)
   reporting.log("\n" + reporting.format_table(summary["rows"]))
@@ -277,14 +279,19 @@ def _student_rows(config, workdir, run, teacher) -> list:
                       learning_rate=config.learning_rate, **run.common()).run())
     init_from, hint = hint_dir, None  # stage 2: KD from the hint weights
     s_frozen = 0
-  if method.pretrain is not None:
+  feature_from, pre = "", method.pretrain
+  if pre is not None:
     pre_dir = os.path.join(workdir, "pretrain")
     rows.append(Stage(run.specs, role="pretrain", model_name=config.student.name,
-                      method=method.pretrain.method, stage_dir=pre_dir,
+                      method=pre.method, stage_dir=pre_dir,
                       teacher=teacher, select_best=False, init_from=init_from,
-                      num_epochs=int(kd[method.pretrain.epochs]),
-                      learning_rate=config.learning_rate, **run.common()).run())
-    init_from, s_frozen = pre_dir, 0
+                      num_epochs=int(kd[pre.epochs]),
+                      learning_rate=kd[pre.lr] if pre.lr else
+                      config.learning_rate, **run.common()).run())
+    if pre.hands_over == "feature":
+      feature_from = pre_dir
+    else:
+      init_from, s_frozen = pre_dir, 0
   if config.scratch_baseline and (method.teacher or method.cohort):
     rows.append(Stage(run.specs, role="scratch", model_name=config.student.name,
                       method=methods.SCRATCH,
@@ -296,7 +303,8 @@ def _student_rows(config, workdir, run, teacher) -> list:
                     method=kd.method, stage_dir=os.path.join(workdir, "student"),
                     teacher=teacher, subclasses=run.groups, init_from=init_from,
                     hint=hint, peers=config_lib.peers(config),
-                    frozen_epochs=s_frozen, **run.student_run(config)).run())
+                    frozen_epochs=s_frozen, feature_from=feature_from,
+                    **run.student_run(config)).run())
   return rows
 
 

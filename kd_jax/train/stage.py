@@ -258,8 +258,11 @@ class Stage:
                stage_dir, num_epochs, learning_rate, ds, mesh,
                teacher: step_lib.Frozen | None = None, subclasses=1,
                init_from="", select_best=True, peers=(), hint=None,
-               frozen_epochs=0):
+               frozen_epochs=0, feature_from=""):
     self.specs, self.role, self.method = specs, role, method
+    # The pre-training stage whose feature module params this stage's
+    # feature module freezes (methods.Pretrain, hands_over='feature').
+    self.feature_from = feature_from
     ds = data.stage_data(ds, role, specs.data.transfer_limit)
     self.model_name, self.stage_dir = model_name, stage_dir
     self.num_epochs, self.learning_rate = num_epochs, learning_rate
@@ -293,8 +296,10 @@ class Stage:
       self.feature_layers = config_lib.feature_layer_pairs(
           method, specs.loss.feature_layers, *self.layer_shapes,
           student_name=model_name, teacher_name=type(teacher.model).__name__)
+      bn = models.bn_before_relu(teacher.model, teacher.variables)
       self.feature = kd_modules.FEATURE_MODULES[term.module](
-          specs.kd, ds.train.labels)
+          specs.kd, kd_modules.FeatureContext(
+              ds.train.labels, tuple(bn.get(b) for _, b in self.feature_layers)))
 
   @functools.cached_property
   def layer_shapes(self) -> tuple[dict, dict]:
@@ -369,6 +374,10 @@ class Stage:
     if self.feature is not None:
       params["feature"], batch_stats["feature"] = self.feature_variables(
           jax.random.fold_in(rng, 9))
+    if self.feature_from:
+      frozen = batch_stats["feature"][kd_modules.PRETRAINED]
+      batch_stats["feature"][kd_modules.PRETRAINED] = (
+          pretrained.stage_feature_params(self.feature_from, frozen))
     state = jax.jit(functools.partial(step_lib.new_train_state, tx),
                     out_shardings=repl)(params, batch_stats)
     return tx, state
@@ -489,6 +498,8 @@ class Stage:
         self.stage_dir, evaluate_lib.PREDICTIONS))
     res = tr.result(step=step, test=test, best_vars=best_vars,
                     teacher=self.teacher, cache_used=cache_used, state=state)
+    if self.feature_from:
+      res["feature_from"] = os.path.abspath(self.feature_from)
     if self.init_from:
       res["init_from"] = (self.init_from if weight_spec.foreign_source(
           self.init_from) else os.path.abspath(self.init_from))

@@ -80,22 +80,27 @@ class Preprocess:
   training view (`train_view`) is then mixed as `mix` says."""
   image_size: int
   normalization: str = "half"
-  random_crop: bool = False
+  # 'none' | 'pad_crop' | 'random_resized_crop' (config_lib.train_transform)
+  train_transform: str = "none"
   random_flip: bool = False
   crop_padding: int = 4
+  rrc_scale: tuple = (0.08, 1.0)
+  rrc_ratio: tuple = (3 / 4, 4 / 3)
   mix: mixing.MixSpec = mixing.MixSpec()
 
   @classmethod
   def from_spec(cls, d: config_lib.DataSpec) -> "Preprocess":
-    return cls(d.image_size, d.normalization, d.random_crop, d.random_flip,
-               d.crop_padding, mixing.MixSpec(d.mixup_alpha, d.cutmix_alpha,
-                                              d.mix_ratio, d.mix_partner))
+    return cls(d.image_size, d.normalization, d.train_transform,
+               d.random_flip, d.crop_padding, d.rrc_scale, d.rrc_ratio,
+               mixing.MixSpec(d.mixup_alpha, d.cutmix_alpha, d.mix_ratio,
+                              d.mix_partner))
 
   def __call__(self, images, rng=None):
     return data.preprocess(
         images, image_size=self.image_size, normalization=self.normalization,
-        rng=rng, random_crop=self.random_crop, random_flip=self.random_flip,
-        crop_padding=self.crop_padding)
+        rng=rng, train_transform=self.train_transform,
+        random_flip=self.random_flip, crop_padding=self.crop_padding,
+        rrc_scale=self.rrc_scale, rrc_ratio=self.rrc_ratio)
 
   def train_view(self, images, rng):
     """(x, mixing.Mix or None): the training input, cropped and flipped

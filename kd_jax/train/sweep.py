@@ -170,9 +170,11 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
                                       specs[0].data.transfer_limit),
                       mesh, teacher, vmap_chunk)
   out = []
+  skipped = data.skipped_summary(ds)
   for (c, w), student in zip(todo, rows):
     stages = [teacher_result, student] if teacher_result else [student]
     summary = reporting.summarize_run(config_lib.as_json(c), ds, stages)
+    summary |= skipped
     if jax.process_index() == 0:
       reporting.write_json(os.path.join(w, "results.json"), summary)
     out.append(summary)

@@ -11,20 +11,21 @@ memory map: mind the disk, e.g. 10k examples of a 28x28x256 map = 8 GB).
 The key hashes everything the logits depend on: the teacher's variables
 (content, not path), its architecture and logits per class, the split's
 examples (pixels for in-memory data; paths, sizes and mtimes for image
-folders), the preprocessing (image size, normalisation) and the teacher's
-compute dtype (`teacher.compute_dtype`). Any change gives a new key, so a
-stale cache is never read.
+folders, with the geometry they are decoded to), the preprocessing (image
+size, normalisation) and the teacher's compute dtype
+(`teacher.compute_dtype`). Any change gives a new key, so a stale cache is
+never read.
 
-With augmentation (random crop/flip, mixup/CutMix) the teacher's input
-changes every epoch, but a seeded augmentation makes batch s of epoch e the
-same crops, flips and mixes of the same examples in every run with the same
-data seed: the
-teacher's logits of the augmented batches (`AugmentedViews`) are then a
-fixed function of (epoch, batch), computed by the first run that reaches an
-epoch and read by every other (a study's cells of one seed: other methods,
-students, hyperparameters). Files: `<cache_dir>/views-<key>/epoch-<e>.npy`
-(float32 `[steps per epoch, batch, K]`; CIFAR-100 at batch 64: 20 MB per
-epoch).
+With augmentation (pad or random-resized crop, flip, mixup/CutMix) the
+teacher's input changes every epoch, but a seeded augmentation makes batch s
+of epoch e the same crops, flips and mixes of the same examples in every run
+with the same data seed: the teacher's logits of the augmented batches
+(`AugmentedViews`, keyed also by the crop's and the mix's settings) are then
+a fixed function of (epoch, batch), computed by the first run that reaches
+an epoch and read by every other (a study's cells of one seed: other
+methods, students, hyperparameters). Files:
+`<cache_dir>/views-<key>/epoch-<e>.npy` (float32 `[steps per epoch, batch,
+K]`; CIFAR-100 at batch 64: 20 MB per epoch).
 """
 from __future__ import annotations
 
@@ -63,6 +64,20 @@ def _hash_tree(h, tree):
     h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
 
 
+def _geometry_key(d: config_lib.DataSpec) -> dict:
+  """The splits' stored geometry (data/transforms.storage) where it is not
+  the plain resize: image files are hashed by path, size and mtime, not by
+  their decoded pixels, so the key names how they are decoded. Empty by
+  default, so the keys of existing caches stay as they were."""
+  fields = {}
+  if d.train_transform == "random_resized_crop":
+    fields["train_source_size"] = d.train_source_size
+  if d.eval_transform != "resize":
+    fields.update(eval_transform=d.eval_transform,
+                  eval_resize_size=d.eval_resize_size)
+  return fields
+
+
 def cache_key(specs: config_lib.Specs, ds, teacher_name, teacher) -> str:
   h = hashlib.blake2b(digest_size=16)
   fields = {
@@ -74,6 +89,7 @@ def cache_key(specs: config_lib.Specs, ds, teacher_name, teacher) -> str:
   # caches still hit.
   if specs.run.teacher_bf16:
     fields["compute_dtype"] = specs.teacher.compute_dtype
+  fields.update(_geometry_key(specs.data))
   h.update(json.dumps(fields, sort_keys=True).encode())
   _hash_tree(h, teacher.variables)
   for name in SPLITS:
@@ -184,6 +200,19 @@ def views_problem(specs: config_lib.Specs, live="") -> str | None:
   return None
 
 
+def _crop_key(d: config_lib.DataSpec) -> dict:
+  """The crop fields of a views key. 'pad_crop' is keyed as random_crop
+  (the same views, so they share a cache); the random-resized crop's
+  fields appear only with it, so the keys of other views stay as they
+  were."""
+  fields = {"random_crop": d.train_transform == "pad_crop",
+            "crop_padding": d.crop_padding}
+  if d.train_transform == "random_resized_crop":
+    fields.update(train_transform=d.train_transform,
+                  rrc_scale=list(d.rrc_scale), rrc_ratio=list(d.rrc_ratio))
+  return fields
+
+
 def _mixing_key(d: config_lib.DataSpec) -> dict:
   """The mixing fields of a views key; none without mixing, so the keys of
   unmixed views (and their caches) stay as they were."""
@@ -209,8 +238,7 @@ class AugmentedViews:
     h.update(json.dumps({
         "data_seed": spec.data_seed, "batch_size": d.batch_size,
         "steps_per_epoch": spe, "balanced": d.balanced_sampling,
-        "random_crop": d.random_crop, "random_flip": d.random_flip,
-        "crop_padding": d.crop_padding,
+        "random_flip": d.random_flip, **_crop_key(d),
         "mixed_precision": specs.run.mixed_precision, **_mixing_key(d)},
         sort_keys=True).encode())
     self.root = os.path.join(specs.teacher.cache_dir, "views-" + h.hexdigest())
