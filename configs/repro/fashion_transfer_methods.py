@@ -16,7 +16,11 @@ teacher's last conv block (`block1:block2`, the larger map pooled to the
 smaller), the relation methods the penultimate features (`pre_logits`);
 FitNets (single stage) hints pre_logits on pre_logits through its
 regressor (the conv maps differ in size: 14x14 and 11x11); the teacher
-assistant is `simple_cnn`.
+assistant is `simple_cnn`; FT pre-trains its paraphraser on the teacher's
+block2 (30 epochs) before the student stage. Not applicable here: AB and
+OFD read pre-ReLU maps (OFD also the teacher's BatchNorm), which these
+CNNs do not have, KDSVD pairs layers of equal channels (50 and 64), FSP
+equal channels too.
 Seeds 0..4 by default (`--arg=seeds=N`).
 
   python -m kd_jax.study run configs/repro/fashion_transfer_methods.py --study_dir=studies/fashion_transfer --in_process --vmap
@@ -31,7 +35,8 @@ LOGIT = ("method=none", "method=vanilla", "method=reverse_kl",
          "method=vanilla,assistants=simple_cnn",
          "method=fitnets,kd.hint_student_layer=pre_logits,kd.hint_teacher_layer=pre_logits")
 FEATURE = ("method=at", "method=pkt", "method=sp", "method=rkd", "method=vid",
-           "method=crd", "method=reviewkd", "method=cc", "method=nst")
+           "method=crd", "method=reviewkd", "method=cc", "method=nst",
+           "method=ft")
 SETTINGS = LOGIT + FEATURE
 
 
