@@ -14,8 +14,9 @@ The numbers are big_vision's Flowers/Pet distillation config
 (big_vision/configs/proj/distill/bigsweep_flowers_pet.py: the paper's
 recommended settings of Fig. 3 / Table 4), chosen with `recipe=flowers|pet`
 (default flowers) and `variant=fast|medium|long` (default medium, theirs):
-  batch 512; crop + flip (big_vision: inception_crop(128) | flip_lr; kd_jax
-  has the padded crop), then mixup with lam = max(u, 1 - u), u ~ Beta(1, 1),
+  batch 512; crop + flip (big_vision: inception_crop(128) | flip_lr, i.e. a
+  random-resized crop of 5-100 % of the area, big_vision/pp/ops_image.py;
+  here train_transform=random_resized_crop with rrc_min_scale=0.05), then mixup with lam = max(u, 1 - u), u ~ Beta(1, 1),
   each image mixed with its neighbour in the batch (`config.mixup =
   dict(p=1.0)`, big_vision/utils.py `get_mixup`);
   Adam, gradients clipped to global norm 1, 1,500 warmup steps, cosine decay;
@@ -82,7 +83,8 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.dataset.image_size = 128
   c.dataset.transfer_limit = TRANSFER[recipe]
-  c.dataset.random_crop = True
+  c.dataset.train_transform = "random_resized_crop"
+  c.dataset.rrc_min_scale = 0.05  # big_vision's inception_crop area_min=5
   c.dataset.random_flip = True
   c.dataset.mixup_alpha = 1.0
   c.dataset.mix_ratio = "folded"

@@ -374,6 +374,10 @@ def test_function_matching_config_follows_big_visions_flowers_pet():
                 "vanilla", 1.0, 512, 1500, 1.0, 0)
     assert (c.dataset.mixup_alpha, c.dataset.mix_ratio,
             c.dataset.mix_partner) == (1.0, "folded", "roll")
+    # big_vision's inception_crop(128): area 5-100 %, aspect 3/4-4/3.
+    assert (c.dataset.train_transform, c.dataset.rrc_min_scale,
+            c.dataset.rrc_max_scale, c.dataset.image_size) == (
+                "random_resized_crop", 0.05, 1.0, 128)
   with pytest.raises(config_lib.UserError, match="recipe='cars'"):
     helpers.load_config("function_matching.py", "recipe=cars")
 
