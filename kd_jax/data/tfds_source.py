@@ -31,12 +31,11 @@ import threading
 import numpy as np
 from PIL import Image
 
+from kd_jax.data import decode as file_decode
 from kd_jax.data import transforms
 from kd_jax.errors import UserError
 
 _READ_CHUNK = 1024  # rows per read when a whole split is read
-_POOL_LOCK = threading.Lock()
-_POOL = []  # the decode pool, made on first use
 
 
 class NotPrepared(UserError):
@@ -47,17 +46,6 @@ class NotPrepared(UserError):
 def build_command(name, data_dir="DIR") -> str:
   return (f"`tfds build {name} --data_dir {data_dir or 'DIR'} "
           "--file_format=array_record`")
-
-
-def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
-  """One pool for every source: Pillow decodes and resizes without the
-  GIL, so threads use every core."""
-  with _POOL_LOCK:
-    if not _POOL:
-      _POOL.append(concurrent.futures.ThreadPoolExecutor(
-          max_workers=min(16, os.cpu_count() or 1),
-          thread_name_prefix="kd_jax_decode"))
-    return _POOL[0]
 
 
 def decode(encoded: bytes, channels: int) -> np.ndarray:
@@ -105,7 +93,7 @@ class Rows:
     `label_key`, (images, int32 labels) of one read."""
     records = self.records(rows)
     encoded = [r[self.image_key] for r in records]
-    images = np.stack(list(_decode_pool().map(self._image, encoded)))
+    images = np.stack(list(file_decode.pool().map(self._image, encoded)))
     if label_key is None:
       return images
     return images, np.asarray([r[label_key] for r in records], np.int32)
@@ -335,6 +323,6 @@ class TfdsDataset:
     pairs = iter(tfds.as_numpy(ds))
     # In chunks: the images as stored may take many times their fitted size.
     while chunk := list(itertools.islice(pairs, _READ_CHUNK)):
-      images += _decode_pool().map(fit, [x for x, _ in chunk])
+      images += file_decode.pool().map(fit, [x for x, _ in chunk])
       labels += [y for _, y in chunk]
     return np.stack(images), np.asarray(labels, np.int32)
