@@ -183,6 +183,43 @@ def test_rkd_invariances_and_finite_gradient():
   assert np.all(np.isfinite(loss_and_grad(f32(s), f32(t))[1]))
 
 
+def test_rkd_gram_form_on_wide_relu_features_in_float32():
+  # Wide non-negative features far from the origin (a conv student's
+  # flattened map): the Gram-form angles in float32 keep the float64
+  # direct-difference value.
+  rng = np.random.default_rng(3)
+  base = rng.uniform(0.0, 4.0, 2048)
+  s = np.maximum(base + rng.normal(0.0, 1.0, (12, 2048)), 0.0)
+  t = np.maximum(base[:1024] + rng.normal(0.0, 0.5, (12, 1024)), 0.0)
+  np.testing.assert_allclose(fl.rkd_loss(f32(s), f32(t)), np_rkd(s, t),
+                             rtol=1e-4)
+
+
+def test_rkd_gradient_matches_central_differences():
+  s, t = rand(0, 5, 4, offset=1.0), rand(1, 5, 3)
+  g = np.asarray(jax.grad(fl.rkd_loss)(f32(s), f32(t)))
+  h = 1e-6
+  for i, j in [(0, 0), (2, 1), (4, 3)]:
+    up, down = s.copy(), s.copy()
+    up[i, j] += h
+    down[i, j] -= h
+    want = (np_rkd(up, t) - np_rkd(down, t)) / (2 * h)
+    np.testing.assert_allclose(g[i, j], want, rtol=2e-3, atol=1e-4)
+
+
+def test_rkd_near_duplicates_stay_bounded():
+  # Two near-identical and two identical rows: the angles they span are
+  # zero (coincident), every other angle keeps its value.
+  s, t = rand(0, 8, 300, offset=3.0), rand(1, 8, 200)
+  s[1] = s[0] + 1e-6 * rand(2, 300)
+  s[3] = s[2]
+  loss, grad = jax.value_and_grad(fl.rkd_loss)(f32(s), f32(t))
+  assert np.all(np.isfinite(grad)) and np.abs(grad).max() < 1e3
+  ref = np_rkd(s, t)
+  # Differ at most by the 2 x 2 x 8 angle entries of the near pair.
+  assert abs(float(loss) - ref) < 50.0 * 2 * 2 * 8 / 8 ** 3 * 2.0
+
+
 # ---------------------------------------------------------------- VID -----
 
 def np_vid(mu, t, alpha, eps=1e-5):

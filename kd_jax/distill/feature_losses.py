@@ -171,15 +171,31 @@ def smooth_l1(x, y):
   return jnp.where(d < 1.0, 0.5 * d * d, d - 0.5)
 
 
+def _centered_gram(emb_BxD):
+  """`[B, B]` Gram matrix of the batch-centred embeddings. Both RKD terms
+  depend only on differences t_j - t_i, so centring changes no value; it
+  keeps ||t_i||^2 + ||t_j||^2 - 2 <t_i, t_j> from cancelling in float32
+  when the embeddings sit far from the origin (ReLU features do)."""
+  x_BxD = emb_BxD - jnp.mean(emb_BxD, axis=0, keepdims=True)
+  return x_BxD @ x_BxD.T
+
+
+def _squared_distances(gram_BxB):
+  """||t_i - t_j||^2 from the Gram matrix, as the authors' `pdist`; the
+  diagonal is exactly 0 (2 G_ii - 2 G_ii)."""
+  sq_B = jnp.diagonal(gram_BxB)
+  return jnp.maximum(sq_B[:, None] + sq_B[None] - 2.0 * gram_BxB, 0.0)
+
+
 def _normalized_distances(emb_BxD):
   """psi_D(t_i, t_j) = ||t_i - t_j||_2 / mu, mu the mean over i != j; the
   diagonal is 0. Squared distances are clamped at 1e-12 before the sqrt, as
   the authors' code, so coincident embeddings keep a finite gradient."""
   b = emb_BxD.shape[0]
   off = ~np.eye(b, dtype=bool)
-  d2 = jnp.sum(jnp.square(emb_BxD[:, None] - emb_BxD[None]), axis=-1)
-  d = jnp.where(off, jnp.sqrt(jnp.maximum(d2, 1e-12)), 0.0)
-  return d / (jnp.sum(d) / (b * (b - 1)))
+  d2_BxB = _squared_distances(_centered_gram(emb_BxD))
+  d_BxB = jnp.where(off, jnp.sqrt(jnp.maximum(d2_BxB, 1e-12)), 0.0)
+  return d_BxB / (jnp.sum(d_BxB) / (b * (b - 1)))
 
 
 def rkd_distance_loss(student_emb_BxD, teacher_emb_BxD):
@@ -191,16 +207,38 @@ def rkd_distance_loss(student_emb_BxD, teacher_emb_BxD):
                             _normalized_distances(t)))
 
 
+# Pairs closer than 1 % of the batch's root-mean-square distance count as
+# coincident in the angle term: below that, float32 rounding of the Gram
+# form's squared distance is no longer small against the distance itself.
+COINCIDENT_REL_D2 = 1e-4
+
+
 def _angles(emb_BxD):
   """psi_A(t_i, t_j, t_k) = <e_ij, e_ik>, e_ij = (t_j - t_i) / ||t_j - t_i||
-  -> `[B, B, B]` (angle at vertex i; a zero difference gives a zero e)."""
-  e = l2_normalize(emb_BxD[None, :] - emb_BxD[:, None])
-  return jnp.einsum("ijd,ikd->ijk", e, e)
+  -> `[B, B, B]` (angle at vertex i; coincident points give a zero e).
+
+  The authors materialise every e_ij (B^2 D floats) and contract them
+  (B^3 D multiply-adds); <t_j - t_i, t_k - t_i> = (G_jk - G_ik) - (G_ij -
+  G_ii) gives the same angles from the Gram matrix G in B^2 D + B^3, which
+  is what makes RKD on wide feature maps affordable. A pair within
+  COINCIDENT_REL_D2 of the mean squared distance has e = 0 (as exact
+  duplicates have in the authors' code); it weighs 2/B^2 of the loss."""
+  b = emb_BxD.shape[0]
+  g_BxB = _centered_gram(emb_BxD)
+  d2_BxB = _squared_distances(g_BxB)
+  mean_d2 = jax.lax.stop_gradient(jnp.sum(d2_BxB) / (b * (b - 1)))
+  apart = d2_BxB > COINCIDENT_REL_D2 * mean_d2
+  inv_n_BxB = jnp.where(apart, jax.lax.rsqrt(jnp.where(apart, d2_BxB, 1.0)),
+                        0.0)
+  g_ii_B = jnp.diagonal(g_BxB)
+  dot_BxBxB = ((g_BxB[None, :, :] - g_BxB[:, None, :])
+               - (g_BxB[:, :, None] - g_ii_B[:, None, None]))
+  return dot_BxBxB * inv_n_BxB[:, :, None] * inv_n_BxB[:, None, :]
 
 
 def rkd_angle_loss(student_emb_BxD, teacher_emb_BxD):
   """Angle-wise RKD: mean over all B^3 triplets of Huber(psi_A^s, psi_A^t)
-  (degenerate triplets included, as the authors'); B^2 D floats per side."""
+  (degenerate triplets included, as the authors')."""
   s = student_emb_BxD.reshape(student_emb_BxD.shape[0], -1)
   t = teacher_emb_BxD.reshape(teacher_emb_BxD.shape[0], -1)
   return jnp.mean(smooth_l1(_angles(s), _angles(t)))
