@@ -20,7 +20,7 @@ assistant is `simple_cnn`; FT pre-trains its paraphraser on the teacher's
 block2 (30 epochs) before the student stage. Not applicable here: AB and
 OFD read pre-ReLU maps (OFD also the teacher's BatchNorm), which these
 CNNs do not have, KDSVD pairs layers of equal channels (50 and 64), FSP
-equal channels too.
+equal channels too. Two extra DKD settings (CHECKS) test its recipe.
 Seeds 0..4 by default (`--arg=seeds=N`).
 
   python -m kd_jax.study run configs/repro/fashion_transfer_methods.py --study_dir=studies/fashion_transfer --in_process --vmap
@@ -37,7 +37,11 @@ LOGIT = ("method=none", "method=vanilla", "method=reverse_kl",
 FEATURE = ("method=at", "method=pkt", "method=sp", "method=rkd", "method=vid",
            "method=crd", "method=reviewkd", "method=cc", "method=nst",
            "method=ft")
-SETTINGS = LOGIT + FEATURE
+# Checks of DKD, which lands below scratch at its CIFAR defaults here: the
+# authors' warm-up of the DKD term (20 of 240 epochs -> 2 of 20) and their
+# ImageNet beta (0.5), each alone.
+CHECKS = ("method=dkd,kd.dkd_warmup_epochs=2", "method=dkd,kd.dkd_beta=0.5")
+SETTINGS = LOGIT + FEATURE + CHECKS
 
 
 def get_config(arg=None):
