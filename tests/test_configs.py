@@ -105,3 +105,23 @@ def test_method_config_runs_in_tiny_mode(path, tmp_path):
   summary = train.train_and_evaluate(c, str(tmp_path))
   assert summary["rows"][-1]["model"] == c.student.name
   assert 0.0 <= summary["rows"][-1]["test_accuracy"] <= 1.0
+
+
+def test_transfer_methods_study_runs_every_method_or_says_why():
+  """configs/repro/fashion_transfer_methods.py is the one-protocol table of
+  every method: a user-facing method has a setting or a reason it cannot
+  run, and every cell's config validates."""
+  from kd_jax.distill import methods
+  from kd_jax.study import runner
+  path = os.path.join(helpers.REPO, "configs", "repro",
+                      "fashion_transfer_methods.py")
+  mod = config_lib.load_config_module(path)
+  run = {dict(i.split("=") for i in s.split(","))["method"]
+         for s in mod.SETTINGS}
+  user = {m for m, e in methods.METHODS.items() if e.user_facing}
+  assert run | set(mod.NOT_RUN) == user and not run & set(mod.NOT_RUN)
+  cells = mod.cells("seeds=1")
+  assert len(cells) == len(mod.SETTINGS)
+  for arg in cells:
+    config_lib.validate(mod.get_config(arg))
+  assert len({runner.cell_dirname(a) for a in mod.cells()}) == 5 * len(cells)

@@ -37,6 +37,16 @@ LOGIT = ("method=none", "method=vanilla", "method=reverse_kl",
 FEATURE = ("method=at", "method=pkt", "method=sp", "method=rkd", "method=vid",
            "method=crd", "method=reviewkd", "method=cc", "method=nst",
            "method=ft")
+# The user-facing methods this protocol cannot run, and why (a test checks
+# that every other one has a setting).
+NOT_RUN = {
+    "ab": "reads pre-ReLU maps; these CNNs' maps have no pre-ReLU output",
+    "ofd": "reads pre-ReLU maps and the teacher's BatchNorm statistics",
+    "kdsvd": "pairs layers of equal channels (student 50, teacher 64)",
+    "fsp": "pairs layers of equal channels (student 50, teacher 64)",
+    "subclass": "needs a teacher trained with a subclass head "
+                "(configs/repro/mnist_subclass_kd.py), not the shared one",
+}
 # Checks of DKD, which lands below scratch at its CIFAR defaults here: the
 # authors' warm-up of the DKD term (20 of 240 epochs -> 2 of 20) and their
 # ImageNet beta (0.5), each alone.
