@@ -65,6 +65,34 @@ def run_cli_module(module, *args, env=None, timeout=600):
                         timeout=timeout)
 
 
+def one_error_line(r, message=""):
+  """The CLI contract for bad input: exit status 2, exactly one
+  `kd_jax: error:` line on stderr (containing `message`), no traceback.
+  Returns that line."""
+  assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+  lines = [l for l in r.stderr.splitlines() if l.startswith("kd_jax: error:")]
+  assert len(lines) == 1, r.stderr[-1500:]
+  assert message in lines[0], lines[0]
+  assert "Traceback" not in r.stderr
+  return lines[0]
+
+
+def preempt_at(monkeypatch, at):
+  """`preemption.requested` that fires once, at global step `at`, as a
+  SIGTERM would; returns the list of steps it fired at."""
+  from kd_jax.train import preemption
+  fired = []
+
+  def requested(step, every):
+    del every
+    if step == at and not fired:
+      fired.append(step)
+      return True
+    return False
+  monkeypatch.setattr(preemption, "requested", requested)
+  return fired
+
+
 def read_json(path):
   with open(path) as f:
     return json.load(f)

@@ -48,27 +48,15 @@ CASES = [
 def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):
   workdir = tmp_path / "wd"
   r = helpers.run_cli(*args, f"--workdir={workdir}", timeout=300)
-  assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
-  lines = [l for l in r.stderr.splitlines() if l.startswith("kd_jax: error:")]
-  assert len(lines) == 1, r.stderr[-1500:]
-  assert message in lines[0], lines[0]
-  assert "Traceback" not in r.stderr
+  helpers.one_error_line(r, message)
   assert not workdir.exists()
-
-
-def _one_error_line(r, message):
-  assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
-  lines = [l for l in r.stderr.splitlines() if l.startswith("kd_jax: error:")]
-  assert len(lines) == 1, r.stderr[-1500:]
-  assert message in lines[0], lines[0]
-  assert "Traceback" not in r.stderr
 
 
 def test_batch_size_not_divisible_by_device_count(tmp_path):
   r = helpers.run_cli(QS + ":runlocal", "--config.batch_size=15",
                       f"--workdir={tmp_path / 'wd'}",
                       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-  _one_error_line(r, "config.batch_size=15 is not divisible by the 2 devices")
+  helpers.one_error_line(r, "config.batch_size=15 is not divisible by the 2 devices")
   assert not (tmp_path / "wd").exists()
 
 
@@ -81,7 +69,7 @@ def _folder_run(tmp_path, root, *extra):
 def test_empty_data_folder(tmp_path):
   for split in ("train", "test"):
     (tmp_path / "data" / split).mkdir(parents=True)
-  _one_error_line(_folder_run(tmp_path, tmp_path / "data"), "no class folders in")
+  helpers.one_error_line(_folder_run(tmp_path, tmp_path / "data"), "no class folders in")
   assert not (tmp_path / "wd").exists()
 
 
@@ -90,7 +78,7 @@ def test_class_folder_in_train_but_not_in_test(tmp_path):
   helpers.write_image_folder(str(root), per_split={"train": 4, "test": 2})
   import shutil
   shutil.rmtree(root / "test" / "PLAX")
-  _one_error_line(_folder_run(tmp_path, root),
+  helpers.one_error_line(_folder_run(tmp_path, root),
                   "class folders of " + str(root / "test") + " (A2C, A4C) differ "
                   "from train's (A2C, A4C, PLAX)")
   assert not (tmp_path / "wd").exists()
@@ -114,8 +102,7 @@ def test_corrupt_image_refused_by_name(tmp_path):
   # it (which of the two comes first is the data order's business).
   root, problems = _corrupt_folder(tmp_path)
   r = _folder_run(tmp_path, root)
-  _one_error_line(r, "kd_jax: error: corrupt")
-  line = [l for l in r.stderr.splitlines() if l.startswith("kd_jax: error:")][0]
+  line = helpers.one_error_line(r, "kd_jax: error: corrupt")
   assert any(p in line for p in problems), line
   assert not (tmp_path / "wd" / "results.json").exists()
 
@@ -149,11 +136,11 @@ def test_teacher_checkpoint_for_other_classes_or_architecture(tmp_path, finished
   root = tmp_path / "data"
   helpers.write_image_folder(str(root), per_split={"train": 8, "test": 4})
   r = _folder_run(tmp_path, root, f"--config.teacher.checkpoint={finished_run}")
-  _one_error_line(r, "does not match: 10 classes (the data has 3)")
+  helpers.one_error_line(r, "does not match: 10 classes (the data has 3)")
   r = helpers.run_cli(QS + ":runlocal,dataset=digits", "--config.teacher.name=tiny_cnn",
                       f"--config.teacher.checkpoint={finished_run}",
                       f"--workdir={tmp_path / 'wd'}")
-  _one_error_line(r, "architecture 'mlp_1200x2' (config.teacher.name is 'tiny_cnn')")
+  helpers.one_error_line(r, "architecture 'mlp_1200x2' (config.teacher.name is 'tiny_cnn')")
   assert not (tmp_path / "wd").exists()
 
 
@@ -164,7 +151,7 @@ def test_workdir_of_another_config_refused_unless_overwrite(tmp_path, finished_r
   before = {p: os.path.getmtime(p) for p in glob.glob(str(workdir / "**"), recursive=True)}
   r = helpers.run_cli(QS + ":runlocal,dataset=digits,alpha=0.9", "--config.num_epochs=1",
                       f"--workdir={workdir}")
-  _one_error_line(r, f"workdir {workdir} holds a run of a different config "
+  helpers.one_error_line(r, f"workdir {workdir} holds a run of a different config "
                   "(differs in kd.alpha)")
   after = {p: os.path.getmtime(p) for p in glob.glob(str(workdir / "**"), recursive=True)}
   assert after == before  # nothing touched
@@ -201,8 +188,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path):
   r = subprocess.run([sys.executable, "-c", DISK_FULL.format(fail_at=5, args=args)],
                      cwd=helpers.REPO, env=env, capture_output=True, text=True,
                      timeout=300)
-  _one_error_line(r, "could not save the checkpoint of step ")
-  line = [l for l in r.stderr.splitlines() if l.startswith("kd_jax: error:")][0]
+  line = helpers.one_error_line(r, "could not save the checkpoint of step ")
   assert "No space left on device" in line
   previous = int(line.split("the previous checkpoint (step ")[1].split(")")[0])
   step, _ = helpers.restore_raw(os.path.join(workdir, "student", "checkpoints",

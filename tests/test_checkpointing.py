@@ -143,3 +143,54 @@ def test_a_resumed_run_replaces_a_best_step_saved_before_a_kill(tmp_path):
   assert meta == {"epoch": 3, "run": "resumed"}
   assert resumed.best.all_steps() == [16]
   resumed.close()
+
+
+def _older_kd_jax(monkeypatch, field):
+  """The config as a kd_jax without `field` wrote it: config.json and the
+  checkpoint fingerprints lack it."""
+  from kd_jax import config_lib
+  from kd_jax.config_lib import specs as specs_lib
+  real = config_lib.as_json
+
+  def older(c):
+    d = real(c)
+    del d[field]
+    return d
+  monkeypatch.setattr(config_lib, "as_json", older)
+  monkeypatch.setattr(specs_lib, "as_json", older)
+
+
+def test_a_run_from_before_a_new_config_field_resumes(tmp_path, monkeypatch):
+  """A workdir written before a config field existed, interrupted: with the
+  field at its default it resumes as written (config.json kept, checkpoint
+  fingerprints accepted) and ends with the bits of an uninterrupted run;
+  with the field set otherwise it is refused in one line."""
+  from kd_jax.errors import UserError
+  from kd_jax.train import pipeline as train
+  from kd_jax.train import preemption
+  from tests import helpers
+
+  def config(**kw):
+    return helpers.tiny_config("dataset=digits,method=none", **kw)
+  ref = str(tmp_path / "ref")
+  train.train_and_evaluate(config(), ref)
+  wd = str(tmp_path / "older")
+  _older_kd_jax(monkeypatch, "grad_clip_norm")
+  helpers.preempt_at(monkeypatch, 3)
+  with pytest.raises(preemption.Preempted):
+    train.train_and_evaluate(config(), wd)
+  monkeypatch.undo()
+  stored = helpers.read_json(os.path.join(wd, "config.json"))
+  assert "grad_clip_norm" not in stored
+  with pytest.raises(UserError, match=r"differs in grad_clip_norm\)"):
+    train.train_and_evaluate(config(grad_clip_norm=1.0), wd)
+  train.train_and_evaluate(config(), wd)
+  assert helpers.read_json(os.path.join(wd, "config.json")) == stored
+  want = helpers.restore_raw(os.path.join(ref, "student", "checkpoints",
+                                          "latest"), "state")
+  got = helpers.restore_raw(os.path.join(wd, "student", "checkpoints",
+                                         "latest"), "state")
+  assert want[0] == got[0]
+  for x, y in zip(jax.tree.leaves(want[1]), jax.tree.leaves(got[1]),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

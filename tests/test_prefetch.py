@@ -217,7 +217,7 @@ def test_loop_places_batches_ahead_and_fetches_at_the_flush(depth, thread):
 
 def test_preemption_save_stops_the_prefetcher(monkeypatch):
   st = _Stepper()
-  _preempt_at(monkeypatch, 3)
+  helpers.preempt_at(monkeypatch, 3)
   batches = lambda epoch, start, step: iter(range(start, 1000))
   with pytest.raises(preemption.Preempted, match="preempted at 3"):
     loop_lib.run_epochs(st, batches, step=0, num_epochs=1,
@@ -257,21 +257,6 @@ def _assert_same_run(a, b, stages):
       np.testing.assert_array_equal(x, y, err_msg=stage)
 
 
-def _preempt_at(monkeypatch, at):
-  """`preemption.requested` that fires once, at global step `at`, as a
-  SIGTERM would."""
-  fired = []
-
-  def requested(step, every):
-    del every
-    if step == at and not fired:
-      fired.append(step)
-      return True
-    return False
-  monkeypatch.setattr(preemption, "requested", requested)
-  return fired
-
-
 def test_prefetched_run_with_mid_epoch_resume_equals_synchronous_run(
     tmp_path, monkeypatch):
   """A KD run (teacher stage, cached teacher logits, student) with
@@ -286,7 +271,7 @@ def test_prefetched_run_with_mid_epoch_resume_equals_synchronous_run(
   train.train_and_evaluate(config(0, "sync"), ref)
 
   wd = str(tmp_path / "prefetched")
-  fired = _preempt_at(monkeypatch, 6)  # epoch 1, batch 2 of 4
+  fired = helpers.preempt_at(monkeypatch, 6)  # epoch 1, batch 2 of 4
   with pytest.raises(preemption.Preempted):
     train.train_and_evaluate(config(2, "prefetched"), wd)
   assert fired == [6] and not _prefetch_threads()

@@ -313,11 +313,7 @@ def test_bad_transform_settings_are_one_line(args, message, tmp_path):
   workdir = tmp_path / "wd"
   r = helpers.run_cli("--config=configs/quickstart.py", *args,
                       f"--workdir={workdir}", timeout=300)
-  assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
-  lines = [l for l in r.stderr.splitlines() if l.startswith("kd_jax: error:")]
-  assert len(lines) == 1, r.stderr[-1500:]
-  assert message in lines[0], lines[0]
-  assert "Traceback" not in r.stderr
+  helpers.one_error_line(r, message)
   assert not workdir.exists()
 
 

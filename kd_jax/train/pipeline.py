@@ -132,27 +132,58 @@ def head_in_data_order(variables, name, order, image_size):
 def check_workdir(workdir, config, overwrite=False):
   """Refuses a workdir that holds a run of a different config (with
   `overwrite`, moves that run aside to `<workdir>.old-<time>`: nothing is
-  deleted)."""
+  deleted). Returns the stored config when the run there predates some of
+  today's config fields and they all hold their defaults (a new field's
+  default keeps what came before it): that run resumes as it was written,
+  its config.json and checkpoint fingerprints kept. Otherwise None."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    return
+    return None
   with open(path) as f:
     old = json.load(f)
   new = config_lib.as_json(config)
-  if old != new:
-    old, new = config_lib.flatten(old), config_lib.flatten(new)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if overwrite:
-      aside = f"{os.path.normpath(workdir)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-      if jax.process_index() == 0:
-        os.rename(workdir, aside)
-      if jax.process_count() > 1:
-              multihost_utils.sync_global_devices("kd_jax_overwrite")
-      reporting.log(f"--overwrite: moved the previous run to {aside}")
-      return
-    raise UserError(f"workdir {workdir} holds a run of a different config "
-                    f"(differs in {', '.join(diff[:5])}); use another "
-                    "--workdir, or --overwrite to move that run aside")
+  if old == new:
+    return None
+  old_flat, new_flat = config_lib.flatten(old), config_lib.flatten(new)
+  diff = sorted(k for k in set(old_flat) | set(new_flat)
+                if old_flat.get(k) != new_flat.get(k))
+  added = _added_at_default(old_flat, new_flat)
+  if set(diff) <= added:
+    reporting.log(f"workdir {workdir} was written before config field(s) "
+                  f"{', '.join(diff)} existed; they hold their defaults, so "
+                  "the run continues as written")
+    return old
+  if overwrite:
+    _move_aside(workdir)
+    return None
+  raise UserError(f"workdir {workdir} holds a run of a different config "
+                  f"(differs in {', '.join(diff[:5])}); use another "
+                  "--workdir, or --overwrite to move that run aside")
+
+
+def _added_at_default(old_flat, new_flat):
+  """The keys only the new config has that hold base_config's default."""
+  defaults = config_lib.flatten(config_lib.as_json(config_lib.base_config()))
+  return {k for k in set(new_flat) - set(old_flat)
+          if k in defaults and new_flat[k] == defaults[k]}
+
+
+def _move_aside(workdir):
+  aside = f"{os.path.normpath(workdir)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+  if jax.process_index() == 0:
+    os.rename(workdir, aside)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("kd_jax_overwrite")
+  reporting.log(f"--overwrite: moved the previous run to {aside}")
+
+
+def as_written(specs, stored):
+  """`specs` fingerprinting checkpoints as the run in the workdir did:
+  with its stored config (check_workdir's return) where it has one."""
+  if stored is None:
+    return specs
+  return dataclasses.replace(specs,
+                             config_json=json.dumps(stored, sort_keys=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +195,7 @@ class _Run:
   groups: int  # logits per class (subclass distillation)
   links: tuple  # each link's (guided layer, hint layer); () without hints
   specs: config_lib.Specs  # the config read once
+  as_written: bool = False  # the workdir's config.json predates new fields
 
   def common(self) -> dict:
     return dict(ds=self.ds, mesh=self.mesh)
@@ -225,14 +257,16 @@ def _prepare(config, workdir, overwrite):
   elif methods.get(config.kd.method).teacher and config.teacher.checkpoint:
     teacher = load_frozen(specs, ds, mesh, specs.teacher.checkpoint,
                           subclasses=groups)
-  check_workdir(workdir, config, overwrite)
+  stored = check_workdir(workdir, config, overwrite)
+  specs = as_written(specs, stored)
   checkpointing.check_resumable(workdir, specs, ds)
-  return _Run(ds, mesh, groups, links, specs), teacher, teacher_result
+  return (_Run(ds, mesh, groups, links, specs, stored is not None), teacher,
+          teacher_result)
 
 
 def _start_workdir(config, workdir, run):
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not run.as_written:
     reporting.write_json(os.path.join(workdir, "config.json"),
                          config_lib.as_json(config))
   reporting.log(f"data: {run.ds.describe()}; devices: {run.mesh.size} "

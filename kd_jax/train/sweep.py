@@ -143,23 +143,23 @@ def train_group(configs, workdirs, *, vmap_chunk: int = 0) -> list[dict]:
   if not todo:
     reporting.log(f"sweep: all {len(configs)} cells already finished")
     return done
-  for c, w in todo:
-    train.check_workdir(w, c)
+  stored = [train.check_workdir(w, c) for c, w in todo]
   config = todo[0][0]
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, "batch_size", mesh)
   sharding.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   ds = data.load(config)
-  specs = [config_lib.read_specs(c) for c, _ in todo]  # the configs, read once
+  specs = [train.as_written(config_lib.read_specs(c), old)  # read once
+           for (c, _), old in zip(todo, stored)]
   teacher = teacher_result = None
   if methods.get(config.kd.method).teacher:
     teacher = train.load_frozen(specs[0], ds, mesh, config.teacher.checkpoint)
     teacher_result = train.evaluate_loaded_teacher(specs[0], ds, mesh, teacher)
   for s, (_, w) in zip(specs, todo):
     checkpointing.check_resumable(w, s, ds)
-  for c, w in todo:
+  for (c, w), old in zip(todo, stored):
     os.makedirs(w, exist_ok=True)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and old is None:
       reporting.write_json(os.path.join(w, "config.json"), config_lib.as_json(c))
   reporting.log(f"sweep: {len(todo)} cells of {config.student.name} "
                 f"({config.kd.method}) in one vmapped program; data: "
