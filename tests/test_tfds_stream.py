@@ -1,11 +1,15 @@
 """TFDS datasets by name (data/tfds_source.py): held in memory or read row
 by row from ArrayRecord files, on tiny datasets this file builds and
 prepares with TFDS's own builders (nothing downloads)."""
+import errno
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from kd_jax.data import datasets as data
+from kd_jax.data import label_index
 from kd_jax.data import tfds_source
 from kd_jax.data import transforms
 from kd_jax.train import pipeline
@@ -214,6 +218,54 @@ def test_a_streamed_split_holds_no_images(prepared):
       transforms.storage("train", _config("").dataset)))
   assert data.digest(ds) == data.digest(data.load(
       _config(prepared["array_record"])))
+
+
+def _counting_reads(monkeypatch):
+  read = []
+  original = tfds_source.Rows.records
+  monkeypatch.setattr(tfds_source.Rows, "records", lambda self, rows: (
+      read.extend(rows), original(self, rows))[1])
+  return read
+
+
+def test_labels_are_stored_beside_the_split_and_read_back(tmp_path,
+                                                          monkeypatch, capsys):
+  d = _prepare(KdStreamImages, str(tmp_path / "ar"), "array_record")
+  want = np.asarray([r["label"] for r in tfds.builder(
+      NAME, data_dir=d).as_data_source("train")], np.int32)
+  read = _counting_reads(monkeypatch)
+  ds = tfds_source.open_dataset(NAME, d)
+  np.testing.assert_array_equal(ds.labels("train"), want)
+  assert len(read) == 48
+  index = label_index.path(str(ds.builder.data_dir), "train")
+  assert os.path.exists(index)
+  read.clear()  # a later run reads the index, no record
+  np.testing.assert_array_equal(
+      tfds_source.open_dataset(NAME, d).labels("train"), want)
+  assert read == []
+  # A record file that changed makes the index stale: read and rewritten.
+  f = str(ds.builder.info.splits["train"].filepaths[0])
+  st = os.stat(f)
+  os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  np.testing.assert_array_equal(
+      tfds_source.open_dataset(NAME, d).labels("train"), want)
+  assert len(read) == 48
+  read.clear()
+  tfds_source.open_dataset(NAME, d).labels("train")
+  assert read == []
+  # A directory that refuses the write: one note, the labels still right.
+  os.remove(index)
+
+  def refuse(path, write):
+    raise OSError(errno.EROFS, "Read-only file system", path)
+  monkeypatch.setattr(label_index.reporting, "write_atomic", refuse)
+  capsys.readouterr()
+  np.testing.assert_array_equal(
+      tfds_source.open_dataset(NAME, d).labels("train"), want)
+  (line,) = capsys.readouterr().out.strip().splitlines()
+  assert line.startswith(f"note: cannot store the label index {index} "
+                         "(Read-only file system)"), line
+  assert not os.path.exists(index)
 
 
 def test_a_fixed_shape_dataset_stays_as_stored_but_for_the_eval_crop(tmp_path):

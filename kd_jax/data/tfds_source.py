@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from kd_jax.data import decode as file_decode
+from kd_jax.data import label_index
 from kd_jax.data import transforms
 from kd_jax.errors import UserError
 
@@ -286,11 +287,21 @@ class TfdsDataset:
     """int32 [N]: every row's label, read without decoding an image:
     stratified limits, class weights and balanced sampling need all labels
     before the first batch, and decoding every image to get them costs as
-    much as an epoch."""
+    much as an epoch. Stored beside the split's files after the first read
+    (label_index), so later runs skip the read."""
+    files = self.builder.info.splits[split].filepaths
+    index = label_index.path(str(self.builder.data_dir), split)
+    file_stamp = label_index.stamp(files)
+    stored = label_index.read(index, file_stamp)
+    if stored is not None:
+      return stored
     rows, n = self.rows(split, None), self._num_rows(split)
-    labels = [r[self.label_key] for lo in range(0, n, _READ_CHUNK)
-              for r in rows.records(range(lo, min(n, lo + _READ_CHUNK)))]
-    return np.asarray(labels, np.int32)
+    labels = np.asarray(
+        [r[self.label_key] for lo in range(0, n, _READ_CHUNK)
+         for r in rows.records(range(lo, min(n, lo + _READ_CHUNK)))],
+        np.int32)
+    label_index.write(index, file_stamp, labels)
+    return labels
 
   def arrays(self, split, geometry) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, H, W, C], int32 [N]): `split` decoded into memory, by
