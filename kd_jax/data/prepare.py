@@ -275,18 +275,25 @@ def check_out_dir(out, overwrite):
                     "even with --overwrite")
 
 
-def probe(video):
-  """Refuses a file FFmpeg cannot open or that has no video stream (cheap:
-  reads the header only)."""
+def video_problem(path, shown):
+  """Why FFmpeg cannot read `path` as a video, as a message naming it
+  `shown`, or None when it opens with a video stream (reads the header
+  only, so it is cheap)."""
   import av
   try:
-    with av.open(video.path) as container:
-      has_video = bool(container.streams.video)
+    with av.open(path) as container:
+      if container.streams.video:
+        return None
   except (av.FFmpegError, OSError, ValueError) as e:
-    raise UserError(f"cannot read video {video.path} ({type(e).__name__}: "
-                    f"{e})") from None
-  if not has_video:
-    raise UserError(f"cannot read video {video.path}: it has no video stream")
+    return f"cannot read video {shown} ({type(e).__name__}: {str(e).strip()})"
+  return f"cannot read video {shown}: it has no video stream"
+
+
+def probe(video):
+  """Refuses a file FFmpeg cannot open or that has no video stream."""
+  problem = video_problem(video.path, video.path)
+  if problem:
+    raise UserError(problem)
 
 
 def is_grey(rgb):

@@ -151,17 +151,11 @@ def probe_video(path: str):
   """Refuses a missing video, one FFmpeg cannot open or one without a video
   stream (reads the header only, so every input is checked before the first
   line is printed)."""
-  import av
   if not os.path.isfile(path):
     raise PredictError(f"video {path!r} does not exist")
-  try:
-    with av.open(path) as container:
-      has_video = bool(container.streams.video)
-  except (av.FFmpegError, OSError, ValueError) as e:
-    raise PredictError(f"cannot read video {path!r} ({type(e).__name__}: "
-                       f"{str(e).strip()})") from None
-  if not has_video:
-    raise PredictError(f"cannot read video {path!r}: it has no video stream")
+  problem = prepare.video_problem(path, repr(path))
+  if problem:
+    raise PredictError(problem)
 
 
 def read_video(path: str, size: int, every: int = DEFAULT_EVERY):
