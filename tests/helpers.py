@@ -93,6 +93,16 @@ def preempt_at(monkeypatch, at):
   return fired
 
 
+def write_binary_predictions(path, seed, n, positive):
+  """A run's `test_predictions.npz` of a binary task: `n` labels, about
+  `positive` of them 1, with probabilities that rank them imperfectly."""
+  rng = np.random.default_rng(seed)
+  labels = (rng.uniform(size=n) < positive).astype(np.int32)
+  p1 = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.2, n), 0.01, 0.99)
+  np.savez(path, probs=np.stack([1 - p1, p1], -1).astype(np.float32),
+           labels=labels)
+
+
 def read_json(path):
   with open(path) as f:
     return json.load(f)

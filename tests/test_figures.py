@@ -18,6 +18,7 @@ from matplotlib import pyplot as plt  # noqa: E402  (after the backend)
 from kd_jax.distill import methods
 from kd_jax.study import figures
 from kd_jax.study import report
+from tests import helpers
 
 TEACHER_ACC = 0.91  # the imported teacher's test accuracy
 # (student, method, T) -> test accuracy per seed; validation accuracy.
@@ -35,14 +36,6 @@ MB = {"small": 1.0, "tiny": 0.25, "resnet50": 94.0}
 def _cell_name(student, method, T, seed):
   name = f"student-{student}__method-{method}"
   return name + (f"__T-{T:g}" if T is not None else "") + f"__seed-{seed}"
-
-
-def _predictions(path, seed):
-  rng = np.random.default_rng(seed)
-  labels = (rng.uniform(size=40) < 0.4).astype(np.int32)
-  p1 = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.2, 40), 0.01, 0.99)
-  np.savez(path, probs=np.stack([1 - p1, p1], -1).astype(np.float32),
-           labels=labels)
 
 
 def _test_metrics(acc):
@@ -78,7 +71,8 @@ def study(tmp_path_factory):
     for seed, acc in enumerate(accs):
       d = root / _cell_name(student, method, T, seed)
       (d / "student").mkdir(parents=True)
-      _predictions(str(d / "student" / "test_predictions.npz"), seed)
+      helpers.write_binary_predictions(
+          str(d / "student" / "test_predictions.npz"), seed, 40, 0.4)
       config = {"seed": seed, "dataset": {"image_size": 32},
                 "kd": {"temperature": T or 1.0, "alpha": 0.5,
                        "schedule": "cosine"}}

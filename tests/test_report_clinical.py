@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 from kd_jax.study import figures
 from kd_jax.study import report
 from kd_jax.study import stats
+from tests import helpers
 
 # AUC per seed; validation AUC picks 'vanilla T=1' although 'vanilla T=4'
 # has the higher validation accuracy.
@@ -22,14 +23,6 @@ AUCS = {"student-s__method-none": (0.71, 0.73, 0.72),
         "student-s__method-vanilla__T-4": (0.75, 0.77, 0.76)}
 
 
-def _predictions(path, seed):
-  rng = np.random.default_rng(seed)
-  labels = (rng.uniform(size=60) < 0.3).astype(np.int32)
-  p1 = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.2, 60), 0.01, 0.99)
-  np.savez(path, probs=np.stack([1 - p1, p1], -1).astype(np.float32),
-           labels=labels)
-
-
 @pytest.fixture
 def binary_study(tmp_path):
   root = tmp_path / "study"
@@ -37,7 +30,8 @@ def binary_study(tmp_path):
     for seed in range(3):
       d = root / f"{name}__seed-{seed}"
       (d / "student").mkdir(parents=True)
-      _predictions(str(d / "student" / "test_predictions.npz"), seed)
+      helpers.write_binary_predictions(
+          str(d / "student" / "test_predictions.npz"), seed, 60, 0.3)
       method = "none" if "none" in name else "vanilla"
       config = {"seed": seed, "dataset": {"image_size": 32},
                 "kd": {"temperature": 1.0, "alpha": 0.3, "schedule": "cosine"}}
