@@ -63,15 +63,20 @@ def default_profile(name, num_classes, image_size, timing):
   return {k: p[k] for k in ("gflops", "latency_ms") if k in p}
 
 
+def _read_cache(path):
+  """A report's JSON cache of measurements, {} before the first."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def profiles(models, out_dir, timing, profile_fn=None):
   """{(name, classes, size): {'gflops', 'latency_ms'?}}, cached in
   out_dir/profile.json per machine. A given `profile_fn` bypasses the cache
   in both directions, so stand-in numbers never mix with measured ones."""
   path = os.path.join(out_dir, "profile.json")
-  cache = {}
-  if os.path.exists(path) and profile_fn is None:
-    with open(path) as f:
-      cache = json.load(f)
+  cache = _read_cache(path) if profile_fn is None else {}
   machine = cpu_name()
   out = {}
   for name, classes, size in models:
@@ -115,10 +120,7 @@ def tflite_figures(cells, out_dir, measure_fn=None):
   cell, its results.json's time and machine. A given `measure_fn(cell_dir,
   stage)` bypasses the cache both ways (as `profiles`' profile_fn)."""
   path = os.path.join(out_dir, "tflite.json")
-  cache = {}
-  if os.path.exists(path) and measure_fn is None:
-    with open(path) as f:
-      cache = json.load(f)
+  cache = _read_cache(path) if measure_fn is None else {}
   machine = cpu_name()
   out = {}
   for cell_dir, stage in cells:
