@@ -8,10 +8,11 @@ benchmark's beta on CIFAR-100 ResNets) can outweigh the label term by an
 order of magnitude on a new one; this is the check to read beside a method
 that lands below scratch. From each cell's `results.json`: the student
 stage's training metrics of its last logging window, `feature_loss` (the
-term before its weight beta) and `loss` (CE + beta x term for a feature
-method run alone). Prints, per setting (mean over its seeds): beta, beta x
-term, CE = loss - beta x term, and their ratio; a setting without a feature
-term prints its total loss only.
+term before its weight beta), `loss` (CE + beta x term for a feature
+method run alone) and, for a learned temperature (CTKD), `temperature`.
+Prints, per setting (mean over its seeds): beta, beta x term, CE = loss -
+beta x term, and their ratio (a setting without a feature term: its total
+loss only), and the learned T where there is one.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def student_metrics(results_path):
   with open(results_path) as f:
     stage = json.load(f)["stages"]["student"]
   m = stage.get("final_train_metrics", {})
-  return stage.get("feature_weight"), m.get("feature_loss"), m.get("loss")
+  return (stage.get("feature_weight"), m.get("feature_loss"), m.get("loss"),
+          m.get("temperature"))
 
 
 def main():
@@ -46,18 +48,21 @@ def main():
     if cell == "teacher":
       continue
     by_setting.setdefault(setting_of(cell), []).append(student_metrics(path))
-  print("| setting | seeds | beta | beta x term | CE | beta x term / CE | total loss |")
-  print("|---|---|---|---|---|---|---|")
+  print("| setting | seeds | beta | beta x term | CE | beta x term / CE "
+        "| total loss | learned T |")
+  print("|---|---|---|---|---|---|---|---|")
   for setting, rows in sorted(by_setting.items()):
     beta = rows[0][0]
     total = np.mean([r[2] for r in rows])
+    temps = [r[3] for r in rows if r[3] is not None]
+    t = f"{np.mean(temps):.2f}" if temps else "–"
     if beta is None or rows[0][1] is None:
-      print(f"| {setting} | {len(rows)} | – | – | – | – | {total:.3f} |")
+      print(f"| {setting} | {len(rows)} | – | – | – | – | {total:.3f} | {t} |")
       continue
     term = np.mean([r[0] * r[1] for r in rows])
     ce = np.mean([r[2] - r[0] * r[1] for r in rows])
     print(f"| {setting} | {len(rows)} | {beta:g} | {term:.3f} | {ce:.3f} | "
-          f"{term / ce:.1f} | {total:.3f} |")
+          f"{term / ce:.1f} | {total:.3f} | {t} |")
 
 
 if __name__ == "__main__":
