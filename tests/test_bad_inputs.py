@@ -144,6 +144,9 @@ def test_teacher_checkpoint_for_other_classes_or_architecture(tmp_path, finished
   assert not (tmp_path / "wd").exists()
 
 
+# Slow (the default run's budget); tests/test_train.py refuses another
+# config's workdir in the default run.
+@pytest.mark.slow
 def test_workdir_of_another_config_refused_unless_overwrite(tmp_path, finished_run):
   import shutil
   workdir = tmp_path / "wd"

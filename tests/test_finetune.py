@@ -74,6 +74,7 @@ def _params(stage_dir):
   return _flat(state["params"])
 
 
+@pytest.mark.slow
 def test_resume_across_the_phase_boundary(tmp_path, monkeypatch):
   """Stopped in the frozen phase and again in the full phase, the resumed
   run ends with the uninterrupted run's parameters, bit for bit."""
@@ -97,6 +98,7 @@ def test_resume_across_the_phase_boundary(tmp_path, monkeypatch):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_a_method_none_run_is_a_teacher_and_an_init_for_another_task(tmp_path):
   """A `kd.method=none` run's workdir (its student/ stage) is accepted as
   teacher.checkpoint; as student.init_from for data with fewer classes the

@@ -32,6 +32,7 @@ def _assert_throughput(summary, md):
   assert "prefetch pipeline img/s" in md and "| smoke | 8 | f32 |" in md
 
 
+@pytest.mark.slow
 def test_throughput_step(tmp_path):
   """Step 5 alone (gpu_kd_step.py: device-resident, sync and prefetched
   pipelines, the PyTorch peer on the CPU), and the markdown and JSON."""

@@ -179,6 +179,7 @@ def test_trust_pickle_reads_a_whole_model_as_its_state_dict(resnet18_file,
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_trust_pickle_flag_on_the_command_line(tmp_path):
   """`kd_jax.main --trust_pickle` lets the teacher file be unpickled: the
   run gets past the file (here to the class-count check), which without the

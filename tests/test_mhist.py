@@ -45,6 +45,7 @@ def _run(tmp_path, method, which):
   return workdir, r.stdout
 
 
+@pytest.mark.slow
 def test_student_with_transfer_learning_without_kd(tmp_path):
   workdir, out = _run(tmp_path, "none", ("MobileNetV2",))
   assert ("[student] mobilenet_v2_keras starts from keras weights" in out

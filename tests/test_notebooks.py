@@ -26,7 +26,15 @@ def test_notebook_is_stored_without_outputs(path):
       assert cell.outputs == [] and cell.execution_count is None, path
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+# The first notebook runs in the default suite; the longer two (a distillation
+# and a study) are slow, within the default run's budget.
+RUN_BY_DEFAULT = ("01_losses_and_temperature.ipynb",)
+
+
+@pytest.mark.parametrize("path", [
+    p if os.path.basename(p) in RUN_BY_DEFAULT
+    else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+    ids=os.path.basename)
 def test_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
   monkeypatch.setenv("KD_JAX_TINY", "1")
   monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -80,6 +80,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
     np.testing.assert_array_equal(a, b)
 
 
+# Slow (the default run's budget); tests/test_resume_and_devices.py's
+# kill -9 and this file's SIGTERM test stay in the default run.
+@pytest.mark.slow
 def test_kills_during_checkpoint_saves_never_break_the_latest(tmp_path, reference):
   """A checkpoint every step, SIGKILL at random moments: each time the
   latest checkpoint restores, and the resumed run ends bitwise like the

@@ -142,6 +142,9 @@ def _run_with_devices(n, tmp_path):
   return dict(np.load(out))
 
 
+# Slow (the default run's budget); tests/test_prefetch.py's four-device
+# and tests/test_multiprocess.py's runs keep device counts in the default.
+@pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path):
   """Batch sharded over 8 devices (2 rows each) gives the params of 1 device:
   a whole KD run, and a ResNet18 step whose BatchNorm statistics would differ

@@ -71,6 +71,9 @@ def _registry_case(name):
   return (name, [",".join(a), ",".join(b)], 2, False, extra)
 
 
+EXPLICIT = ("ctkd", "vanilla", "dkd", "none")
+
+
 @pytest.mark.parametrize("method,cells,chunk,flip,extra", [
     # one cell per call (the CPU default), cached teacher logits
     ("ctkd", ["schedule=cosine,seed=0", "schedule=linear,seed=1"], 0, False,
@@ -90,8 +93,11 @@ def _registry_case(name):
     # training images, so the steps whose batch holds one are skipped
     ("vanilla", ["T=2,alpha=0.5,seed=0", "T=4,alpha=0.9,seed=1"], 2, False,
      {"nan_policy": "skip"}),
-  # both cells in one vmap call (what GPUs run), for every vmappable method
-] + [_registry_case(name) for name in methods.VMAPPABLE])
+  # both cells in one vmap call (what GPUs run), for every vmappable method;
+  # those the cases above already run vmapped are slow (the default budget)
+] + [_registry_case(name) if name not in EXPLICIT else
+     pytest.param(*_registry_case(name), marks=pytest.mark.slow)
+     for name in methods.VMAPPABLE])
 def test_vmapped_pair_equals_two_separate_runs(teacher_dir, tmp_path, method, cells,
                                                chunk, flip, extra):
   configs = _cells(teacher_dir, method, cells, **{

@@ -28,6 +28,7 @@ def _cache_to_npz(cache_dir, ds, out):
   np.savez(out, **arrays)
 
 
+@pytest.mark.slow
 def test_logits_file_trains_the_student_of_its_teacher(tmp_path):
   teacher = str(tmp_path / "t")
   r = helpers.run_cli(QS, "--config.kd.method=none", f"--workdir={teacher}")
