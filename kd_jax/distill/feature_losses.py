@@ -187,24 +187,34 @@ def _squared_distances(gram_BxB):
   return jnp.maximum(sq_B[:, None] + sq_B[None] - 2.0 * gram_BxB, 0.0)
 
 
-def _normalized_distances(emb_BxD):
+def _relations(emb):
+  """(Gram matrix, squared distances), both `[B, B]`, of a batch of
+  embeddings (higher ranks flattened): what both RKD terms read, computed
+  once per side."""
+  g_BxB = _centered_gram(emb.reshape(emb.shape[0], -1))
+  return g_BxB, _squared_distances(g_BxB)
+
+
+def _normalized_distances(d2_BxB):
   """psi_D(t_i, t_j) = ||t_i - t_j||_2 / mu, mu the mean over i != j; the
   diagonal is 0. Squared distances are clamped at 1e-12 before the sqrt, as
   the authors' code, so coincident embeddings keep a finite gradient."""
-  b = emb_BxD.shape[0]
+  b = d2_BxB.shape[0]
   off = ~np.eye(b, dtype=bool)
-  d2_BxB = _squared_distances(_centered_gram(emb_BxD))
   d_BxB = jnp.where(off, jnp.sqrt(jnp.maximum(d2_BxB, 1e-12)), 0.0)
   return d_BxB / (jnp.sum(d_BxB) / (b * (b - 1)))
+
+
+def _distance_term(s_rel, t_rel):
+  return jnp.mean(smooth_l1(_normalized_distances(s_rel[1]),
+                            _normalized_distances(t_rel[1])))
 
 
 def rkd_distance_loss(student_emb_BxD, teacher_emb_BxD):
   """Distance-wise RKD: mean over all B^2 pairs of Huber(psi_D^s, psi_D^t),
   the zero diagonal included (as the authors' `smooth_l1_loss`)."""
-  s = student_emb_BxD.reshape(student_emb_BxD.shape[0], -1)
-  t = teacher_emb_BxD.reshape(teacher_emb_BxD.shape[0], -1)
-  return jnp.mean(smooth_l1(_normalized_distances(s),
-                            _normalized_distances(t)))
+  return _distance_term(_relations(student_emb_BxD),
+                        _relations(teacher_emb_BxD))
 
 
 # Pairs closer than 1 % of the batch's root-mean-square distance count as
@@ -213,7 +223,7 @@ def rkd_distance_loss(student_emb_BxD, teacher_emb_BxD):
 COINCIDENT_REL_D2 = 1e-4
 
 
-def _angles(emb_BxD):
+def _angles(g_BxB, d2_BxB):
   """psi_A(t_i, t_j, t_k) = <e_ij, e_ik>, e_ij = (t_j - t_i) / ||t_j - t_i||
   -> `[B, B, B]` (angle at vertex i; coincident points give a zero e).
 
@@ -223,9 +233,7 @@ def _angles(emb_BxD):
   is what makes RKD on wide feature maps affordable. A pair within
   COINCIDENT_REL_D2 of the mean squared distance has e = 0 (as exact
   duplicates have in the authors' code); it weighs 2/B^2 of the loss."""
-  b = emb_BxD.shape[0]
-  g_BxB = _centered_gram(emb_BxD)
-  d2_BxB = _squared_distances(g_BxB)
+  b = g_BxB.shape[0]
   mean_d2 = jax.lax.stop_gradient(jnp.sum(d2_BxB) / (b * (b - 1)))
   apart = d2_BxB > COINCIDENT_REL_D2 * mean_d2
   inv_n_BxB = jnp.where(apart, jax.lax.rsqrt(jnp.where(apart, d2_BxB, 1.0)),
@@ -236,12 +244,14 @@ def _angles(emb_BxD):
   return dot_BxBxB * inv_n_BxB[:, :, None] * inv_n_BxB[:, None, :]
 
 
+def _angle_term(s_rel, t_rel):
+  return jnp.mean(smooth_l1(_angles(*s_rel), _angles(*t_rel)))
+
+
 def rkd_angle_loss(student_emb_BxD, teacher_emb_BxD):
   """Angle-wise RKD: mean over all B^3 triplets of Huber(psi_A^s, psi_A^t)
   (degenerate triplets included, as the authors')."""
-  s = student_emb_BxD.reshape(student_emb_BxD.shape[0], -1)
-  t = teacher_emb_BxD.reshape(teacher_emb_BxD.shape[0], -1)
-  return jnp.mean(smooth_l1(_angles(s), _angles(t)))
+  return _angle_term(_relations(student_emb_BxD), _relations(teacher_emb_BxD))
 
 
 def rkd_loss(student_emb_BxD, teacher_emb_BxD, *, distance_weight=25.0,
@@ -250,8 +260,9 @@ def rkd_loss(student_emb_BxD, teacher_emb_BxD, *, distance_weight=25.0,
   the paper's w_d = 25, w_a = 50 (RepDistiller's beta on the sum: 1).
   Inputs: `[B, D]` embeddings (higher ranks are flattened); the loss is
   invariant to scaling and translating either set of embeddings."""
-  return (distance_weight * rkd_distance_loss(student_emb_BxD, teacher_emb_BxD)
-          + angle_weight * rkd_angle_loss(student_emb_BxD, teacher_emb_BxD))
+  s_rel, t_rel = _relations(student_emb_BxD), _relations(teacher_emb_BxD)
+  return (distance_weight * _distance_term(s_rel, t_rel)
+          + angle_weight * _angle_term(s_rel, t_rel))
 
 
 # ---------------------------------------------------------------- VID -----
