@@ -16,9 +16,10 @@ recommended settings of Fig. 3 / Table 4), chosen with `recipe=flowers|pet`
 (default flowers) and `variant=fast|medium|long` (default medium, theirs):
   batch 512; crop + flip (big_vision: inception_crop(128) | flip_lr, i.e. a
   random-resized crop of 5-100 % of the area, big_vision/pp/ops_image.py;
-  here train_transform=random_resized_crop with rrc_min_scale=0.05), then mixup with lam = max(u, 1 - u), u ~ Beta(1, 1),
-  each image mixed with its neighbour in the batch (`config.mixup =
-  dict(p=1.0)`, big_vision/utils.py `get_mixup`);
+  here train_transform=random_resized_crop with rrc_min_scale=0.05), then
+  mixup with lam = max(u, 1 - u), u ~ Beta(1, 1), each image mixed with its
+  neighbour in the batch (`config.mixup = dict(p=1.0)`, big_vision/utils.py
+  `get_mixup`);
   Adam, gradients clipped to global norm 1, 1,500 warmup steps, cosine decay;
                      epochs    T    lr      wd (big_vision: decoupled, not x lr)
   flowers fast       10,000   10    3e-3    3e-4

@@ -9,8 +9,8 @@ stratified transfer set of 2,000 of those images (`dataset.transfer_limit`),
 20 epochs (300 steps), Adam 2e-3 with cosine decay, batch 128, no
 augmentation (the teacher's logits are cached once). Each method at its
 paper's defaults: T = 4 and alpha = 0.9 (RepDistiller's CE 0.1 + KD 0.9)
-for the logit methods (logit standardisation: the authors' T = 2, 0.1 CE + 9 KD), the
-CRD benchmark's beta for the feature and relation methods
+for the logit methods (logit standardisation: the authors' T = 2, 0.1 CE +
+9 KD), the CRD benchmark's beta for the feature and relation methods
 (CE + beta x term), DKD alpha 1 / beta 8, DIST beta = gamma = 1 (their
 ImageNet setting); the map methods pair the student's conv block with the
 teacher's last conv block (`block1:block2`, the larger map pooled to the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -41,8 +42,8 @@ def read(index_path: str, want_stamp: str) -> np.ndarray | None:
       if str(z["stamp"]) != want_stamp:
         return None
       return np.asarray(z["labels"], np.int32)
-  except (OSError, KeyError, ValueError):
-    return None
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+    return None  # unreadable (e.g. a truncated copy): read the records again
 
 
 def write(index_path: str, file_stamp: str, labels: np.ndarray) -> None:
